@@ -1,0 +1,26 @@
+"""jaxcifar: pure-JAX functional training of CIFAR-10 classifiers.
+
+Import surface (each a module, imported on first use so `import jaxcifar` stays light
+and TensorFlow is only loaded by the tf.data path):
+
+    jaxcifar.config      recipes, overrides, stages          jaxcifar.data     TFDS -> tf.data batches
+    jaxcifar.augment     on-device augmentation              jaxcifar.models   Flax models, weight import
+    jaxcifar.optim       parameter groups, multi_transform   jaxcifar.steps    pure train/eval steps
+    jaxcifar.checkpoint  Orbax checkpoints                   jaxcifar.train    the loop: fit(), CLI
+    jaxcifar.parallel    mesh, shardings, multi-process      jaxcifar.pretrained  --init_from
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+_SUBMODULES = ("augment", "checkpoint", "config", "data", "models", "optim", "parallel", "pretrained", "steps",
+               "train", "workdir")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jaxcifar.{name}")
+    raise AttributeError(f"module 'jaxcifar' has no attribute {name!r}")
+
+
+__all__ = list(_SUBMODULES)

@@ -1,0 +1,88 @@
+"""Orbax checkpoints of the whole `TrainState` (params, optimizer state, BatchNorm
+statistics, EMA, step, RNG) plus a small JSON record, in `WORKDIR/checkpoints`.
+
+Saves are asynchronous; `wait()` before exit surfaces their errors. Kept: the latest
+`keep` checkpoints, and the best one by eval accuracy (a separate policy, so the latest is
+never deleted in favour of the best). Restores go into the *current* mesh's shardings, so a
+checkpoint written on 8 devices restores on 1 and vice versa.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxcifar.steps import TrainState
+
+METRIC = "eval_accuracy"
+
+
+def _best_metric(metrics: dict) -> float:
+    return metrics[METRIC]
+
+
+class Checkpointer:
+    """A thin policy layer over `ocp.CheckpointManager`; one per workdir."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(n=keep),
+            ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(best_fn=_best_metric, best_mode="max", preservation_policy=policy,
+                                               enable_async_checkpointing=True)
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "record"), options=options)
+
+    def save(self, state: TrainState, record: dict, metrics: dict | None = None) -> None:
+        """Start an async save at `state.step`; `record` is JSON (epoch, stage, history)."""
+        step = int(state.step)
+        if step in self.manager.all_steps():
+            return  # e.g. a signal arrived right after the epoch's save
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        record=ocp.args.JsonSave(record)), metrics=metrics)
+
+    def wait(self) -> None:
+        """Block until pending saves are on disk; raises if one failed."""
+        self.manager.wait_until_finished()
+        self.manager.check_for_errors()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict]:
+        """Restore `step` into `target`'s structure and shardings (abstract or concrete)."""
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                      record=ocp.args.JsonRestore()))
+        return restored.state, restored.record
+
+    def restore_record(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore())).record
+
+    def restore_latest_good(self, make_target) -> tuple[TrainState, dict] | None:
+        """Restore the newest checkpoint that reads back; a corrupt or truncated one is
+        reported and skipped (never deleted). `make_target(record)` builds the target,
+        since the optimizer state's structure depends on the checkpoint's stage."""
+        for step in reversed(self.steps()):
+            try:
+                record = self.restore_record(step)
+                return self.restore(step, make_target(record))
+            except Exception as e:  # noqa: BLE001 - any read failure means "try the previous one"
+                logging.warning("Checkpoint at step %d in %s could not be restored (%s: %s); "
+                                "falling back to the previous one.", step, self.directory, type(e).__name__, e)
+        return None
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,227 @@
+"""Recipes, command-line overrides and validation of run configurations.
+
+A config is an `ml_collections.ConfigDict` built by `get_config()` in a Python file,
+as in big_vision and the Flax examples: recipes are code, so they can hold comments
+that say what result to expect and how to get it. ConfigDict is type-safe on
+assignment, which turns `--config.epochs=three` into a clear error for free.
+
+Stages: a run is a sequence of named stages (e.g. `frozen` then `finetune`). The
+top-level optimisation fields (`epochs`, `lr`, `optimizer`, ...) are the defaults;
+each stage overrides any of them. A recipe without `stages` runs one stage named
+`train` made of the defaults, so `--config.epochs=3` means what it says.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+from typing import Any
+
+import ml_collections
+
+RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
+
+# Fields a stage may override; everything else is run-wide.
+STAGE_FIELDS = (
+    "epochs", "optimizer", "lr", "momentum", "nesterov", "b1", "b2", "weight_decay",
+    "schedule", "warmup_epochs", "lr_multipliers",
+)
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field a recipe can set, with the values a recipe inherits."""
+    c = ml_collections.ConfigDict()
+    c.model = "simple_cnn"
+    c.model_kwargs = ml_collections.ConfigDict()  # passed to jaxcifar.models.create_model
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "cifar10"
+    c.data.train_split = "train"
+    c.data.eval_split = "test"  # the 1,000 exact test images; `test_jpeg` is for robustness only
+    c.data.classes = ()  # a subset of class ids, relabelled 0..k-1 in this order; () = all
+    c.data.examples_per_class = 0  # deterministic label budget per class; 0 = all
+    c.data.device_resident = False  # keep the whole train split on the device (the `fast` path)
+
+    # Applied on the device inside the jitted train step (see jaxcifar/augment.py).
+    c.augment = ml_collections.ConfigDict()
+    c.augment.crop_padding = 4  # random crop from a zero-padded image; 0 disables
+    c.augment.flip = True
+    c.augment.rotation = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
+    c.augment.zoom = 0.0  # max zoom in/out as a fraction (Keras RandomZoom)
+    c.augment.scale_to_unit = False  # the seed's x/255 instead of mean/std normalisation
+
+    c.batch_size = 256  # global batch, split over all devices
+    c.eval_batch_size = 500
+    c.label_smoothing = 0.0
+
+    # Stage defaults.
+    c.epochs = 10
+    c.optimizer = "sgd"  # sgd | adam | adamw
+    c.lr = 0.1
+    c.momentum = 0.9
+    c.nesterov = True
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.weight_decay = 5e-4  # never applied to biases, BatchNorm or frozen parameters
+    c.schedule = "cosine"  # constant | cosine | onecycle | linear (each with linear warmup)
+    c.warmup_epochs = 1.0
+    c.lr_multipliers = ml_collections.ConfigDict({"all": 1.0})  # group -> multiplier; None freezes
+
+    # Parameter groups: name -> regex over '/'-joined parameter paths. First match wins,
+    # every parameter must match one.
+    c.param_groups = ml_collections.ConfigDict({"all": ".*"})
+    c.stages = ml_collections.ConfigDict()  # name -> overrides of STAGE_FIELDS
+
+    c.ema_decay = 0.0  # >0 keeps an exponential moving average of the weights for eval
+    c.tta = False  # flip test-time augmentation at evaluation
+    c.keep_checkpoints = 2  # latest N; the best by eval accuracy is kept as well
+    c.log_every_steps = 25  # host sync for the progress bar happens only this often
+    return c
+
+
+def load_recipe(name_or_path: str) -> ml_collections.ConfigDict:
+    """Built-in recipe name (see `recipe_names()`) or path to a file with `get_config()`."""
+    path = pathlib.Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.py"
+        if not path.exists():
+            raise ValueError(
+                f"Unknown recipe {name_or_path!r}. Built-in recipes: {', '.join(recipe_names())}; "
+                "or pass the path to a Python file that defines get_config()."
+            )
+    elif not path.exists():
+        raise ValueError(f"Config file {str(path)!r} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"jaxcifar_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"Config file {str(path)!r} must define get_config().")
+    return module.get_config()
+
+
+def recipe(base: dict[str, Any] | None = None, **fields: Any) -> ml_collections.ConfigDict:
+    """Defaults updated by a recipe's fields; unknown fields are rejected."""
+    config = default_config()
+    apply_dict(config, dict(base or {}, **fields))
+    return config
+
+
+def apply_dict(config: ml_collections.ConfigDict, updates: dict[str, Any], path: tuple[str, ...] = ()) -> None:
+    """Merge nested `updates` into `config`, with the same key checks as `override`."""
+    for key, value in updates.items():
+        _check_key(config, path, key)
+        if isinstance(value, dict) and not _is_open(path + (key,)) and key in config:
+            apply_dict(config[key], value, path + (key,))
+        else:
+            config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+
+
+def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> None:
+    """Apply one `--config.a.b.c=TEXT` override."""
+    *parents, leaf = dotted_key.split(".")
+    node, path = config, ()
+    for part in parents:
+        _check_key(node, path, part)
+        if part not in node:
+            node[part] = ml_collections.ConfigDict()
+        node, path = node[part], path + (part,)
+    _check_key(node, path, leaf)
+    try:
+        node[leaf] = parse_value(text)
+    except TypeError as e:
+        raise ValueError(f"Bad value for --config.{dotted_key}={text}: {e}") from None
+
+
+# Dicts whose keys are chosen by the user rather than fixed by the schema.
+_OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "stages")
+
+
+def _is_open(path: tuple[str, ...]) -> bool:
+    return bool(path) and path[-1] in _OPEN_DICTS
+
+
+def _check_key(node: ml_collections.ConfigDict, path: tuple[str, ...], key: str) -> None:
+    dotted = ".".join(path + (key,))
+    if len(path) == 2 and path[0] == "stages":
+        if key not in STAGE_FIELDS:
+            raise ValueError(f"Unknown stage field {dotted!r}. Stage fields: {', '.join(STAGE_FIELDS)}")
+    elif key not in node and not _is_open(path):
+        raise ValueError(f"Unknown config field {dotted!r}. Valid fields here: {', '.join(sorted(node.keys()))}")
+
+
+def parse_value(text: str) -> Any:
+    """Python literal if it parses as one (3, 1e-4, None, (0, 1)), else the raw string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def stage_plan(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """[(name, full stage config)] in order: the defaults overridden by each stage."""
+    stages = config.stages.to_dict() if len(config.stages) else {"train": {}}
+    plan = []
+    for name, overrides in stages.items():
+        stage = ml_collections.ConfigDict({f: config[f] for f in STAGE_FIELDS})
+        for key, value in overrides.items():
+            if key not in STAGE_FIELDS:
+                raise ValueError(f"Stage {name!r} sets {key!r}, which is not a stage field ({', '.join(STAGE_FIELDS)}).")
+            stage[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+        plan.append((name, stage))
+    return plan
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Reject values that would fail later, or silently do the wrong thing."""
+    errors = []
+    if config.batch_size <= 0 or config.batch_size % num_devices:
+        errors.append(f"batch_size={config.batch_size} must be positive and divisible by the {num_devices} devices.")
+    if config.eval_batch_size <= 0 or config.eval_batch_size % num_devices:
+        errors.append(f"eval_batch_size={config.eval_batch_size} must be positive and divisible by the {num_devices} devices.")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1).")
+    if not 0.0 <= config.ema_decay < 1.0:
+        errors.append(f"ema_decay={config.ema_decay} must be in [0, 1).")
+    if config.keep_checkpoints < 1:
+        errors.append(f"keep_checkpoints={config.keep_checkpoints} must be at least 1.")
+    for name, stage in stage_plan(config):
+        where = "" if name == "train" and not len(config.stages) else f"stages.{name}."
+        if stage.epochs < 0:
+            errors.append(f"{where}epochs={stage.epochs} must not be negative.")
+        if stage.lr <= 0:
+            errors.append(f"{where}lr={stage.lr} must be positive.")
+        if stage.optimizer not in ("sgd", "adam", "adamw"):
+            errors.append(f"{where}optimizer={stage.optimizer!r}: use sgd, adam or adamw.")
+        if stage.schedule not in ("constant", "cosine", "onecycle", "linear"):
+            errors.append(f"{where}schedule={stage.schedule!r}: use constant, cosine, onecycle or linear.")
+        unknown = set(stage.lr_multipliers) - set(config.param_groups)
+        if unknown:
+            errors.append(f"{where}lr_multipliers names unknown groups {sorted(unknown)}; "
+                          f"groups are {list(config.param_groups)}.")
+        missing = set(config.param_groups) - set(stage.lr_multipliers)
+        if missing:
+            errors.append(f"{where}lr_multipliers gives no multiplier (use None to freeze) for groups {sorted(missing)}.")
+    if errors:
+        raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
+    """One line per field with its default, for --help."""
+    flat = _flatten((config or default_config()).to_dict())
+    return "\n".join(f"  --config.{k}={v!r}" for k, v in flat.items())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,89 @@
+"""Start a run from pretrained weights (`--init_from`): the backbone of an earlier
+jaxcifar run, or published torchvision/timm ResNet weights.
+
+The backbone must match the model exactly (every path and shape) or loading fails with
+a message naming the mismatches - never a silent zero-fill or partial load. The head is
+taken over only when its shapes match too (same number of classes); otherwise the
+model's freshly initialised head is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxcifar.optim import path_str
+from jaxcifar.steps import TrainState
+
+log = logging.getLogger("jaxcifar")
+TORCH_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def read_run_checkpoint(source: str | pathlib.Path) -> dict[str, Any]:
+    """{'params', 'batch_stats'} from a jaxcifar workdir (its best checkpoint), its
+    `checkpoints` directory, or one step directory inside it."""
+    path = pathlib.Path(source).absolute()
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if (path / "state").is_dir():  # a single step directory
+        state = ocp.StandardCheckpointer().restore(path / "state")
+    else:
+        manager = ocp.CheckpointManager(path, item_names=("state", "record"),
+                                        options=ocp.CheckpointManagerOptions(read_only=True,
+                                                                             best_fn=lambda m: m["eval_accuracy"]))
+        step = manager.best_step()
+        if step is None:
+            raise FileNotFoundError(f"--init_from {source}: no checkpoint found in {path}.")
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+        log.info("init_from: using step %d of %s", step, path)
+    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def shape_mismatches(template: Any, source: Any) -> list[str]:
+    """Paths missing from `source`, unexpected in it, or with a different shape."""
+    want = {path_str(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(template)}
+    got = {path_str(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(source)}
+    problems = [f"{k}: missing" for k in want.keys() - got.keys()]
+    problems += [f"{k}: not in the model" for k in got.keys() - want.keys()]
+    problems += [f"{k}: checkpoint {got[k]} vs model {want[k]}" for k in want.keys() & got.keys() if got[k] != want[k]]
+    return sorted(problems)
+
+
+def merge_pretrained(state: TrainState, pretrained: dict[str, Any], source: str) -> TrainState:
+    """Copy the pretrained backbone (and head, if it fits) into `state`, keeping shardings."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    merged = {}
+    for collection, tree in variables.items():
+        new_tree = dict(tree)
+        for part in ("backbone", "head"):
+            if part not in tree:
+                continue
+            src = pretrained.get(collection, {}).get(part, {})
+            problems = shape_mismatches(tree[part], src)
+            if problems and part == "backbone":
+                raise ValueError(f"--init_from {source}: the backbone does not fit this model:\n  "
+                                 + "\n  ".join(problems))
+            if problems:
+                log.info("init_from: head shapes differ (%s); keeping a freshly initialised head.", problems[0])
+                continue
+            new_tree[part] = jax.tree_util.tree_map(
+                lambda t, s: jax.device_put(np.asarray(s, t.dtype), t.sharding), tree[part], src)
+        merged[collection] = new_tree
+    ema = merged["params"] if state.ema_params is not None else None
+    return state.replace(params=merged["params"], batch_stats=merged["batch_stats"], ema_params=ema)
+
+
+def load_pretrained_backbone(source: str, state: TrainState, model: nn.Module) -> TrainState:
+    if pathlib.Path(source).suffix in TORCH_SUFFIXES:
+        from jaxcifar.models.convert import read_torch_state_dict, torch_to_flax_names
+
+        pretrained = torch_to_flax_names(read_torch_state_dict(source), model)
+    else:
+        pretrained = read_run_checkpoint(source)
+    return merge_pretrained(state, pretrained, source)

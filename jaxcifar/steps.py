@@ -1,0 +1,112 @@
+"""Pure train and eval steps. Everything that changes during training lives in `TrainState`,
+a plain pytree, so Orbax saves it as-is and jit can donate it.
+
+Metrics are *sums* (loss_sum, correct, count) so they can be accumulated on the device
+across steps and devices without a host sync, and averaged exactly at log points.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxcifar import augment
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # global optimizer step, across stages
+    params: Any
+    batch_stats: Any  # BatchNorm running statistics ({} for models without BN)
+    opt_state: Any
+    rng: jax.Array  # base key; each step folds in its step number
+    ema_params: Any = None  # exponential moving average of params (None when disabled)
+
+
+def create_state(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...] = (1, 32, 32, 3),
+                 ema: bool = False) -> TrainState:
+    """Fresh parameters; `opt_state` is filled in by the stage that trains them."""
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=None, rng=state_rng, ema_params=params if ema else None)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    freeze_backbone: bool) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """train_step(state, batch) -> (state, metric sums). `freeze_backbone` runs the
+    backbone's BatchNorm in inference mode (its statistics neither used from the batch nor
+    updated), as Keras does for `trainable=False`."""
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        images = augment.augment(step_rng, batch["image"], config.augment)
+
+        def loss_fn(params):
+            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                          train=True, freeze_backbone=freeze_backbone, mutable=["batch_stats"])
+            loss = cross_entropy(logits, batch["label"], config.label_smoothing)
+            return loss.mean(), (logits, updates.get("batch_stats", {}), loss)
+
+        grads, (logits, batch_stats, loss) = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema_params is not None:
+            ema_params = optax.incremental_update(params, ema_params, 1.0 - config.ema_decay)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state, ema_params=ema_params)
+        return new_state, _metric_sums(logits, batch["label"], loss)
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[[TrainState, dict], dict]:
+    """eval_step(state, batch) -> metric sums over the rows where batch['mask'] is True.
+    Uses the EMA weights when the recipe keeps them, and flip TTA when `config.tta`."""
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        logits = predict_logits(model, eval_variables(state), augment.normalize(batch["image"],
+                                config.augment.scale_to_unit), tta=config.tta)
+        loss = cross_entropy(logits, batch["label"])
+        return _metric_sums(logits, batch["label"], loss, batch["mask"])
+
+    return eval_step
+
+
+def eval_variables(state: TrainState) -> dict:
+    params = state.params if state.ema_params is None else state.ema_params
+    return {"params": params, "batch_stats": state.batch_stats}
+
+
+def predict_logits(model: nn.Module, variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
+    """Eval-mode logits of normalised images; with `tta`, averaged with the mirrored images."""
+    logits = model.apply(variables, images, train=False)
+    if tta:
+        logits = (logits + model.apply(variables, images[:, :, ::-1], train=False)) / 2
+    return logits
+
+
+def _metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: jax.Array | None = None) -> dict:
+    weight = jnp.ones_like(loss) if mask is None else mask.astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(loss * weight), "correct": jnp.sum(correct * weight), "count": jnp.sum(weight)}
+
+
+def summarize(sums: dict) -> dict[str, float]:
+    """Host-side averages of accumulated metric sums (this is a device sync)."""
+    count = float(sums["count"])
+    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}

@@ -1,0 +1,381 @@
+"""The training loop and `python -m jaxcifar.train`.
+
+    python -m jaxcifar.train --config simple_cnn --workdir runs/cnn --data_dir ../shared/tensorflow_datasets \
+        --config.epochs=3
+
+Side effects live here (data loading, logging, checkpoints, signals); the math is in
+steps.py, optim.py and augment.py. Running the same command on the same workdir resumes
+from the latest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxcifar import config as config_lib
+from jaxcifar import data as data_lib
+from jaxcifar import models, optim, parallel, steps
+from jaxcifar.checkpoint import Checkpointer
+from jaxcifar.pretrained import load_pretrained_backbone
+from jaxcifar.workdir import Workdir
+
+log = logging.getLogger("jaxcifar")
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """The train and eval splits of a run, in host memory."""
+
+    train: data_lib.ArraySplit
+    eval: data_lib.ArraySplit
+    num_classes: int
+
+
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> Data:
+    """The config's train/eval splits, restricted to its class subset and label budget."""
+    d = config.data
+    train = data_lib.load_split(d.train_split, data_dir, d.dataset)
+    evals = data_lib.load_split(d.eval_split, data_dir, d.dataset)
+    train = data_lib.select_examples(train, tuple(d.classes), d.examples_per_class)
+    evals = data_lib.select_examples(evals, tuple(d.classes))
+    num_classes = len(d.classes) or data_lib.NUM_CLASSES
+    return Data(train, evals, num_classes)
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage of the run with its epoch range and compiled step."""
+
+    index: int
+    name: str
+    config: ml_collections.ConfigDict
+    first_epoch: int
+    end_epoch: int
+
+
+def plan_stages(config: ml_collections.ConfigDict) -> list[Stage]:
+    out, epoch = [], 0
+    for i, (name, stage_cfg) in enumerate(config_lib.stage_plan(config)):
+        out.append(Stage(i, name, stage_cfg, epoch, epoch + stage_cfg.epochs))
+        epoch += stage_cfg.epochs
+    return out
+
+
+def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
+    return next((s for s in stages if s.first_epoch <= epoch < s.end_epoch), stages[-1])
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint has been written."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+class Trainer:
+    """Holds what a run needs between epochs: mesh, model, data, compiled steps, writers."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: Data,
+                 init_from: str | None = None, overwrite: bool = False):
+        self.config = config
+        self.mesh = parallel.make_mesh()
+        config_lib.validate(config, jax.device_count())
+        self.workdir = Workdir(workdir, config, overwrite=overwrite)
+        self.data = data
+        self.model = models.create_model(config.model, data.num_classes, **config.model_kwargs.to_dict())
+        self.stages = plan_stages(config)
+        self.steps_per_epoch = data_lib.steps_per_epoch(len(data.train), config.batch_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train)} training examples.")
+        self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
+        self.init_from = init_from
+        self.replicated = parallel.replicated(self.mesh)
+        self._compiled: dict[int, tuple[Any, Any]] = {}
+        self.eval_step = jax.jit(steps.make_eval_step(self.model, config))
+        self._stop_signal: int | None = None
+
+    # ----- state -----
+    def initial_state(self) -> steps.TrainState:
+        rng = jax.random.key(self.config.seed)
+        create = lambda: steps.create_state(self.model, rng, ema=self.config.ema_decay > 0)
+        state = jax.jit(create, out_shardings=self.replicated)()
+        if self.init_from:
+            state = load_pretrained_backbone(self.init_from, state, self.model)
+        return state
+
+    def optimizer(self, stage: Stage, params: Any):
+        """(tx, freeze_backbone) of a stage, built once per stage."""
+        if stage.index not in self._compiled:
+            tx, labels = optim.make_optimizer(stage.config, self.config.param_groups, params, self.steps_per_epoch)
+            self._compiled[stage.index] = (tx, optim.is_subtree_frozen(labels, "backbone"))
+        return self._compiled[stage.index]
+
+    def with_fresh_opt_state(self, state: steps.TrainState, stage: Stage) -> steps.TrainState:
+        """Optimizer state is re-initialised at each stage switch (like recompiling a Keras
+        model after unfreezing): moments of a frozen-stage head say nothing about the
+        fine-tune stage's geometry, and a fresh state keeps every checkpoint restorable."""
+        tx, _ = self.optimizer(stage, state.params)
+        return state.replace(opt_state=jax.jit(tx.init, out_shardings=self.replicated)(state.params))
+
+    def restore_or_init(self) -> tuple[steps.TrainState, dict]:
+        fresh = self.initial_state()
+
+        def target(record: dict) -> steps.TrainState:
+            stage = self.stages[record["stage_index"]]
+            return jax.eval_shape(lambda s: self.with_fresh_opt_state(s, stage), fresh)
+
+        restored = self.checkpointer.restore_latest_good(self._abstract_with_shardings(target))
+        if restored is None:
+            return self.with_fresh_opt_state(fresh, self.stages[0]), {"stage_index": 0, "history": []}
+        state, record = restored
+        log.info("Resumed from step %d (%s).", int(state.step), self.checkpointer.directory)
+        return state, record
+
+    def _abstract_with_shardings(self, target_fn):
+        def make(record):
+            abstract = target_fn(record)
+            return jax.tree_util.tree_map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract)
+        return make
+
+    # ----- loop -----
+    def train_step_fn(self, stage: Stage, params: Any):
+        tx, freeze_backbone = self.optimizer(stage, params)
+        key = ("step", stage.index)
+        if key not in self._compiled:
+            step = steps.make_train_step(self.model, tx, self.config, freeze_backbone)
+            self._compiled[key] = jax.jit(step, donate_argnums=0)
+        return self._compiled[key]
+
+    def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
+        for local in data_lib.train_batches(self.data.train, self.config.batch_size, self.config.seed, epoch,
+                                            start_step, jax.process_index(), jax.process_count()):
+            yield parallel.to_global(local, self.mesh)
+
+    def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None = None) -> dict[str, float]:
+        sums = None
+        for local in data_lib.eval_batches(split or self.data.eval, self.config.eval_batch_size,
+                                           jax.process_index(), jax.process_count()):
+            out = self.eval_step(state, parallel.to_global(local, self.mesh))
+            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+        return steps.summarize(sums)
+
+    def run(self) -> dict:
+        """Train through every stage from wherever the workdir left off; returns the summary."""
+        start_time = time.time()
+        state, record = self.restore_or_init()
+        history: list[dict] = record["history"]
+        state_stage = self.stages[record["stage_index"]]
+        total_epochs = self.stages[-1].end_epoch
+        train_seconds = compile_seconds = 0.0
+        images_trained = 0
+        self._install_signal_handlers()
+        try:
+            while (epoch := int(state.step) // self.steps_per_epoch) < total_epochs:
+                stage = stage_of_epoch(self.stages, epoch)
+                if stage.index != state_stage.index:
+                    state, state_stage = self.with_fresh_opt_state(state, stage), stage
+                state, sums, seconds, compile_s = self.train_epoch(state, stage, epoch)
+                train_seconds += seconds
+                compile_seconds += compile_s
+                train_metrics = steps.summarize(sums)
+                images_trained += int(sums["count"])
+                eval_metrics = self.evaluate(state)
+                entry = {"epoch": epoch + 1, "stage": stage.name, "step": int(state.step),
+                         "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
+                         "eval_loss": eval_metrics["loss"], "eval_accuracy": eval_metrics["accuracy"],
+                         "epoch_train_seconds": seconds, "lr": self.current_lr(stage, state)}
+                history.append(entry)
+                self.workdir.log_epoch(entry)
+                self.checkpointer.save(state, {"stage_index": stage.index, "history": history},
+                                       metrics={"eval_accuracy": eval_metrics["accuracy"]})
+        except StopRequested:
+            raise
+        finally:
+            self._restore_signal_handlers()
+            self.checkpointer.wait()
+        final = self.evaluate(state)
+        summary = {
+            "test_accuracy": final["accuracy"],
+            "test_loss": final["loss"],
+            "eval_split": self.config.data.eval_split,
+            "eval_examples": len(self.data.eval),
+            "best_eval_accuracy": max((h["eval_accuracy"] for h in history), default=None),
+            "best_step": self.checkpointer.best_step(),
+            "epochs_completed": int(state.step) // self.steps_per_epoch,
+            "steps": int(state.step),
+            "wall_seconds": time.time() - start_time,
+            "train_seconds": train_seconds,
+            "compile_seconds": compile_seconds,
+            "train_images_per_second": images_trained / train_seconds if train_seconds else None,
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "platform": jax.devices()[0].platform,
+            "config": self.config.to_dict(),
+        }
+        self.workdir.write_summary(summary)
+        return summary
+
+    def train_epoch(self, state: steps.TrainState, stage: Stage, epoch: int):
+        """One epoch (or its remainder after a resume). Metrics stay on the device and are
+        pulled to the host only every `log_every_steps` steps, for the progress bar."""
+        train_step = self.train_step_fn(stage, state.params)
+        start_step = int(state.step) - epoch * self.steps_per_epoch
+        sums, window, compile_s = None, None, 0.0
+        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1} [{stage.name}]",
+                   disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
+        t0 = t_window = time.time()
+        for i, batch in enumerate(self.batches(epoch, start_step)):
+            state, metrics = train_step(state, batch)
+            if i == 0 and not self._compiled.get(("warm", stage.index)):
+                jax.block_until_ready(metrics)  # first call compiles: keep it out of images/s
+                compile_s = time.time() - t0
+                t0 = t_window = time.time()
+                self._compiled[("warm", stage.index)] = True
+            sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
+            window = metrics if window is None else jax.tree_util.tree_map(jnp.add, window, metrics)
+            if (i + 1) % self.config.log_every_steps == 0:
+                window_metrics = steps.summarize(window)  # the only host sync in the loop
+                self._check_finite(window_metrics, state)
+                now = time.time()
+                bar.set_postfix(loss=f"{window_metrics['loss']:.3f}", acc=f"{window_metrics['accuracy']:.3f}",
+                                img_s=f"{float(window['count']) / (now - t_window):.0f}")
+                bar.update(self.config.log_every_steps)
+                window, t_window = None, now
+            if self._stop_signal is not None:
+                self._save_and_stop(state, stage)
+        jax.block_until_ready(sums)
+        seconds = time.time() - t0
+        bar.close()
+        self._check_finite(steps.summarize(sums), state)
+        return state, sums, seconds, compile_s
+
+    def current_lr(self, stage: Stage, state: steps.TrainState) -> float:
+        schedule = optim.make_schedule(stage.config, self.steps_per_epoch)
+        return float(schedule(int(state.step) - stage.first_epoch * self.steps_per_epoch))
+
+    # ----- failure handling -----
+    def _check_finite(self, metrics: dict, state: steps.TrainState) -> None:
+        if not np.isfinite(metrics["loss"]):
+            raise NonFiniteLoss(
+                f"Loss became {metrics['loss']} by step {int(state.step)}. Training stopped; the last good "
+                f"checkpoint (step {self.checkpointer.steps()[-1] if self.checkpointer.steps() else 'none'}) "
+                "is kept. Lower the learning rate or check the data.")
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self._stop_signal = signum
+        self._previous_handlers = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _restore_signal_handlers(self) -> None:
+        for s, h in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(s, h)
+
+    def _save_and_stop(self, state: steps.TrainState, stage: Stage) -> None:
+        record = self.checkpointer.steps() and self.checkpointer.restore_record(self.checkpointer.steps()[-1])
+        history = record["history"] if record else []
+        self.checkpointer.save(state, {"stage_index": stage.index, "history": history})
+        self.checkpointer.wait()
+        raise StopRequested(f"Stopped by signal {self._stop_signal} at step {int(state.step)}; "
+                            "checkpoint saved. Run the same command again to resume.")
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
+        data: Data | None = None, init_from: str | None = None, overwrite: bool = False) -> dict:
+    """Library entry point: train (or resume) `config` in `workdir`; returns summary.json's content."""
+    data = data or load_data(config, data_dir)
+    trainer = Trainer(config, workdir, data, init_from=init_from, overwrite=overwrite)
+    try:
+        return trainer.run()
+    finally:
+        trainer.checkpointer.close()
+
+
+# ----- command line -----
+HELP_EPILOG = """\
+Recipes (--config NAME): {recipes}
+Or --config path/to/file.py defining get_config().
+
+Fields (override any with --config.FIELD=VALUE; values are Python literals):
+{fields}
+Staged runs: --config.stages.NAME.FIELD=VALUE (stage fields: {stage_fields}).
+"""
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxcifar.train", description="Train a CIFAR-10 classifier with JAX.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=HELP_EPILOG.format(recipes=", ".join(config_lib.recipe_names()),
+                                  fields=config_lib.describe_fields(),
+                                  stage_fields=", ".join(config_lib.STAGE_FIELDS)))
+    parser.add_argument("--config", required=True, help="recipe name or path to a config file")
+    parser.add_argument("--workdir", required=True, help="run directory: checkpoints, logs, summary.json")
+    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
+    parser.add_argument("--init_from", default=None,
+                        help="backbone source: a jaxcifar workdir/checkpoint dir, or torchvision/timm .safetensors/.pth")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a workdir holding an incompatible run (the old run is moved aside, not deleted)")
+    parser.add_argument("--distributed.coordinator", dest="coordinator", default=None, help="HOST:PORT of process 0")
+    parser.add_argument("--distributed.num_processes", dest="num_processes", type=int, default=None)
+    parser.add_argument("--distributed.process_id", dest="process_id", type=int, default=None)
+    parser.add_argument("--distributed.auto", dest="auto_distributed", action="store_true",
+                        help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config.") or "=" not in item:
+            parser.error(f"unrecognized argument {item!r}; config overrides look like --config.FIELD=VALUE")
+        key, value = item[len("--config."):].split("=", 1)
+        overrides.append((key, value))
+    return args, overrides
+
+
+def build_config(name_or_path: str, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+    config = config_lib.load_recipe(name_or_path)
+    for key, value in overrides:
+        config_lib.override(config, key, value)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file rename at INFO
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = build_config(args.config, overrides)
+        if args.coordinator or args.auto_distributed:
+            parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        summary = fit(config, args.workdir, data_dir=args.data_dir, init_from=args.init_from,
+                      overwrite=args.overwrite)
+    except StopRequested as e:
+        print(e, file=sys.stderr)
+        return 143
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(f"test_accuracy={summary['test_accuracy']:.4f} on {summary['eval_examples']} "
+              f"{summary['eval_split']} images; epochs={summary['epochs_completed']}; "
+              f"train images/s={summary['train_images_per_second'] or 0:.0f}; "
+              f"results in {pathlib.Path(args.workdir).absolute()}/summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""A run directory: its config, per-epoch logs (metrics.jsonl + TensorBoard events) and
+summary.json. Only process 0 writes logs; every process sees the same directory.
+
+A workdir belongs to one run. Reusing it with a config that would change the run's
+result is refused (resume would silently mix two runs); `--overwrite` moves the old
+run aside to `WORKDIR.replaced-TIMESTAMP` - nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+log = logging.getLogger("jaxcifar")
+
+# Fields that may change between the runs sharing a workdir without changing the result.
+RESUMABLE_CHANGES = ("log_every_steps", "keep_checkpoints", "eval_batch_size", "tta")
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON values (tuples become lists), for storage and comparison."""
+    return json.loads(json.dumps(config.to_dict()))
+
+
+def incompatible_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of fields that differ between two stored configs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += incompatible_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+class Workdir:
+    def __init__(self, path: str | pathlib.Path, config: ml_collections.ConfigDict, overwrite: bool = False):
+        self.path = pathlib.Path(path).absolute()
+        self.is_writer = jax.process_index() == 0
+        new = config_json(config)
+        config_file = self.path / "config.json"
+        if config_file.exists():
+            diff = incompatible_fields(json.loads(config_file.read_text()), new)
+            if diff and not overwrite:
+                raise FileExistsError(
+                    f"Workdir {self.path} holds a run with a different config ({'; '.join(diff)}). "
+                    "Use another --workdir, or pass --overwrite to move that run aside and start over.")
+            if diff and self.is_writer:
+                aside = self.path.with_name(f"{self.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+                self.path.rename(aside)
+                log.warning("Moved the previous run in %s to %s.", self.path, aside)
+        if self.is_writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+            config_file.write_text(json.dumps(new, indent=2))
+        self._tb = None
+
+    def log_epoch(self, entry: dict[str, Any]) -> None:
+        if not self.is_writer:
+            return
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            import tensorflow as tf
+
+            with writer.as_default(step=entry["step"]):
+                for key, value in entry.items():
+                    if isinstance(value, (int, float)) and key not in ("step",):
+                        tf.summary.scalar(key, value)
+            writer.flush()
+
+    def _tensorboard(self):
+        """TensorBoard event writer in WORKDIR/tensorboard (skipped where TensorFlow is absent)."""
+        if self._tb is None:
+            try:
+                from jaxcifar.data import import_tf
+
+                self._tb = import_tf().summary.create_file_writer(str(self.path / "tensorboard"))
+            except ImportError:
+                log.warning("TensorFlow is not installed: no TensorBoard events (metrics.jsonl is still written).")
+                self._tb = False
+        return self._tb or None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.is_writer:
+            (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def history(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -84,5 +84,25 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(tree: Any) -> Any:
-    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tuple[dict[str, Any], int]:
+    """({'params', 'batch_stats'}, step) of a saved run, as host arrays, without knowing
+    its model: `source` is a workdir, its `checkpoints` directory or one step directory;
+    `which` is 'best', 'latest' or a step number. EMA weights are returned as `params`
+    when the run kept them, since those are what it evaluates."""
+    path = pathlib.Path(source).absolute()
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if (path / "state").is_dir():  # a single step directory
+        state, step = ocp.StandardCheckpointer().restore(path / "state"), int(path.name)
+    else:
+        if not path.is_dir():
+            raise FileNotFoundError(f"No jaxcifar run or checkpoint at {source}.")
+        manager = ocp.CheckpointManager(path, item_names=("state", "record"),
+                                        options=ocp.CheckpointManagerOptions(read_only=True, best_fn=_best_metric))
+        step = {"best": manager.best_step, "latest": manager.latest_step}.get(which, lambda: int(which))()
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(f"No checkpoint {which!r} in {path}; saved steps: {list(manager.all_steps())}.")
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+        manager.close()
+    params = state.get("ema_params") or state["params"]
+    return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step

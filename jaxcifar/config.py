@@ -5,10 +5,11 @@ as in big_vision and the Flax examples: recipes are code, so they can hold comme
 that say what result to expect and how to get it. ConfigDict is type-safe on
 assignment, which turns `--config.epochs=three` into a clear error for free.
 
-Stages: a run is a sequence of named stages (e.g. `frozen` then `finetune`). The
-top-level optimisation fields (`epochs`, `lr`, `optimizer`, ...) are the defaults;
-each stage overrides any of them. A recipe without `stages` runs one stage named
-`train` made of the defaults, so `--config.epochs=3` means what it says.
+Stages: a run is a sequence of named stages (e.g. `frozen` then `finetune`), a tuple of
+dicts each with a `name`. The top-level optimisation fields (`epochs`, `lr`, ...) are the
+defaults; each stage overrides any of them (`--config.stages.finetune.lr=1e-4`). A recipe
+without `stages` runs one stage named `train` made of the defaults, so
+`--config.epochs=3` means what it says.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Parameter groups: name -> regex over '/'-joined parameter paths. First match wins,
     # every parameter must match one.
     c.param_groups = ml_collections.ConfigDict({"all": ".*"})
-    c.stages = ml_collections.ConfigDict()  # name -> overrides of STAGE_FIELDS
+    c.stages = ()  # ({"name": ..., **overrides of STAGE_FIELDS}, ...), run in order
 
     c.ema_decay = 0.0  # >0 keeps an exponential moving average of the weights for eval
     c.tta = False  # flip test-time augmentation at evaluation
@@ -127,6 +128,9 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
     *parents, leaf = dotted_key.split(".")
     node, path = config, ()
     for part in parents:
+        if isinstance(node, (tuple, list)):  # the stages tuple: address a stage by name
+            node, path = _stage_named(node, part), path + (part,)
+            continue
         _check_key(node, path, part)
         if part not in node:
             node[part] = ml_collections.ConfigDict()
@@ -139,7 +143,14 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
 
 
 # Dicts whose keys are chosen by the user rather than fixed by the schema.
-_OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "stages")
+_OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups")
+
+
+def _stage_named(stages, name: str) -> dict:
+    for stage in stages:
+        if stage["name"] == name:
+            return stage
+    raise ValueError(f"No stage named {name!r}; stages: {[s['name'] for s in stages]}")
 
 
 def _is_open(path: tuple[str, ...]) -> bool:
@@ -149,7 +160,7 @@ def _is_open(path: tuple[str, ...]) -> bool:
 def _check_key(node: ml_collections.ConfigDict, path: tuple[str, ...], key: str) -> None:
     dotted = ".".join(path + (key,))
     if len(path) == 2 and path[0] == "stages":
-        if key not in STAGE_FIELDS:
+        if key not in STAGE_FIELDS + ("name",):
             raise ValueError(f"Unknown stage field {dotted!r}. Stage fields: {', '.join(STAGE_FIELDS)}")
     elif key not in node and not _is_open(path):
         raise ValueError(f"Unknown config field {dotted!r}. Valid fields here: {', '.join(sorted(node.keys()))}")
@@ -165,14 +176,20 @@ def parse_value(text: str) -> Any:
 
 def stage_plan(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
     """[(name, full stage config)] in order: the defaults overridden by each stage."""
-    stages = config.stages.to_dict() if len(config.stages) else {"train": {}}
     plan = []
-    for name, overrides in stages.items():
+    for overrides in config.stages or ({"name": "train"},):
+        overrides = dict(overrides)
+        name = overrides.pop("name", None)
+        if not name:
+            raise ValueError(f"Every stage needs a 'name'; got {overrides}.")
         stage = ml_collections.ConfigDict({f: config[f] for f in STAGE_FIELDS})
         for key, value in overrides.items():
             if key not in STAGE_FIELDS:
                 raise ValueError(f"Stage {name!r} sets {key!r}, which is not a stage field ({', '.join(STAGE_FIELDS)}).")
-            stage[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+            try:
+                stage[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+            except TypeError as e:
+                raise ValueError(f"Stage {name!r}, field {key!r}: {e}") from None
         plan.append((name, stage))
     return plan
 
@@ -191,7 +208,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.keep_checkpoints < 1:
         errors.append(f"keep_checkpoints={config.keep_checkpoints} must be at least 1.")
     for name, stage in stage_plan(config):
-        where = "" if name == "train" and not len(config.stages) else f"stages.{name}."
+        where = f"stages.{name}." if config.stages else ""
         if stage.epochs < 0:
             errors.append(f"{where}epochs={stage.epochs} must not be negative.")
         if stage.lr <= 0:

@@ -60,7 +60,7 @@ def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10"
 
     data_dir = resolve_data_dir(data_dir)
     try:
-        ds = tfds.load(dataset, split=split, data_dir=data_dir, batch_size=-1, download=data_dir is None)
+        ds = tfds.load(dataset, split=split, data_dir=data_dir, download=data_dir is None)
     except Exception as e:  # TFDS raises several types here (not found, download failure, bad split).
         raise FileNotFoundError(
             f"Could not load TFDS dataset {dataset!r} split {split!r} from data_dir={data_dir!r}: {e}\n"
@@ -68,8 +68,11 @@ def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10"
             f"'{dataset}' dataset, e.g. --data_dir ../shared/tensorflow_datasets. On a machine with "
             f"internet access, `tfds build {dataset} --data_dir DIR` (or omitting --data_dir) prepares it."
         ) from e
-    arrays = tfds.as_numpy(ds)
-    return ArraySplit(arrays["image"], arrays["label"].astype(np.int32))
+    # Chunked rather than batch_size=-1, which aborts the process under tfds.testing.mock_data.
+    chunks = list(tfds.as_numpy(ds.batch(10_000)))
+    images = np.concatenate([c["image"] for c in chunks])
+    labels = np.concatenate([c["label"] for c in chunks]).astype(np.int32)
+    return ArraySplit(images, labels)
 
 
 def select_examples(split: ArraySplit, classes: tuple[int, ...] = (), examples_per_class: int = 0) -> ArraySplit:

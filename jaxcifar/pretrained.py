@@ -16,33 +16,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-
+from jaxcifar.checkpoint import load_variables
 from jaxcifar.optim import path_str
 from jaxcifar.steps import TrainState
 
 log = logging.getLogger("jaxcifar")
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt")
-
-
-def read_run_checkpoint(source: str | pathlib.Path) -> dict[str, Any]:
-    """{'params', 'batch_stats'} from a jaxcifar workdir (its best checkpoint), its
-    `checkpoints` directory, or one step directory inside it."""
-    path = pathlib.Path(source).absolute()
-    if (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
-    if (path / "state").is_dir():  # a single step directory
-        state = ocp.StandardCheckpointer().restore(path / "state")
-    else:
-        manager = ocp.CheckpointManager(path, item_names=("state", "record"),
-                                        options=ocp.CheckpointManagerOptions(read_only=True,
-                                                                             best_fn=lambda m: m["eval_accuracy"]))
-        step = manager.best_step()
-        if step is None:
-            raise FileNotFoundError(f"--init_from {source}: no checkpoint found in {path}.")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-        log.info("init_from: using step %d of %s", step, path)
-    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
 
 
 def shape_mismatches(template: Any, source: Any) -> list[str]:
@@ -81,9 +60,13 @@ def merge_pretrained(state: TrainState, pretrained: dict[str, Any], source: str)
 
 def load_pretrained_backbone(source: str, state: TrainState, model: nn.Module) -> TrainState:
     if pathlib.Path(source).suffix in TORCH_SUFFIXES:
-        from jaxcifar.models.convert import read_torch_state_dict, torch_to_flax_names
+        from jaxcifar.models.convert import convert_state_dict, read_torch_state_dict
 
-        pretrained = torch_to_flax_names(read_torch_state_dict(source), model)
+        # The run's own variables are the template, so a head that cannot be converted
+        # (different class count) stays the run's own initialisation.
+        pretrained = convert_state_dict(read_torch_state_dict(source),
+                                        {"params": state.params, "batch_stats": state.batch_stats})
     else:
-        pretrained = read_run_checkpoint(source)
+        pretrained, step = load_variables(source, "best")
+        log.info("init_from: using step %d of %s", step, source)
     return merge_pretrained(state, pretrained, source)

@@ -25,7 +25,7 @@ class TrainState:
     params: Any
     batch_stats: Any  # BatchNorm running statistics ({} for models without BN)
     opt_state: Any
-    rng: jax.Array  # base key; each step folds in its step number
+    rng: jax.Array  # raw uint32 key data (portable in checkpoints); each step folds in its number
     ema_params: Any = None  # exponential moving average of params (None when disabled)
 
 
@@ -36,7 +36,7 @@ def create_state(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...] 
     variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=None, rng=state_rng, ema_params=params if ema else None)
+                      opt_state=None, rng=jax.random.key_data(state_rng), ema_params=params if ema else None)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -52,7 +52,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     updated), as Keras does for `trainable=False`."""
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        step_rng = jax.random.fold_in(state.rng, state.step)
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         images = augment.augment(step_rng, batch["image"], config.augment)
 
         def loss_fn(params):

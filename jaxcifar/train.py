@@ -105,7 +105,9 @@ class Trainer:
         self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
         self.init_from = init_from
         self.replicated = parallel.replicated(self.mesh)
-        self._compiled: dict[int, tuple[Any, Any]] = {}
+        self._optimizers: dict[int, tuple[Any, bool]] = {}  # stage index -> (tx, freeze_backbone)
+        self._train_steps: dict[int, Any] = {}  # stage index -> jitted train step
+        self._warm: set[int] = set()  # stages whose step has compiled in this process
         self.eval_step = jax.jit(steps.make_eval_step(self.model, config))
         self._stop_signal: int | None = None
 
@@ -120,10 +122,10 @@ class Trainer:
 
     def optimizer(self, stage: Stage, params: Any):
         """(tx, freeze_backbone) of a stage, built once per stage."""
-        if stage.index not in self._compiled:
+        if stage.index not in self._optimizers:
             tx, labels = optim.make_optimizer(stage.config, self.config.param_groups, params, self.steps_per_epoch)
-            self._compiled[stage.index] = (tx, optim.is_subtree_frozen(labels, "backbone"))
-        return self._compiled[stage.index]
+            self._optimizers[stage.index] = (tx, optim.is_subtree_frozen(labels, "backbone"))
+        return self._optimizers[stage.index]
 
     def with_fresh_opt_state(self, state: steps.TrainState, stage: Stage) -> steps.TrainState:
         """Optimizer state is re-initialised at each stage switch (like recompiling a Keras
@@ -141,7 +143,9 @@ class Trainer:
 
         restored = self.checkpointer.restore_latest_good(self._abstract_with_shardings(target))
         if restored is None:
-            return self.with_fresh_opt_state(fresh, self.stages[0]), {"stage_index": 0, "history": []}
+            totals = dict.fromkeys(("wall_seconds", "train_seconds", "compile_seconds", "images_trained"), 0.0)
+            return self.with_fresh_opt_state(fresh, self.stages[0]), {"stage_index": 0, "history": [],
+                                                                       "totals": totals}
         state, record = restored
         log.info("Resumed from step %d (%s).", int(state.step), self.checkpointer.directory)
         return state, record
@@ -155,12 +159,11 @@ class Trainer:
 
     # ----- loop -----
     def train_step_fn(self, stage: Stage, params: Any):
-        tx, freeze_backbone = self.optimizer(stage, params)
-        key = ("step", stage.index)
-        if key not in self._compiled:
+        if stage.index not in self._train_steps:
+            tx, freeze_backbone = self.optimizer(stage, params)
             step = steps.make_train_step(self.model, tx, self.config, freeze_backbone)
-            self._compiled[key] = jax.jit(step, donate_argnums=0)
-        return self._compiled[key]
+            self._train_steps[stage.index] = jax.jit(step, donate_argnums=0)
+        return self._train_steps[stage.index]
 
     def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
         for local in data_lib.train_batches(self.data.train, self.config.batch_size, self.config.seed, epoch,
@@ -179,22 +182,22 @@ class Trainer:
         """Train through every stage from wherever the workdir left off; returns the summary."""
         start_time = time.time()
         state, record = self.restore_or_init()
+        wall_before = record["totals"]["wall_seconds"]
         history: list[dict] = record["history"]
+        totals: dict[str, float] = record["totals"]  # cumulative over resumed invocations
         state_stage = self.stages[record["stage_index"]]
         total_epochs = self.stages[-1].end_epoch
-        train_seconds = compile_seconds = 0.0
-        images_trained = 0
         self._install_signal_handlers()
         try:
             while (epoch := int(state.step) // self.steps_per_epoch) < total_epochs:
                 stage = stage_of_epoch(self.stages, epoch)
                 if stage.index != state_stage.index:
                     state, state_stage = self.with_fresh_opt_state(state, stage), stage
-                state, sums, seconds, compile_s = self.train_epoch(state, stage, epoch)
-                train_seconds += seconds
-                compile_seconds += compile_s
+                state, sums, seconds, compile_s = self.train_epoch(state, stage, epoch, record)
+                totals["train_seconds"] += seconds
+                totals["compile_seconds"] += compile_s
+                totals["images_trained"] += float(sums["count"])
                 train_metrics = steps.summarize(sums)
-                images_trained += int(sums["count"])
                 eval_metrics = self.evaluate(state)
                 entry = {"epoch": epoch + 1, "stage": stage.name, "step": int(state.step),
                          "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
@@ -202,10 +205,9 @@ class Trainer:
                          "epoch_train_seconds": seconds, "lr": self.current_lr(stage, state)}
                 history.append(entry)
                 self.workdir.log_epoch(entry)
-                self.checkpointer.save(state, {"stage_index": stage.index, "history": history},
+                totals["wall_seconds"] = wall_before + time.time() - start_time
+                self.checkpointer.save(state, {"stage_index": stage.index, "history": history, "totals": totals},
                                        metrics={"eval_accuracy": eval_metrics["accuracy"]})
-        except StopRequested:
-            raise
         finally:
             self._restore_signal_handlers()
             self.checkpointer.wait()
@@ -219,10 +221,11 @@ class Trainer:
             "best_step": self.checkpointer.best_step(),
             "epochs_completed": int(state.step) // self.steps_per_epoch,
             "steps": int(state.step),
-            "wall_seconds": time.time() - start_time,
-            "train_seconds": train_seconds,
-            "compile_seconds": compile_seconds,
-            "train_images_per_second": images_trained / train_seconds if train_seconds else None,
+            "wall_seconds": wall_before + time.time() - start_time,
+            "train_seconds": totals["train_seconds"],
+            "compile_seconds": totals["compile_seconds"],
+            "train_images_per_second": (totals["images_trained"] / totals["train_seconds"]
+                                        if totals["train_seconds"] else None),
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "platform": jax.devices()[0].platform,
@@ -231,7 +234,7 @@ class Trainer:
         self.workdir.write_summary(summary)
         return summary
 
-    def train_epoch(self, state: steps.TrainState, stage: Stage, epoch: int):
+    def train_epoch(self, state: steps.TrainState, stage: Stage, epoch: int, record: dict):
         """One epoch (or its remainder after a resume). Metrics stay on the device and are
         pulled to the host only every `log_every_steps` steps, for the progress bar."""
         train_step = self.train_step_fn(stage, state.params)
@@ -242,11 +245,11 @@ class Trainer:
         t0 = t_window = time.time()
         for i, batch in enumerate(self.batches(epoch, start_step)):
             state, metrics = train_step(state, batch)
-            if i == 0 and not self._compiled.get(("warm", stage.index)):
-                jax.block_until_ready(metrics)  # first call compiles: keep it out of images/s
+            if stage.index not in self._warm:
+                jax.block_until_ready(metrics)  # the first call compiles: keep it out of images/s
                 compile_s = time.time() - t0
                 t0 = t_window = time.time()
-                self._compiled[("warm", stage.index)] = True
+                self._warm.add(stage.index)
             sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
             window = metrics if window is None else jax.tree_util.tree_map(jnp.add, window, metrics)
             if (i + 1) % self.config.log_every_steps == 0:
@@ -258,7 +261,7 @@ class Trainer:
                 bar.update(self.config.log_every_steps)
                 window, t_window = None, now
             if self._stop_signal is not None:
-                self._save_and_stop(state, stage)
+                self._save_and_stop(state, dict(record, stage_index=stage.index))
         jax.block_until_ready(sums)
         seconds = time.time() - t0
         bar.close()
@@ -286,10 +289,9 @@ class Trainer:
         for s, h in getattr(self, "_previous_handlers", {}).items():
             signal.signal(s, h)
 
-    def _save_and_stop(self, state: steps.TrainState, stage: Stage) -> None:
-        record = self.checkpointer.steps() and self.checkpointer.restore_record(self.checkpointer.steps()[-1])
-        history = record["history"] if record else []
-        self.checkpointer.save(state, {"stage_index": stage.index, "history": history})
+    def _save_and_stop(self, state: steps.TrainState, record: dict) -> None:
+        """Mid-epoch checkpoint (no eval metrics, so it never counts as 'best'), then stop."""
+        self.checkpointer.save(state, record)
         self.checkpointer.wait()
         raise StopRequested(f"Stopped by signal {self._stop_signal} at step {int(state.step)}; "
                             "checkpoint saved. Run the same command again to resume.")
@@ -354,8 +356,12 @@ def build_config(name_or_path: str, overrides: list[tuple[str, str]]) -> ml_coll
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file rename at INFO
+    # Our own handler: absl (imported by TF/Orbax) may already have configured the root logger.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("jaxcifar: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = build_config(args.config, overrides)

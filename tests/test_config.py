@@ -1,0 +1,74 @@
+import pytest
+
+from jaxcifar import config as config_lib
+from jaxcifar.train import build_config, parse_args
+
+
+def test_every_recipe_loads_and_validates():
+    assert {"simple_cnn", "resnet18"} <= set(config_lib.recipe_names())
+    for name in config_lib.recipe_names():
+        cfg = config_lib.load_recipe(name)
+        config_lib.validate(cfg, num_devices=1)
+
+
+def test_dotted_overrides_change_fields_with_types():
+    cfg = build_config("simple_cnn", [("epochs", "3"), ("batch_size", "128"), ("seed", "1"), ("lr", "1e-4"),
+                                      ("augment.flip", "False"), ("data.classes", "(5, 6)")])
+    assert (cfg.epochs, cfg.batch_size, cfg.seed, cfg.lr, cfg.augment.flip) == (3, 128, 1, 1e-4, False)
+    assert tuple(cfg.data.classes) == (5, 6)
+
+
+def test_unknown_recipe_lists_valid_ones():
+    with pytest.raises(ValueError, match="simple_cnn"):
+        config_lib.load_recipe("no_such_recipe")
+
+
+def test_unknown_field_lists_valid_fields():
+    with pytest.raises(ValueError, match="Unknown config field 'epochz'.*epochs"):
+        build_config("simple_cnn", [("epochz", "3")])
+    with pytest.raises(ValueError, match="augment.flop"):
+        build_config("simple_cnn", [("augment.flop", "1")])
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ValueError, match="epochs"):
+        build_config("simple_cnn", [("epochs", "three")])
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("epochs", "-1", "epochs=-1 must not be negative"),
+    ("batch_size", "100", "divisible by the 8 devices"),
+    ("lr", "0.0", "lr=0.0 must be positive"),
+    ("optimizer", "'rmsprop'", "use sgd, adam or adamw"),
+])
+def test_validation_errors_name_the_field(key, value, message):
+    cfg = build_config("simple_cnn", [(key, value)])
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(cfg, num_devices=8)
+
+
+def test_stage_overrides_inherit_defaults():
+    cfg = config_lib.recipe(epochs=4, lr=0.1, param_groups={"backbone": "backbone/.*", "head": "head/.*"},
+                            lr_multipliers={"backbone": 1.0, "head": 1.0},
+                            stages=({"name": "frozen", "epochs": 1, "lr_multipliers": {"backbone": None, "head": 1.0}},
+                                    {"name": "finetune", "lr": 1e-3}))
+    config_lib.override(cfg, "stages.finetune.epochs", "2")
+    plan = dict(config_lib.stage_plan(cfg))
+    assert list(plan) == ["frozen", "finetune"]
+    assert (plan["frozen"].epochs, plan["frozen"].lr, plan["frozen"].lr_multipliers["backbone"]) == (1, 0.1, None)
+    assert (plan["finetune"].epochs, plan["finetune"].lr) == (2, 1e-3)
+    with pytest.raises(ValueError, match="Unknown stage field"):
+        config_lib.override(cfg, "stages.finetune.model", "'resnet18'")
+    with pytest.raises(ValueError, match="No stage named 'warmup'"):
+        config_lib.override(cfg, "stages.warmup.lr", "1.0")
+
+
+def test_cli_parses_config_and_distributed_flags():
+    args, overrides = parse_args(["--config", "resnet18", "--workdir", "w", "--config.epochs=1",
+                                  "--distributed.coordinator=127.0.0.1:1234", "--distributed.num_processes=2",
+                                  "--distributed.process_id=1"])
+    assert (args.config, args.workdir, args.coordinator, args.num_processes, args.process_id) == (
+        "resnet18", "w", "127.0.0.1:1234", 2, 1)
+    assert overrides == [("epochs", "1")]
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "x", "--workdir", "w", "--bogus"])

@@ -1,0 +1,116 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcifar import checkpoint, train
+from jaxcifar.checkpoint import Checkpointer
+from tests.conftest import REPO, tiny_config
+
+
+def run_fit_subprocess(workdir, *overrides, env=None):
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "fit_synthetic.py"), str(workdir), *overrides],
+                         capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def leaves(variables):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(variables)]
+
+
+def test_fit_writes_summary_logs_and_checkpoints(tmp_path, tiny_data):
+    summary = train.fit(tiny_config(keep_checkpoints=1), tmp_path, data=tiny_data)
+    for key in ("test_accuracy", "epochs_completed", "wall_seconds", "train_images_per_second", "devices", "config"):
+        assert key in summary
+    assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["epochs_completed"] == 2
+    assert summary["eval_examples"] == 77 and summary["steps"] == 2 * (256 // 32)
+    assert json.loads((tmp_path / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # latest (keep_checkpoints=1) and best by eval accuracy are both kept
+    ckpt = Checkpointer(tmp_path)
+    assert ckpt.steps()[-1] == 16 and ckpt.best_step() in ckpt.steps()
+
+
+def test_training_learns_the_synthetic_task(tmp_path, tiny_data):
+    summary = train.fit(tiny_config(epochs=6), tmp_path, data=tiny_data)
+    assert summary["test_accuracy"] > 0.5  # chance is 0.1
+
+
+def test_checkpoint_round_trip_restores_every_leaf(tmp_path, tiny_data):
+    trainer = train.Trainer(tiny_config(), tmp_path, tiny_data)
+    state, _ = trainer.restore_or_init()
+    trainer.checkpointer.save(state, {"stage_index": 0, "history": [], "totals": {}})
+    trainer.checkpointer.wait()
+    target = jax.eval_shape(lambda s: s, state)
+    restored, record = trainer.checkpointer.restore(0, target)
+    assert record["stage_index"] == 0
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
+    for a, b in zip(leaves(restored), leaves(state)):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path, tiny_data, monkeypatch):
+    config = tiny_config(epochs=3)
+    train.fit(config, tmp_path / "straight", data=tiny_data)
+
+    original_save = Checkpointer.save
+
+    def save_then_crash(self, state, record, metrics=None):
+        original_save(self, state, record, metrics)
+        self.wait()
+        raise _Interrupt
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_crash)
+    with pytest.raises(_Interrupt):
+        train.fit(config, tmp_path / "resumed", data=tiny_data)
+    monkeypatch.setattr(Checkpointer, "save", original_save)
+    assert Checkpointer(tmp_path / "resumed").steps() == [8]
+
+    summary = train.fit(config, tmp_path / "resumed", data=tiny_data)
+    assert summary["steps"] == 24 and summary["epochs_completed"] == 3
+    a, _ = checkpoint.load_variables(tmp_path / "straight", "latest")
+    b, _ = checkpoint.load_variables(tmp_path / "resumed", "latest")
+    for x, y in zip(leaves(a), leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_same_seed_same_result_and_other_seed_differs(tmp_path, tiny_data):
+    runs = {name: train.fit(tiny_config(epochs=1, seed=seed), tmp_path / name, data=tiny_data)
+            for name, seed in (("a", 0), ("b", 0), ("c", 1))}
+    va, vb, vc = (leaves(checkpoint.load_variables(tmp_path / n, "latest")[0]) for n in "abc")
+    assert all(np.array_equal(x, y) for x, y in zip(va, vb))
+    assert runs["a"]["test_loss"] == runs["b"]["test_loss"]
+    assert not all(np.array_equal(x, y) for x, y in zip(va, vc))
+
+
+def test_eight_devices_give_the_same_losses_as_one(tmp_path):
+    one = run_fit_subprocess(tmp_path / "one", "--config.eval_batch_size=40")
+    eight = run_fit_subprocess(tmp_path / "eight", "--config.eval_batch_size=40", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert one["summary"]["devices"] == 1 and eight["summary"]["devices"] == 8
+    np.testing.assert_allclose(eight["train_loss"], one["train_loss"], rtol=1e-4)
+    assert abs(eight["summary"]["test_accuracy"] - one["summary"]["test_accuracy"]) <= 1 / 77
+
+
+def test_cli_trains_on_real_data_and_resumes(tmp_path, shared_data_dir):
+    cmd = [sys.executable, "-m", "jaxcifar.train", "--config", "simple_cnn", "--workdir", str(tmp_path),
+           "--data_dir", shared_data_dir, "--config.epochs=1", "--config.data.examples_per_class=50",
+           "--config.batch_size=50", "--config.data.eval_split=test[:200]"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "summary.json" in first.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval_examples"] == 200 and summary["epochs_completed"] == 1
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Resumed from step 10" in again.stderr

@@ -20,12 +20,23 @@ CIFAR10_MEAN = (125.3069, 122.9504, 113.8654)
 CIFAR10_STD = (62.9932, 62.0887, 66.7049)
 
 
-def normalize(images: jax.Array, scale_to_unit: bool = False) -> jax.Array:
-    """uint8 NHWC -> float32, either per-channel standardised or scaled to [0, 1]."""
+# ImageNet statistics on the 0..255 scale: what torchvision/timm-pretrained backbones expect.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+NORMALIZATIONS = ("cifar10", "imagenet", "unit")
+
+
+def normalize(images: jax.Array, normalization: str = "cifar10") -> jax.Array:
+    """uint8 NHWC (or float on the 0..255 scale) -> float32 model input: standardised with
+    CIFAR-10 or ImageNet channel statistics, or scaled to [0, 1] ('unit', the seed's x/255)."""
     x = images.astype(jnp.float32)
-    if scale_to_unit:
+    if normalization == "unit":
         return x / 255.0
-    return (x - jnp.asarray(CIFAR10_MEAN)) / jnp.asarray(CIFAR10_STD)
+    if normalization == "cifar10":
+        return (x - jnp.asarray(CIFAR10_MEAN)) / jnp.asarray(CIFAR10_STD)
+    if normalization == "imagenet":
+        return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    raise ValueError(f"Unknown normalization {normalization!r}; use one of {NORMALIZATIONS}.")
 
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
@@ -72,4 +83,4 @@ def augment(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict) -
     if cfg.rotation or cfg.zoom:
         # Interpolated pixels leave uint8; normalise() only needs a 0..255 scale.
         x = random_rotate_zoom(k_affine, x, cfg.rotation, cfg.zoom)
-    return normalize(x, cfg.scale_to_unit)
+    return normalize(x, cfg.normalization)

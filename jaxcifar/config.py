@@ -55,7 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.augment.flip = True
     c.augment.rotation = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
     c.augment.zoom = 0.0  # max zoom in/out as a fraction (Keras RandomZoom)
-    c.augment.scale_to_unit = False  # the seed's x/255 instead of mean/std normalisation
+    # cifar10 | imagenet (for ImageNet-pretrained backbones) | unit (the seed's x/255)
+    c.augment.normalization = "cifar10"
 
     c.batch_size = 256  # global batch, split over all devices
     c.eval_batch_size = 500
@@ -205,6 +206,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1).")
     if not 0.0 <= config.ema_decay < 1.0:
         errors.append(f"ema_decay={config.ema_decay} must be in [0, 1).")
+    if config.augment.normalization not in ("cifar10", "imagenet", "unit"):
+        errors.append(f"augment.normalization={config.augment.normalization!r}: use cifar10, imagenet or unit.")
     if config.keep_checkpoints < 1:
         errors.append(f"keep_checkpoints={config.keep_checkpoints} must be at least 1.")
     for name, stage in stage_plan(config):

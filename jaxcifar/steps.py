@@ -80,7 +80,7 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Calla
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         logits = predict_logits(model, eval_variables(state), augment.normalize(batch["image"],
-                                config.augment.scale_to_unit), tta=config.tta)
+                                config.augment.normalization), tta=config.tta)
         loss = cross_entropy(logits, batch["label"])
         return _metric_sums(logits, batch["label"], loss, batch["mask"])
 

@@ -9,7 +9,9 @@ from jaxcifar.config import default_config
 def test_normalize_standardises_with_cifar_statistics():
     x = jnp.asarray(np.array(augment.CIFAR10_MEAN), jnp.float32).reshape(1, 1, 1, 3)
     np.testing.assert_allclose(augment.normalize(x), 0.0, atol=1e-5)
-    assert float(augment.normalize(jnp.full((1, 1, 1, 3), 255, jnp.uint8), scale_to_unit=True).max()) == 1.0
+    assert float(augment.normalize(jnp.full((1, 1, 1, 3), 255, jnp.uint8), "unit").max()) == 1.0
+    imagenet_mean = jnp.asarray(np.array(augment.IMAGENET_MEAN), jnp.float32).reshape(1, 1, 1, 3)
+    np.testing.assert_allclose(augment.normalize(imagenet_mean, "imagenet"), 0.0, atol=1e-5)
 
 
 def test_random_crop_is_a_shift_of_the_zero_padded_image():

@@ -103,15 +103,16 @@ class ResNetBackbone(nn.Module):
     stage_sizes: tuple[int, ...]
     block_cls: type[BasicBlock] | type[Bottleneck]
     stem: Stem = "cifar"
+    width: int = 64  # channels of the stem and first stage; doubles per stage
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
         if self.stem == "cifar":
-            x = _conv(64, 3, 1, self.dtype, "conv1")(x)
+            x = _conv(self.width, 3, 1, self.dtype, "conv1")(x)
             x = nn.relu(_bn(use_running_average, self.dtype, "bn1")(x))
         elif self.stem == "imagenet":
-            x = _conv(64, 7, 2, self.dtype, "conv1")(x)
+            x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
             x = nn.relu(_bn(use_running_average, self.dtype, "bn1")(x))
             # torchvision MaxPool2d(3, 2, padding=1): padding is -inf, as in nn.max_pool.
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -121,7 +122,7 @@ class ResNetBackbone(nn.Module):
             for j in range(num_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
                 x = self.block_cls(
-                    64 * 2**i, stride=stride, dtype=self.dtype, name=f"layer{i + 1}_{j}"
+                    self.width * 2**i, stride=stride, dtype=self.dtype, name=f"layer{i + 1}_{j}"
                 )(x, use_running_average=use_running_average)
         return jnp.mean(x, axis=(1, 2))
 
@@ -138,12 +139,13 @@ class ResNet(nn.Module):
     block_cls: type[BasicBlock] | type[Bottleneck]
     num_classes: int = 10
     stem: Stem = "cifar"
+    width: int = 64  # smaller widths (with fewer stage_sizes) give toy ResNets for tests
     dtype: jnp.dtype = jnp.float32
     input_size: int | None = None
 
     def setup(self) -> None:
         self.backbone = ResNetBackbone(
-            self.stage_sizes, self.block_cls, stem=self.stem, dtype=self.dtype
+            self.stage_sizes, self.block_cls, stem=self.stem, width=self.width, dtype=self.dtype
         )
         self.head = nn.Dense(self.num_classes, dtype=self.dtype)
 

@@ -1,0 +1,286 @@
+"""Evaluate a trained run in depth: `python -m jaxcifar.evaluate --workdir W`.
+
+    python -m jaxcifar.evaluate --workdir runs/cnn --data_dir ../shared/tensorflow_datasets [--checkpoint latest] [--tta]
+
+Writes to W/eval/:
+  report.json             accuracy, loss, per-class precision/recall/accuracy, the confusion
+                          matrix (rows = true class, columns = predicted) and the most-confused pairs
+  confusion_matrix.png    the confusion matrix as a heatmap with counts
+  training_curves.png     loss and accuracy per epoch from metrics.jsonl, train vs eval, with a
+                          dashed line where the run switched stage
+  misclassified.png       the most confidently misclassified images with true/predicted labels
+
+Every image of the split counts exactly once (the last batch is padded and masked, as in
+training), and the logits come from `Run.logits`, the same computation as the training loop's
+eval step. So with the same checkpoint, split and TTA setting, the accuracy here is the one in
+summary.json; what this adds is *where* the errors are.
+
+The math (confusion matrix, per-class metrics, most-confused pairs) is in pure NumPy
+functions; loading, plotting and writing files are kept at the edges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+
+from jaxcifar import data as data_lib
+from jaxcifar.runs import Run, add_run_arguments, load_run
+
+REPORT = "report.json"
+PLOTS = ("confusion_matrix.png", "training_curves.png", "misclassified.png")
+
+
+# ----- math (pure) -----
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(predictions)), 1)
+    return cm
+
+
+def per_class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class support, precision, recall and one-vs-rest accuracy from a confusion matrix.
+
+    recall is the accuracy *on that class's images*; `accuracy` is the binary "is it this
+    class?" accuracy over all images, (TP + TN) / N. A class never predicted has precision
+    0 and a class with no images has recall 0 (sklearn's zero_division=0), so that the
+    report stays plain JSON numbers.
+    """
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    total = cm.sum()
+    true_negatives = total - support - predicted + tp
+    return {
+        "support": support,
+        "precision": np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0),
+        "recall": np.divide(tp, support, out=np.zeros_like(tp), where=support > 0),
+        "accuracy": (tp + true_negatives) / total if total else np.zeros_like(tp),
+    }
+
+
+def most_confused_pairs(cm: np.ndarray, k: int = 5) -> list[tuple[int, int, int]]:
+    """The k largest off-diagonal cells as (true, predicted, count), largest first (ties in
+    row-major order); cells with no errors are left out."""
+    errors = cm.copy()
+    np.fill_diagonal(errors, 0)
+    order = np.argsort(-errors, axis=None, kind="stable")[:k]
+    pairs = [(int(t), int(p), int(errors[t, p])) for t, p in zip(*np.unravel_index(order, cm.shape))]
+    return [pair for pair in pairs if pair[2] > 0]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(-log_softmax(logits.astype(np.float64))[np.arange(len(labels)), labels].mean())
+
+
+def stage_boundaries(history: list[dict]) -> list[tuple[float, str]]:
+    """(x, new stage name) halfway between the last epoch of a stage and the first of the next."""
+    return [(prev["epoch"] + 0.5, cur["stage"]) for prev, cur in zip(history, history[1:])
+            if cur["stage"] != prev["stage"]]
+
+
+def last_entry_per_epoch(history: list[dict]) -> list[dict]:
+    """A resumed run can log an epoch twice (crash between the log line and the checkpoint);
+    the later line is the one its checkpoints continue from."""
+    return list({h["epoch"]: h for h in history}.values())
+
+
+def build_report(labels: np.ndarray, logits: np.ndarray, class_names: tuple[str, ...], top_pairs: int = 5) -> dict:
+    """The JSON report of one evaluation (no provenance; `evaluate_workdir` adds that)."""
+    predictions = logits.argmax(axis=-1)
+    cm = confusion_matrix(labels, predictions, len(class_names))
+    metrics = per_class_metrics(cm)
+    return {
+        "num_examples": int(len(labels)),
+        "accuracy": float(np.trace(cm) / cm.sum()),
+        "loss": mean_cross_entropy(logits, labels),
+        "class_names": list(class_names),
+        "per_class": [{"class": name, **{key: metrics[key][i].item() for key in metrics}}
+                      for i, name in enumerate(class_names)],
+        "confusion_matrix": cm.tolist(),
+        "most_confused": [{"true": class_names[t], "predicted": class_names[p], "count": n}
+                          for t, p, n in most_confused_pairs(cm, top_pairs)],
+    }
+
+
+# ----- inference -----
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Logits of every example of a split, in split order, and the report built from them."""
+
+    split: data_lib.ArraySplit
+    logits: np.ndarray
+    report: dict[str, Any]
+
+
+def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
+                 batch_size: int | None = None) -> Evaluation:
+    """Logits and report of `run` on an in-memory split (e.g. a synthetic one in tests).
+    Fixed-size padded batches (data.eval_batches), so the model compiles once."""
+    tta = run.resolve_tta(tta)
+    chunks = [np.asarray(run.logits(batch["image"], tta=tta))[batch["mask"]]
+              for batch in data_lib.eval_batches(split, batch_size or run.config.eval_batch_size)]
+    logits = np.concatenate(chunks)
+    report = build_report(split.labels, logits, run.class_names)
+    report.update(tta=tta, checkpoint_step=run.step)
+    return Evaluation(split, logits, report)
+
+
+def load_eval_split(run: Run, split_name: str | None = None, data_dir: str | None = None) -> data_lib.ArraySplit:
+    """A TFDS split (default: the run's eval split) restricted and relabelled to the run's
+    class subset, as training did for its eval split."""
+    config = run.config.data
+    split = data_lib.load_split(split_name or config.eval_split, data_dir, config.dataset)
+    return data_lib.select_examples(split, tuple(config.classes))
+
+
+# ----- plots (matplotlib's Figure API: the Agg canvas, no pyplot state or GUI backend) -----
+def plot_confusion_matrix(cm: np.ndarray, class_names: tuple[str, ...], path: pathlib.Path) -> None:
+    from matplotlib.figure import Figure
+
+    size = 1.0 + 0.6 * len(class_names)
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = cm.max() / 2 if cm.size else 0
+    for (t, p), count in np.ndenumerate(cm):
+        ax.text(p, t, str(count), ha="center", va="center", fontsize=8,
+                color="white" if count > threshold else "black")
+    ax.set_title(f"Confusion matrix ({cm.sum()} images, accuracy {np.trace(cm) / max(cm.sum(), 1):.2%})")
+    fig.savefig(path, dpi=100)
+
+
+def plot_training_curves(history: list[dict], path: pathlib.Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label=f"train {metric}")
+        ax.plot(epochs, [h[f"eval_{metric}"] for h in history], "s-", label=f"eval {metric}")
+        for x, stage in stage_boundaries(history):
+            ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+            ax.text(x, 1.0, f" {stage}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if not history:
+        fig.suptitle("no metrics.jsonl in this workdir: no per-epoch history to plot")
+    fig.savefig(path, dpi=100)
+
+
+def plot_misclassified(evaluation: Evaluation, class_names: tuple[str, ...], path: pathlib.Path,
+                       max_images: int = 24) -> None:
+    """The most confidently wrong predictions first: they show what the model has learned
+    wrongly, where borderline errors mostly show ambiguous images."""
+    from matplotlib.figure import Figure
+
+    probabilities = np.exp(log_softmax(evaluation.logits.astype(np.float64)))
+    predictions = probabilities.argmax(axis=-1)
+    wrong = np.flatnonzero(predictions != evaluation.split.labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]], kind="stable")][:max_images]
+    cols = 6
+    rows = max(1, -(-len(wrong) // cols))
+    fig = Figure(figsize=(2 * cols, 2.3 * rows), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, cols)).reshape(-1)
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, wrong):
+        ax.imshow(evaluation.split.images[i], interpolation="nearest")
+        ax.set_title(f"true: {class_names[evaluation.split.labels[i]]}\n"
+                     f"pred: {class_names[predictions[i]]} ({probabilities[i, predictions[i]]:.2f})", fontsize=8)
+    if not len(wrong):
+        axes[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center", transform=axes[0].transAxes)
+    fig.suptitle(f"{len(wrong)} most confident of {int((predictions != evaluation.split.labels).sum())} "
+                 "misclassified images")
+    fig.savefig(path, dpi=100)
+
+
+# ----- files -----
+def read_history(workdir: pathlib.Path) -> list[dict]:
+    """metrics.jsonl's per-epoch entries ([] for a run without one)."""
+    path = workdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def write_outputs(run: Run, evaluation: Evaluation, out_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """report.json and the three plots in `out_dir`; returns {file name: path}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in (REPORT, *PLOTS)}
+    plot_confusion_matrix(np.asarray(evaluation.report["confusion_matrix"]), run.class_names,
+                          paths["confusion_matrix.png"])
+    plot_training_curves(last_entry_per_epoch(read_history(run.workdir)), paths["training_curves.png"])
+    plot_misclassified(evaluation, run.class_names, paths["misclassified.png"])
+    paths[REPORT].write_text(json.dumps(evaluation.report, indent=2))
+    return paths
+
+
+def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best", tta: bool | None = None,
+                     split_name: str | None = None, data_dir: str | None = None,
+                     split: data_lib.ArraySplit | None = None) -> tuple[dict, dict[str, pathlib.Path]]:
+    """Library form of the CLI: evaluate one checkpoint of `workdir` on a TFDS split (or on
+    an in-memory `split`), write WORKDIR/eval/*; returns (report, {file name: path})."""
+    run = load_run(workdir, checkpoint)
+    if split is None:
+        split_name = split_name or run.config.data.eval_split
+        split = load_eval_split(run, split_name, data_dir)
+    evaluation = evaluate_run(run, split, tta)
+    evaluation.report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name or "in-memory")
+    return evaluation.report, write_outputs(run, evaluation, run.workdir / "eval")
+
+
+def summary_text(report: dict) -> str:
+    per_class = sorted(report["per_class"], key=lambda c: c["recall"])
+    lines = [
+        f"accuracy {report['accuracy']:.4f} (loss {report['loss']:.4f}) on {report['num_examples']} "
+        f"{report['split']} images; checkpoint {report['checkpoint']} = step {report['checkpoint_step']}; "
+        f"tta {'on' if report['tta'] else 'off'}",
+        "weakest classes (recall): " + ", ".join(f"{c['class']} {c['recall']:.2f}" for c in per_class[:3]),
+        "most confused (true -> predicted): "
+        + (", ".join(f"{p['true']} -> {p['predicted']} {p['count']}" for p in report["most_confused"]) or "none"),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxcifar.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Accuracy, per-class metrics, confusion matrix and plots of a trained run, "
+                    "written to WORKDIR/eval/.")
+    add_run_arguments(parser)
+    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
+    parser.add_argument("--split", default=None,
+                        help="TFDS split to evaluate, e.g. test or 'test[:500]' (default: the run's data.eval_split)")
+    args = parser.parse_args(argv)
+    try:
+        report, paths = evaluate_workdir(args.workdir, args.checkpoint, args.tta, args.split, args.data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_text(report))
+    print(f"wrote {', '.join(paths)} to {paths[REPORT].parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

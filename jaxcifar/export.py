@@ -1,0 +1,165 @@
+"""Export a trained run for serving: `python -m jaxcifar.export --workdir W --out DIR`.
+
+    python -m jaxcifar.export --workdir runs/cnn --out exported/cnn [--format stablehlo|savedmodel|both]
+
+Both artefacts compute the same function, `uint8 images (b, 32, 32, 3) NHWC RGB -> float32
+logits (b, num_classes)`, for any batch size b: the normalisation the run trained with (and
+flip TTA when asked for) and the weights are baked in, so a client sends raw pixels and
+needs neither jaxcifar nor the checkpoint. Images of other sizes must be resized to 32x32
+first (as `jaxcifar.predict` does).
+
+* `DIR/model.stablehlo`: a serialized `jax.export.Exported` (StableHLO, batch dimension
+  symbolic). `load_exported(DIR)` gives back a callable; it needs only `jax`. It is lowered
+  for cpu, cuda and tpu by default, so one file runs on any of them.
+* `DIR/saved_model/`: a TensorFlow SavedModel made with `jax2tf` (native serialization: the
+  same StableHLO inside one XlaCallModule op). Its `serving_default` signature takes
+  `images` (uint8, [None, 32, 32, 3]) and returns `logits` and `probabilities`, which is
+  what TF Serving exposes. Loading it needs a TensorFlow at least as new as the one that
+  wrote it (it is checked here with `tf.saved_model.load`, not with a TF Serving binary).
+* `DIR/serving.json`: class names in logit order, input and output specs, provenance.
+
+If TensorFlow (and so jax2tf) cannot be imported, `--format savedmodel` fails with the
+reason, and `--format both` still writes the StableHLO artefact, says clearly that the
+SavedModel was skipped, and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from jaxcifar.runs import Run, add_run_arguments, load_run
+
+STABLEHLO_FILE = "model.stablehlo"
+SAVED_MODEL_DIR = "saved_model"
+SERVING_FILE = "serving.json"
+PLATFORMS = ("cpu", "cuda", "tpu")
+INPUT_SHAPE = ("b", 32, 32, 3)  # b: any batch size
+
+
+def export_stablehlo(run: Run, tta: bool = False, platforms: tuple[str, ...] = PLATFORMS) -> jax_export.Exported:
+    """The run's `uint8 -> logits` function lowered to StableHLO with a symbolic batch size."""
+    spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(",".join(map(str, INPUT_SHAPE))), jnp.uint8)
+    return jax_export.export(jax.jit(run.serving_fn(tta)), platforms=platforms)(spec)
+
+
+def load_exported(path: str | pathlib.Path) -> Callable[[np.ndarray], jax.Array]:
+    """`images -> logits` from a `model.stablehlo` file (or the export directory holding it)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / STABLEHLO_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No exported model at {path}; write one with `python -m jaxcifar.export`.")
+    compiled = jax.jit(jax_export.deserialize(bytearray(path.read_bytes())).call)  # compiled once per batch size
+
+    def call(images: np.ndarray) -> jax.Array:
+        return compiled(jnp.asarray(images, jnp.uint8))
+
+    return call
+
+
+def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,
+                     platforms: tuple[str, ...] = PLATFORMS) -> None:
+    """A TF SavedModel with a batch-polymorphic `serving_default` signature. The weights
+    are constants inside the embedded StableHLO (fine far below the 2 GB protobuf limit;
+    a ResNet-50 is 100 MB); raises ImportError where TensorFlow is not installed."""
+    from jaxcifar.data import import_tf
+
+    tf = import_tf()
+    from jax.experimental import jax2tf
+
+    logits_tf = jax2tf.convert(run.serving_fn(tta), polymorphic_shapes=[f"({', '.join(map(str, INPUT_SHAPE))})"],
+                               with_gradient=False, native_serialization_platforms=platforms)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE[1:]], tf.uint8, name="images")],
+                 autograph=False)
+    def serve(images):
+        logits = logits_tf(images)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+    module = tf.Module()
+    module.serve = serve
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": serve})
+
+
+def serving_metadata(run: Run, tta: bool, platforms: tuple[str, ...], formats: list[str]) -> dict:
+    return {
+        "class_names": list(run.class_names),
+        "input": {"name": "images", "dtype": "uint8", "shape": list(INPUT_SHAPE), "layout": "NHWC",
+                  "color": "RGB", "range": [0, 255],
+                  "preprocessing": "resize to 32x32 (jaxcifar.predict: Pillow bilinear); normalisation "
+                                   f"({run.config.augment.normalization}) is inside the model"},
+        "output": {"logits": {"dtype": "float32", "shape": ["b", run.num_classes]},
+                   "probabilities": "softmax of logits (SavedModel signature only)"},
+        "formats": formats,
+        "platforms": list(platforms),
+        "tta": tta,
+        "model": run.config.model,
+        "workdir": str(run.workdir),
+        "checkpoint_step": run.step,
+        "jax_version": jax.__version__,
+    }
+
+
+def export_run(run: Run, out: pathlib.Path, fmt: str = "both", tta: bool = False,
+               platforms: tuple[str, ...] = PLATFORMS) -> tuple[list[str], str | None]:
+    """Write the requested artefacts and serving.json to `out`; returns (formats written,
+    why the SavedModel was skipped or None). Only `both` tolerates a missing TensorFlow."""
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], None
+    if fmt in ("stablehlo", "both"):
+        (out / STABLEHLO_FILE).write_bytes(export_stablehlo(run, tta, platforms).serialize())
+        written.append("stablehlo")
+    if fmt in ("savedmodel", "both"):
+        try:
+            save_saved_model(run, out / SAVED_MODEL_DIR, tta, platforms)
+            written.append("savedmodel")
+        except ImportError as e:
+            if fmt == "savedmodel":
+                raise
+            skipped = f"TensorFlow/jax2tf could not be imported ({e})"
+    (out / SERVING_FILE).write_text(json.dumps(serving_metadata(run, tta, platforms, written), indent=2))
+    return written, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxcifar.export", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a trained run as StableHLO (jax.export) and/or a TF SavedModel (jax2tf); "
+                    "input uint8 (b, 32, 32, 3) RGB, output float32 logits, any batch size.")
+    add_run_arguments(parser)
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    parser.add_argument("--format", choices=("stablehlo", "savedmodel", "both"), default="both")
+    parser.add_argument("--platforms", default=",".join(PLATFORMS),
+                        help=f"comma-separated platforms to lower for (default {','.join(PLATFORMS)})")
+    args = parser.parse_args(argv)
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    try:
+        run = load_run(args.workdir, args.checkpoint)
+        tta = run.resolve_tta(args.tta)
+        written, skipped = export_run(run, args.out, args.format, tta, platforms)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = {"stablehlo": args.out / STABLEHLO_FILE, "savedmodel": args.out / SAVED_MODEL_DIR}
+    for fmt in written:
+        print(f"wrote {fmt}: {paths[fmt]}")
+    print(f"wrote {args.out / SERVING_FILE} (step {run.step}, tta {'on' if tta else 'off'}, "
+          f"platforms {','.join(platforms)})")
+    if skipped:
+        print(f"warning: SavedModel NOT written: {skipped}. Only the StableHLO artefact was exported; "
+              "install tensorflow to export a SavedModel.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

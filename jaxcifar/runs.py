@@ -1,0 +1,129 @@
+"""Open a trained run directory for inference: `load_run(workdir) -> Run`.
+
+The evaluate, predict and export CLIs all need the same four things from a workdir (the
+config it was trained with, its model, one checkpoint's weights, and the class names), and
+they must all turn uint8 pixels into logits exactly as the training loop's eval step does.
+Keeping that in one place means a change to normalisation or the checkpoint layout cannot
+make the three tools disagree with each other or with `summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxcifar import augment, checkpoint, models, steps
+from jaxcifar import config as config_lib
+from jaxcifar.data import NUM_CLASSES
+
+# TFDS `cifar10` label names, in label order (tensorflow_datasets/cifar10/*/label.labels.txt).
+CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# Logits of uint8 NHWC images: (variables, images, tta) -> float32 (n, num_classes).
+ForwardFn = Callable[[dict, jax.Array, bool], jax.Array]
+
+
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Names of the run's output classes, in logit order: with a class subset
+    (`data.classes`), the chosen classes relabelled 0..k-1 in the order given. Other
+    datasets than cifar10 have no names here, so their classes are named by label id."""
+    ids = tuple(config.data.classes) or tuple(range(NUM_CLASSES))
+    if config.data.dataset != "cifar10":
+        return tuple(str(i) for i in ids)
+    return tuple(CIFAR10_CLASS_NAMES[i] for i in ids)
+
+
+def make_forward(model: nn.Module, normalization: str) -> ForwardFn:
+    """The eval step's input pipeline and model call (steps.make_eval_step), minus the
+    metrics: normalise uint8 pixels as the run was trained, then `predict_logits`."""
+
+    def forward(variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
+        return steps.predict_logits(model, variables, augment.normalize(images, normalization), tta=tta)
+
+    return forward
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One checkpoint of a trained run, ready for inference."""
+
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    variables: dict[str, Any]  # {'params', 'batch_stats'} on the default device
+    step: int
+    class_names: tuple[str, ...]
+    forward: ForwardFn = dataclasses.field(init=False, repr=False)
+    _jitted: Callable[..., jax.Array] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        forward = make_forward(self.model, self.config.augment.normalization)
+        object.__setattr__(self, "forward", forward)
+        object.__setattr__(self, "_jitted", jax.jit(forward, static_argnames="tta"))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def resolve_tta(self, tta: bool | None) -> bool:
+        """An explicit choice, else what the run itself evaluated with (`config.tta`), so that
+        by default every tool reproduces the accuracy in summary.json."""
+        return self.config.tta if tta is None else tta
+
+    def logits(self, uint8_images: Any, tta: bool = False) -> jax.Array:
+        """float32 logits (n, num_classes) of uint8 NHWC 32x32 RGB images. Each new batch
+        size compiles once; callers with many batches should keep their size fixed."""
+        return self._jitted(self.variables, jnp.asarray(uint8_images, jnp.uint8), tta=tta)
+
+    def serving_fn(self, tta: bool = False) -> Callable[[jax.Array], jax.Array]:
+        """`images -> logits` with the weights closed over, so that exporting it bakes the
+        weights and the normalisation into one self-contained module."""
+        return functools.partial(self.forward, self.variables, tta=tta)
+
+
+def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The run's full config from `config.json`, rebuilt through `config.recipe` so that
+    JSON lists become the tuples the schema expects."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a jaxcifar workdir "
+                                "(pass the --workdir that training wrote to).")
+    return config_lib.recipe(json.loads(path.read_text()))
+
+
+def load_run(workdir: str | pathlib.Path, which: str | int = "best") -> Run:
+    """Open `workdir` at checkpoint `which` ('best', 'latest' or a step number)."""
+    workdir = pathlib.Path(workdir).absolute()
+    config = read_config(workdir)
+    names = class_names(config)
+    model = models.create_model(config.model, len(names), **config.model_kwargs.to_dict())
+    variables, step = checkpoint.load_variables(workdir, which)
+    return Run(workdir, config, model, jax.device_put(variables), int(step), names)
+
+
+def parse_checkpoint(text: str) -> str | int:
+    """--checkpoint value: 'best', 'latest' or a step number."""
+    if text in ("best", "latest"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'best', 'latest' or a step number, got {text!r}") from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workdir, --checkpoint and --tta, shared by every CLI that opens a trained run."""
+    parser.add_argument("--workdir", required=True, help="run directory written by `python -m jaxcifar.train`")
+    parser.add_argument("--checkpoint", type=parse_checkpoint, default="best",
+                        help="'best' (by eval accuracy, the default), 'latest', or a step number")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average logits with the horizontally mirrored image (default: the run's config.tta)")

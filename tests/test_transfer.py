@@ -1,0 +1,124 @@
+"""Staged training: frozen backbone (parameters AND BatchNorm statistics untouched),
+then fine-tuning; parameter-group rules; --init_from."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcifar import checkpoint, optim, train
+from jaxcifar.checkpoint import Checkpointer
+from tests.conftest import synthetic_split, tiny_config
+
+TINY_RESNET = {"stage_sizes": (1, 1), "width": 8}
+GROUPS = {"backbone": "backbone/.*", "head": "head/.*"}
+
+
+def staged_config(**fields):
+    base = dict(model="resnet18", model_kwargs=TINY_RESNET, param_groups=GROUPS,
+                lr_multipliers={"backbone": 1.0, "head": 1.0}, optimizer="sgd", lr=0.05, momentum=0.9,
+                weight_decay=0.5, keep_checkpoints=5,  # a huge decay: it must still not touch frozen weights
+                stages=({"name": "frozen", "epochs": 1, "lr_multipliers": {"backbone": None, "head": 1.0}},
+                        {"name": "finetune", "epochs": 1, "lr": 0.01}))
+    return tiny_config(**{**base, **fields})
+
+
+def subtree(variables, collection, part):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(variables[collection][part])]
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_frozen_stage_leaves_backbone_params_and_bn_stats_bit_identical(tmp_path, tiny_data):
+    config = staged_config()
+    trainer = train.Trainer(config, tmp_path, tiny_data)
+    start = trainer.initial_state()
+    start_vars = {"params": start.params, "batch_stats": start.batch_stats}
+    trainer.checkpointer.close()
+    train.fit(config, tmp_path, data=tiny_data)
+
+    steps_per_epoch = 256 // 32
+    after_frozen, _ = checkpoint.load_variables(tmp_path, steps_per_epoch)
+    after_finetune, _ = checkpoint.load_variables(tmp_path, "latest")
+    for collection in ("params", "batch_stats"):
+        assert same(subtree(after_frozen, collection, "backbone"), subtree(start_vars, collection, "backbone"))
+        assert not same(subtree(after_finetune, collection, "backbone"), subtree(start_vars, collection, "backbone"))
+    assert not same(subtree(after_frozen, "params", "head"), subtree(start_vars, "params", "head"))
+
+
+def test_frozen_groups_get_no_optimizer_moments(tiny_data):
+    config = staged_config(optimizer="adam")
+    trainer = train.Trainer(config, "/tmp/unused-jaxcifar-test", tiny_data)
+    state = trainer.initial_state()
+    frozen, finetune = trainer.stages
+    head_size = sum(x.size for x in jax.tree_util.tree_leaves(state.params["head"]))
+    all_size = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+
+    def moment_elements(stage):
+        opt_state = trainer.with_fresh_opt_state(state, stage).opt_state
+        return sum(x.size for x in jax.tree_util.tree_leaves(opt_state) if x.ndim > 0)
+
+    assert moment_elements(frozen) == 2 * head_size  # Adam's mu and nu, head only
+    assert moment_elements(finetune) == 2 * all_size
+    trainer.checkpointer.close()
+
+
+def test_unmatched_parameter_is_named():
+    params = {"backbone": {"conv1": {"kernel": np.zeros((3, 3))}}, "head": {"kernel": np.zeros(2)}}
+    with pytest.raises(ValueError, match="backbone/conv1/kernel"):
+        optim.param_labels(params, {"head": "head/.*"})
+    labels = optim.param_labels(params, {"bias": ".*bias", "head": "head/.*", "rest": ".*"})
+    assert labels == {"backbone": {"conv1": {"kernel": "rest"}}, "head": {"kernel": "head"}}
+
+
+def test_discriminative_learning_rates_scale_each_group():
+    stage = staged_config(stages=(), schedule="constant", warmup_epochs=0.0, optimizer="sgd", momentum=0.0,
+                          weight_decay=0.0, lr=1.0, lr_multipliers={"backbone": 0.1, "head": 1.0})
+    params = {"backbone": {"w": np.ones(2, np.float32)}, "head": {"w": np.ones(2, np.float32)}}
+    tx, _ = optim.make_optimizer(dict(train.config_lib.stage_plan(stage))["train"], GROUPS, params, 10)
+    updates, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_allclose(updates["backbone"]["w"], -0.1)
+    np.testing.assert_allclose(updates["head"]["w"], -1.0)
+
+
+def test_init_from_run_with_other_head_size_and_mismatched_backbone(tmp_path, tiny_data):
+    source = tmp_path / "pretrain"
+    train.fit(staged_config(stages=()), source, data=tiny_data)
+    pretrained, _ = checkpoint.load_variables(source, "best")
+
+    three_class = train.Data(*(train.data_lib.select_examples(s, (0, 1, 2)) for s in (tiny_data.train, tiny_data.eval)), 3)
+    config = staged_config(data={"classes": (0, 1, 2)})
+    trainer = train.Trainer(config, tmp_path / "transfer", three_class, init_from=str(source))
+    state = trainer.initial_state()
+    assert state.params["head"]["kernel"].shape[-1] == 3
+    for collection in ("params", "batch_stats"):
+        got = {"params": state.params, "batch_stats": state.batch_stats}
+        assert same(subtree(got, collection, "backbone"), subtree(pretrained, collection, "backbone"))
+    trainer.checkpointer.close()
+
+    wider = staged_config(model_kwargs={"stage_sizes": (1, 1), "width": 16})
+    with pytest.raises(ValueError, match="backbone does not fit"):
+        train.fit(wider, tmp_path / "bad", data=tiny_data, init_from=str(source))
+
+
+def test_stage_switch_resets_optimizer_and_resumes_across_stages(tmp_path, tiny_data, monkeypatch):
+    config = staged_config()
+    straight = train.fit(config, tmp_path / "a", data=tiny_data)
+    original = Checkpointer.save
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(self, state, record, metrics=None):
+        original(self, state, record, metrics)
+        self.wait()
+        raise Crash
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_crash)
+    with pytest.raises(Crash):
+        train.fit(config, tmp_path / "b", data=tiny_data)  # dies at the frozen -> finetune boundary
+    monkeypatch.setattr(Checkpointer, "save", original)
+    resumed = train.fit(config, tmp_path / "b", data=tiny_data)
+    assert resumed["test_loss"] == straight["test_loss"]
+    assert [h["stage"] for h in train.Workdir(tmp_path / "b", config).history()] == ["frozen", "finetune"]

@@ -8,13 +8,15 @@ and TensorFlow is only loaded by the tf.data path):
     jaxcifar.optim       parameter groups, multi_transform   jaxcifar.steps    pure train/eval steps
     jaxcifar.checkpoint  Orbax checkpoints                   jaxcifar.train    the loop: fit(), CLI
     jaxcifar.parallel    mesh, shardings, multi-process      jaxcifar.pretrained  --init_from
+    jaxcifar.runs        open a trained workdir              jaxcifar.evaluate  report + plots
+    jaxcifar.predict     classify image files                jaxcifar.export    StableHLO / SavedModel
 """
 
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = ("augment", "checkpoint", "config", "data", "models", "optim", "parallel", "pretrained", "steps",
-               "train", "workdir")
+_SUBMODULES = ("augment", "checkpoint", "config", "data", "evaluate", "export", "models", "optim", "parallel",
+               "predict", "pretrained", "runs", "steps", "train", "workdir")
 
 
 def __getattr__(name):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxcifar.steps import TrainState
 
@@ -76,9 +78,21 @@ class Checkpointer:
                 record = self.restore_record(step)
                 return self.restore(step, make_target(record))
             except Exception as e:  # noqa: BLE001 - any read failure means "try the previous one"
-                logging.warning("Checkpoint at step %d in %s could not be restored (%s: %s); "
-                                "falling back to the previous one.", step, self.directory, type(e).__name__, e)
+                aside = self._move_aside(step)
+                logging.warning("Checkpoint at step %d could not be restored (%s: %s); moved it to %s and "
+                                "falling back to the previous one.", step, type(e).__name__, e, aside)
         return None
+
+    def _move_aside(self, step: int) -> pathlib.Path:
+        """Keep an unreadable checkpoint for inspection, out of the manager's way (so the
+        re-trained step can be saved again)."""
+        aside = self.directory.parent / "corrupt_checkpoints" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            aside.parent.mkdir(exist_ok=True)
+            (self.directory / str(step)).rename(aside)
+        multihost_utils.sync_global_devices(f"jaxcifar_move_aside_{step}")
+        self.manager.reload()
+        return aside
 
     def close(self) -> None:
         self.manager.close()

@@ -45,6 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.dataset = "cifar10"
     c.data.train_split = "train"
     c.data.eval_split = "test"  # the 1,000 exact test images; `test_jpeg` is for robustness only
+    c.data.extra_eval_splits = ()  # evaluated once at the end, e.g. ("test_jpeg",) for robustness
     c.data.classes = ()  # a subset of class ids, relabelled 0..k-1 in this order; () = all
     c.data.examples_per_class = 0  # deterministic label budget per class; 0 = all
     c.data.device_resident = False  # keep the whole train split on the device (the `fast` path)

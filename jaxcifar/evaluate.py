@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import pathlib
 import sys
@@ -87,14 +88,8 @@ def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def stage_boundaries(history: list[dict]) -> list[tuple[float, str]]:
     """(x, new stage name) halfway between the last epoch of a stage and the first of the next."""
-    return [(prev["epoch"] + 0.5, cur["stage"]) for prev, cur in zip(history, history[1:])
+    return [(prev["epoch"] + 0.5, cur["stage"]) for prev, cur in itertools.pairwise(history)
             if cur["stage"] != prev["stage"]]
-
-
-def last_entry_per_epoch(history: list[dict]) -> list[dict]:
-    """A resumed run can log an epoch twice (crash between the log line and the checkpoint);
-    the later line is the one its checkpoints continue from."""
-    return list({h["epoch"]: h for h in history}.values())
 
 
 def build_report(labels: np.ndarray, logits: np.ndarray, class_names: tuple[str, ...], top_pairs: int = 5) -> dict:
@@ -103,7 +98,7 @@ def build_report(labels: np.ndarray, logits: np.ndarray, class_names: tuple[str,
     cm = confusion_matrix(labels, predictions, len(class_names))
     metrics = per_class_metrics(cm)
     return {
-        "num_examples": int(len(labels)),
+        "num_examples": len(labels),
         "accuracy": float(np.trace(cm) / cm.sum()),
         "loss": mean_cross_entropy(logits, labels),
         "class_names": list(class_names),
@@ -129,6 +124,8 @@ def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
                  batch_size: int | None = None) -> Evaluation:
     """Logits and report of `run` on an in-memory split (e.g. a synthetic one in tests).
     Fixed-size padded batches (data.eval_batches), so the model compiles once."""
+    if not len(split):
+        raise ValueError("The split to evaluate is empty.")
     tta = run.resolve_tta(tta)
     chunks = [np.asarray(run.logits(batch["image"], tta=tta))[batch["mask"]]
               for batch in data_lib.eval_batches(split, batch_size or run.config.eval_batch_size)]
@@ -160,7 +157,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: tuple[str, ...], path: pa
     ax.set_yticks(ticks, class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    threshold = cm.max() / 2 if cm.size else 0
+    threshold = cm.max() / 2
     for (t, p), count in np.ndenumerate(cm):
         ax.text(p, t, str(count), ha="center", va="center", fontsize=8,
                 color="white" if count > threshold else "black")
@@ -170,6 +167,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: tuple[str, ...], path: pa
 
 def plot_training_curves(history: list[dict], path: pathlib.Path) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -177,10 +175,14 @@ def plot_training_curves(history: list[dict], path: pathlib.Path) -> None:
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label=f"train {metric}")
         ax.plot(epochs, [h[f"eval_{metric}"] for h in history], "s-", label=f"eval {metric}")
-        for x, stage in stage_boundaries(history):
+        boundaries = stage_boundaries(history)
+        if boundaries:  # name the first stage too, at the left edge
+            ax.text(0.0, 1.0, f" {history[0]['stage']}", transform=ax.transAxes, va="top", fontsize=8, color="grey")
+        for x, stage in boundaries:
             ax.axvline(x, color="grey", linestyle="--", linewidth=1)
             ax.text(x, 1.0, f" {stage}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -229,7 +231,7 @@ def write_outputs(run: Run, evaluation: Evaluation, out_dir: pathlib.Path) -> di
     paths = {name: out_dir / name for name in (REPORT, *PLOTS)}
     plot_confusion_matrix(np.asarray(evaluation.report["confusion_matrix"]), run.class_names,
                           paths["confusion_matrix.png"])
-    plot_training_curves(last_entry_per_epoch(read_history(run.workdir)), paths["training_curves.png"])
+    plot_training_curves(read_history(run.workdir), paths["training_curves.png"])
     plot_misclassified(evaluation, run.class_names, paths["misclassified.png"])
     paths[REPORT].write_text(json.dumps(evaluation.report, indent=2))
     return paths
@@ -252,12 +254,12 @@ def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best"
 def summary_text(report: dict) -> str:
     per_class = sorted(report["per_class"], key=lambda c: c["recall"])
     lines = [
-        f"accuracy {report['accuracy']:.4f} (loss {report['loss']:.4f}) on {report['num_examples']} "
-        f"{report['split']} images; checkpoint {report['checkpoint']} = step {report['checkpoint_step']}; "
-        f"tta {'on' if report['tta'] else 'off'}",
+        (f"accuracy {report['accuracy']:.4f} (loss {report['loss']:.4f}) on {report['num_examples']} "
+         f"{report['split']} images; checkpoint {report['checkpoint']} = step {report['checkpoint_step']}; "
+         f"tta {'on' if report['tta'] else 'off'}"),
         "weakest classes (recall): " + ", ".join(f"{c['class']} {c['recall']:.2f}" for c in per_class[:3]),
-        "most confused (true -> predicted): "
-        + (", ".join(f"{p['true']} -> {p['predicted']} {p['count']}" for p in report["most_confused"]) or "none"),
+        ("most confused (true -> predicted): "
+         + (", ".join(f"{p['true']} -> {p['predicted']} {p['count']}" for p in report["most_confused"]) or "none")),
     ]
     return "\n".join(lines)
 

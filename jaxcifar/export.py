@@ -9,8 +9,10 @@ needs neither jaxcifar nor the checkpoint. Images of other sizes must be resized
 first (as `jaxcifar.predict` does).
 
 * `DIR/model.stablehlo`: a serialized `jax.export.Exported` (StableHLO, batch dimension
-  symbolic). `load_exported(DIR)` gives back a callable; it needs only `jax`. It is lowered
-  for cpu, cuda and tpu by default, so one file runs on any of them.
+  symbolic). Running it needs only `jax`:
+  `jax.export.deserialize(bytearray(open(f, "rb").read())).call(images)`, which
+  `load_exported(DIR)` wraps. It is lowered for cpu, cuda and tpu by default, so one file
+  runs on any of them, with JAX versions inside jax.export's compatibility window.
 * `DIR/saved_model/`: a TensorFlow SavedModel made with `jax2tf` (native serialization: the
   same StableHLO inside one XlaCallModule op). Its `serving_default` signature takes
   `images` (uint8, [None, 32, 32, 3]) and returns `logits` and `probabilities`, which is
@@ -29,7 +31,7 @@ import argparse
 import json
 import pathlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +44,14 @@ STABLEHLO_FILE = "model.stablehlo"
 SAVED_MODEL_DIR = "saved_model"
 SERVING_FILE = "serving.json"
 PLATFORMS = ("cpu", "cuda", "tpu")
-INPUT_SHAPE = ("b", 32, 32, 3)  # b: any batch size
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's built-in platforms
+IMAGE_SHAPE = (32, 32, 3)
+POLY_SHAPE = "b, 32, 32, 3"  # the input's shape for jax.export and jax2tf; b: any batch size
 
 
 def export_stablehlo(run: Run, tta: bool = False, platforms: tuple[str, ...] = PLATFORMS) -> jax_export.Exported:
     """The run's `uint8 -> logits` function lowered to StableHLO with a symbolic batch size."""
-    spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(",".join(map(str, INPUT_SHAPE))), jnp.uint8)
+    spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(POLY_SHAPE), jnp.uint8)
     return jax_export.export(jax.jit(run.serving_fn(tta)), platforms=platforms)(spec)
 
 
@@ -76,10 +80,10 @@ def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,
     tf = import_tf()
     from jax.experimental import jax2tf
 
-    logits_tf = jax2tf.convert(run.serving_fn(tta), polymorphic_shapes=[f"({', '.join(map(str, INPUT_SHAPE))})"],
+    logits_tf = jax2tf.convert(run.serving_fn(tta), polymorphic_shapes=[POLY_SHAPE],
                                with_gradient=False, native_serialization_platforms=platforms)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE[1:]], tf.uint8, name="images")],
+    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")],
                  autograph=False)
     def serve(images):
         logits = logits_tf(images)
@@ -93,7 +97,7 @@ def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,
 def serving_metadata(run: Run, tta: bool, platforms: tuple[str, ...], formats: list[str]) -> dict:
     return {
         "class_names": list(run.class_names),
-        "input": {"name": "images", "dtype": "uint8", "shape": list(INPUT_SHAPE), "layout": "NHWC",
+        "input": {"name": "images", "dtype": "uint8", "shape": ["b", *IMAGE_SHAPE], "layout": "NHWC",
                   "color": "RGB", "range": [0, 255],
                   "preprocessing": "resize to 32x32 (jaxcifar.predict: Pillow bilinear); normalisation "
                                    f"({run.config.augment.normalization}) is inside the model"},
@@ -123,11 +127,21 @@ def export_run(run: Run, out: pathlib.Path, fmt: str = "both", tta: bool = False
             save_saved_model(run, out / SAVED_MODEL_DIR, tta, platforms)
             written.append("savedmodel")
         except ImportError as e:
-            if fmt == "savedmodel":
-                raise
             skipped = f"TensorFlow/jax2tf could not be imported ({e})"
+            if fmt == "savedmodel":
+                raise ImportError(f"Cannot write a SavedModel: {skipped}. --format stablehlo needs only jax.") from e
     (out / SERVING_FILE).write_text(json.dumps(serving_metadata(run, tta, platforms, written), indent=2))
     return written, skipped
+
+
+def parse_platforms(text: str) -> tuple[str, ...]:
+    """--platforms value; checked here because jax.export lowers for unknown names without complaint."""
+    platforms = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in platforms if p not in KNOWN_PLATFORMS]
+    if unknown or not platforms:
+        raise argparse.ArgumentTypeError(f"platforms must be a comma-separated subset of {','.join(KNOWN_PLATFORMS)}; "
+                                         f"got {text!r}")
+    return platforms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,15 +151,15 @@ def main(argv: list[str] | None = None) -> int:
                     "input uint8 (b, 32, 32, 3) RGB, output float32 logits, any batch size.")
     add_run_arguments(parser)
     parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
-    parser.add_argument("--format", choices=("stablehlo", "savedmodel", "both"), default="both")
-    parser.add_argument("--platforms", default=",".join(PLATFORMS),
+    parser.add_argument("--format", choices=("stablehlo", "savedmodel", "both"), default="both",
+                        help="what to write (default both; both still writes StableHLO without TensorFlow)")
+    parser.add_argument("--platforms", type=parse_platforms, default=PLATFORMS,
                         help=f"comma-separated platforms to lower for (default {','.join(PLATFORMS)})")
     args = parser.parse_args(argv)
-    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     try:
         run = load_run(args.workdir, args.checkpoint)
         tta = run.resolve_tta(args.tta)
-        written, skipped = export_run(run, args.out, args.format, tta, platforms)
+        written, skipped = export_run(run, args.out, args.format, tta, args.platforms)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for fmt in written:
         print(f"wrote {fmt}: {paths[fmt]}")
     print(f"wrote {args.out / SERVING_FILE} (step {run.step}, tta {'on' if tta else 'off'}, "
-          f"platforms {','.join(platforms)})")
+          f"platforms {','.join(args.platforms)})")
     if skipped:
         print(f"warning: SavedModel NOT written: {skipped}. Only the StableHLO artefact was exported; "
               "install tensorflow to export a SavedModel.", file=sys.stderr)

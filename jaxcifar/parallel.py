@@ -17,6 +17,8 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                            process_id: int | None = None) -> None:
     """Join a multi-process run. Must run before anything touches devices. With no
     arguments JAX auto-detects TPU pods and SLURM/Open MPI clusters."""
+    # CPU processes need a collectives backend for cross-process all-reduces (no-op elsewhere).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator is None and num_processes is None:
         jax.distributed.initialize()
     else:

@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcifar.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Top-k classes of image files (any size, format and colour mode), by a trained run.",
-        epilog="Each image is converted to RGB (transparency composited on white, greyscale/palette "
-               "converted) and resized to 32x32 with Pillow's bilinear filter, without keeping the "
-               "aspect ratio. Exit status: 0 all files classified, 1 some file failed, 2 the run "
-               "could not be opened.")
+        epilog="Preprocessing: each image is converted to RGB (transparency composited on white,\n"
+               "greyscale/palette converted), EXIF-rotated, and resized to 32x32 with Pillow's bilinear\n"
+               "filter without keeping the aspect ratio.\n"
+               "Exit status: 0 all files classified, 1 some file failed, 2 the run could not be opened.")
     add_run_arguments(parser)
     parser.add_argument("--top_k", type=int, default=3, help="classes to show per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")

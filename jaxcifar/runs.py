@@ -14,7 +14,8 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,9 +53,9 @@ def make_forward(model: nn.Module, normalization: str) -> ForwardFn:
     return forward
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Run:
-    """One checkpoint of a trained run, ready for inference."""
+    """One checkpoint of a trained run, ready for inference (compared by identity: it holds arrays)."""
 
     workdir: pathlib.Path
     config: ml_collections.ConfigDict
@@ -97,7 +98,10 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a jaxcifar workdir "
                                 "(pass the --workdir that training wrote to).")
-    return config_lib.recipe(json.loads(path.read_text()))
+    try:
+        return config_lib.recipe(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} does not fit this version of jaxcifar's config schema: {e}") from None
 
 
 def load_run(workdir: str | pathlib.Path, which: str | int = "best") -> Run:

@@ -69,7 +69,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
             ema_params = optax.incremental_update(params, ema_params, 1.0 - config.ema_decay)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state, ema_params=ema_params)
-        return new_state, _metric_sums(logits, batch["label"], loss)
+        metrics = _metric_sums(logits, batch["label"], loss)
+        # The first step whose loss is not finite, so a NaN can be reported exactly.
+        metrics["first_bad_step"] = jnp.where(jnp.isfinite(metrics["loss_sum"]), NO_BAD_STEP, state.step)
+        return new_state, metrics
 
     return train_step
 
@@ -106,7 +109,20 @@ def _metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: ja
     return {"loss_sum": jnp.sum(loss * weight), "correct": jnp.sum(correct * weight), "count": jnp.sum(weight)}
 
 
+NO_BAD_STEP = jnp.iinfo(jnp.int32).max
+
+
+def accumulate(total: dict | None, metrics: dict) -> dict:
+    """Running metric sums, on the device (no host sync); `first_bad_step` keeps the minimum."""
+    if total is None:
+        return metrics
+    return {k: jnp.minimum(total[k], v) if k == "first_bad_step" else total[k] + v for k, v in metrics.items()}
+
+
 def summarize(sums: dict) -> dict[str, float]:
     """Host-side averages of accumulated metric sums (this is a device sync)."""
     count = float(sums["count"])
-    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    out = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    if "first_bad_step" in sums and int(sums["first_bad_step"]) != NO_BAD_STEP:
+        out["first_bad_step"] = int(sums["first_bad_step"])
+    return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import pathlib
 import signal
@@ -21,9 +20,7 @@ import time
 from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
@@ -43,17 +40,18 @@ class Data:
     train: data_lib.ArraySplit
     eval: data_lib.ArraySplit
     num_classes: int
+    extra_evals: dict[str, data_lib.ArraySplit] = dataclasses.field(default_factory=dict)  # final eval only
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> Data:
     """The config's train/eval splits, restricted to its class subset and label budget."""
     d = config.data
     train = data_lib.load_split(d.train_split, data_dir, d.dataset)
-    evals = data_lib.load_split(d.eval_split, data_dir, d.dataset)
     train = data_lib.select_examples(train, tuple(d.classes), d.examples_per_class)
-    evals = data_lib.select_examples(evals, tuple(d.classes))
+    evals = {split: data_lib.select_examples(data_lib.load_split(split, data_dir, d.dataset), tuple(d.classes))
+             for split in (d.eval_split, *d.extra_eval_splits)}
     num_classes = len(d.classes) or data_lib.NUM_CLASSES
-    return Data(train, evals, num_classes)
+    return Data(train, evals.pop(d.eval_split), num_classes, evals)
 
 
 @dataclasses.dataclass
@@ -147,6 +145,7 @@ class Trainer:
             return self.with_fresh_opt_state(fresh, self.stages[0]), {"stage_index": 0, "history": [],
                                                                        "totals": totals}
         state, record = restored
+        self.workdir.rewrite_log(record["history"])
         log.info("Resumed from step %d (%s).", int(state.step), self.checkpointer.directory)
         return state, record
 
@@ -175,7 +174,7 @@ class Trainer:
         for local in data_lib.eval_batches(split or self.data.eval, self.config.eval_batch_size,
                                            jax.process_index(), jax.process_count()):
             out = self.eval_step(state, parallel.to_global(local, self.mesh))
-            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+            sums = steps.accumulate(sums, out)
         return steps.summarize(sums)
 
     def run(self) -> dict:
@@ -217,6 +216,8 @@ class Trainer:
             "test_loss": final["loss"],
             "eval_split": self.config.data.eval_split,
             "eval_examples": len(self.data.eval),
+            "extra_eval_accuracy": {name: self.evaluate(state, split)["accuracy"]
+                                    for name, split in self.data.extra_evals.items()},
             "best_eval_accuracy": max((h["eval_accuracy"] for h in history), default=None),
             "best_step": self.checkpointer.best_step(),
             "epochs_completed": int(state.step) // self.steps_per_epoch,
@@ -250,11 +251,11 @@ class Trainer:
                 compile_s = time.time() - t0
                 t0 = t_window = time.time()
                 self._warm.add(stage.index)
-            sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
-            window = metrics if window is None else jax.tree_util.tree_map(jnp.add, window, metrics)
+            sums = steps.accumulate(sums, metrics)
+            window = steps.accumulate(window, metrics)
             if (i + 1) % self.config.log_every_steps == 0:
                 window_metrics = steps.summarize(window)  # the only host sync in the loop
-                self._check_finite(window_metrics, state)
+                self._check_finite(window_metrics)
                 now = time.time()
                 bar.set_postfix(loss=f"{window_metrics['loss']:.3f}", acc=f"{window_metrics['accuracy']:.3f}",
                                 img_s=f"{float(window['count']) / (now - t_window):.0f}")
@@ -265,7 +266,7 @@ class Trainer:
         jax.block_until_ready(sums)
         seconds = time.time() - t0
         bar.close()
-        self._check_finite(steps.summarize(sums), state)
+        self._check_finite(steps.summarize(sums))
         return state, sums, seconds, compile_s
 
     def current_lr(self, stage: Stage, state: steps.TrainState) -> float:
@@ -273,12 +274,14 @@ class Trainer:
         return float(schedule(int(state.step) - stage.first_epoch * self.steps_per_epoch))
 
     # ----- failure handling -----
-    def _check_finite(self, metrics: dict, state: steps.TrainState) -> None:
-        if not np.isfinite(metrics["loss"]):
+    def _check_finite(self, metrics: dict) -> None:
+        """Stop before a non-finite state can be checkpointed; the last good checkpoint stays."""
+        if "first_bad_step" in metrics:
+            saved = self.checkpointer.steps()
             raise NonFiniteLoss(
-                f"Loss became {metrics['loss']} by step {int(state.step)}. Training stopped; the last good "
-                f"checkpoint (step {self.checkpointer.steps()[-1] if self.checkpointer.steps() else 'none'}) "
-                "is kept. Lower the learning rate or check the data.")
+                f"The training loss became NaN/inf at step {metrics['first_bad_step']}. Training stopped; the last "
+                f"good checkpoint (step {saved[-1] if saved else 'none: nothing was saved'}) is kept. "
+                "Lower the learning rate, add warmup, or check the data.")
 
     def _install_signal_handlers(self) -> None:
         def handler(signum, frame):

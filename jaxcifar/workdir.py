@@ -63,6 +63,12 @@ class Workdir:
             config_file.write_text(json.dumps(new, indent=2))
         self._tb = None
 
+    def rewrite_log(self, history: list[dict]) -> None:
+        """On resume: metrics.jsonl = the checkpoint's history, dropping epochs logged after
+        the checkpoint that the run is resuming from (they will be trained again)."""
+        if self.is_writer:
+            (self.path / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+
     def log_epoch(self, entry: dict[str, Any]) -> None:
         if not self.is_writer:
             return

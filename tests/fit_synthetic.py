@@ -1,37 +1,68 @@
 """Run a tiny training job on synthetic data and print its summary and final-parameter
 digest as JSON. Used by tests that need a fresh process (device count, distributed,
-SIGKILL): `python tests/fit_synthetic.py WORKDIR [--config.FIELD=VALUE ...]`."""
+SIGKILL/SIGTERM):
+
+    python tests/fit_synthetic.py WORKDIR [--config.FIELD=VALUE ...] [--distributed.X=...]
+
+JAXCIFAR_TEST_CRASH_AFTER_SAVES=N makes the process die (os._exit) right after its N-th
+checkpoint is on disk, to test resuming, e.g. on another device count.
+"""
 
 import hashlib
 import json
+import os
 import sys
-
-import jax
-import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from tests.conftest import synthetic_split, tiny_config  # noqa: E402
-from jaxcifar import checkpoint, config as config_lib, train  # noqa: E402
+from jaxcifar import checkpoint, config as config_lib, parallel, train  # noqa: E402
 
 
 def params_digest(workdir: str) -> str:
+    import jax
+    import numpy as np
+
     variables, _ = checkpoint.load_variables(workdir, "latest")
     leaves = jax.tree_util.tree_leaves(variables)
     return hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in leaves)).hexdigest()
 
 
+def crash_after_saves(n: int) -> None:
+    original = checkpoint.Checkpointer.save
+    count = {"saves": 0}
+
+    def save(self, state, record, metrics=None):
+        original(self, state, record, metrics)
+        self.wait()
+        count["saves"] += 1
+        if count["saves"] == n:
+            os._exit(17)
+
+    checkpoint.Checkpointer.save = save
+
+
 def main(argv: list[str]) -> None:
-    workdir, overrides = argv[0], [a[len("--config."):].split("=", 1) for a in argv[1:]]
+    workdir, rest = argv[0], argv[1:]
+    distributed = dict(a[len("--distributed."):].split("=", 1) for a in rest if a.startswith("--distributed."))
+    if distributed:
+        parallel.initialize_distributed(distributed["coordinator"], int(distributed["num_processes"]),
+                                        int(distributed["process_id"]))
+    if "JAXCIFAR_TEST_CRASH_AFTER_SAVES" in os.environ:
+        crash_after_saves(int(os.environ["JAXCIFAR_TEST_CRASH_AFTER_SAVES"]))
     cfg = tiny_config()
-    for key, value in overrides:
-        config_lib.override(cfg, key, value)
+    for item in rest:
+        if item.startswith("--config."):
+            config_lib.override(cfg, *item[len("--config."):].split("=", 1))
     data = train.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
     summary = train.fit(cfg, workdir, data=data)
+    import jax
+
+    digest = params_digest(workdir)  # an Orbax restore is collective: every process takes part
     if jax.process_index() == 0:
         history = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
         print("RESULT " + json.dumps({"summary": {k: v for k, v in summary.items() if k != "config"},
                                       "train_loss": [h["train_loss"] for h in history],
-                                      "digest": params_digest(workdir)}))
+                                      "digest": digest}), flush=True)
 
 
 if __name__ == "__main__":

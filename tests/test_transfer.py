@@ -7,7 +7,7 @@ import pytest
 
 from jaxcifar import checkpoint, optim, train
 from jaxcifar.checkpoint import Checkpointer
-from tests.conftest import synthetic_split, tiny_config
+from tests.conftest import tiny_config
 
 TINY_RESNET = {"stage_sizes": (1, 1), "width": 8}
 GROUPS = {"backbone": "backbone/.*", "head": "head/.*"}

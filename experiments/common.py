@@ -1,0 +1,36 @@
+"""Helpers shared by the experiment scripts: machine description and result files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+
+import numpy as np
+
+
+def machine() -> dict:
+    import jax
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": jax.devices()[0].platform,
+            "devices": jax.device_count(), "python": platform.python_version(), "jax": jax.__version__}
+
+
+def stats(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "runs": [float(v) for v in values]}
+
+
+def write_result(name: str, result: dict) -> pathlib.Path:
+    """experiments/results/NAME.json with the command, machine and date added."""
+    path = pathlib.Path(__file__).parent / "results" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    result = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
+              "machine": machine(), **result}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,113 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from jaxcifar import evaluate, train
+from jaxcifar.runs import load_run
+from tests.conftest import synthetic_split, tiny_config
+
+# Hand-checkable: 3 classes, 8 examples.
+LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+PREDICTIONS = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+# rows = true, columns = predicted
+EXPECTED_CM = np.array([[2, 1, 0],
+                        [0, 1, 1],
+                        [1, 0, 2]])
+
+
+def test_confusion_matrix_by_hand():
+    cm = evaluate.confusion_matrix(LABELS, PREDICTIONS, 3)
+    np.testing.assert_array_equal(cm, EXPECTED_CM)
+    assert evaluate.confusion_matrix(np.array([], int), np.array([], int), 2).sum() == 0
+
+
+def test_per_class_metrics_by_hand():
+    m = evaluate.per_class_metrics(EXPECTED_CM)
+    np.testing.assert_array_equal(m["support"], [3, 2, 3])
+    np.testing.assert_allclose(m["precision"], [2 / 3, 1 / 2, 2 / 3])  # column sums 3, 2, 3
+    np.testing.assert_allclose(m["recall"], [2 / 3, 1 / 2, 2 / 3])
+    # one-vs-rest: class 0 has TP 2, FN 1, FP 1, TN 4 -> 6/8; class 1: TP 1, FN 1, FP 1, TN 5 -> 6/8
+    np.testing.assert_allclose(m["accuracy"], [6 / 8, 6 / 8, 6 / 8])
+
+
+def test_per_class_metrics_zero_division_gives_zero():
+    m = evaluate.per_class_metrics(np.array([[3, 0], [0, 0]]))  # class 1: never present, never predicted
+    assert m["precision"][1] == 0.0 and m["recall"][1] == 0.0 and m["accuracy"][1] == 1.0
+
+
+def test_most_confused_pairs_sorted_and_without_zeros():
+    cm = np.array([[5, 3, 0], [1, 4, 3], [0, 2, 9]])
+    assert evaluate.most_confused_pairs(cm, k=3) == [(0, 1, 3), (1, 2, 3), (2, 1, 2)]
+    assert evaluate.most_confused_pairs(np.diag([4, 4]), k=5) == []
+
+
+def test_build_report_matches_hand_values():
+    logits = np.eye(3)[PREDICTIONS] * 5.0
+    report = evaluate.build_report(LABELS, logits, ("a", "b", "c"))
+    assert report["accuracy"] == 5 / 8 and report["num_examples"] == 8
+    assert report["confusion_matrix"] == EXPECTED_CM.tolist()
+    assert report["most_confused"][0] == {"true": "a", "predicted": "b", "count": 1}
+    assert [c["support"] for c in report["per_class"]] == [3, 2, 3]
+    expected_loss = -np.mean(np.where(PREDICTIONS == LABELS, 5.0, 0.0) - np.log(np.exp(5.0) + 2))
+    assert report["loss"] == pytest.approx(expected_loss)
+
+
+def test_stage_boundaries_between_epochs_where_the_stage_changes():
+    history = [{"epoch": 1, "stage": "frozen"}, {"epoch": 2, "stage": "frozen"}, {"epoch": 3, "stage": "finetune"},
+               {"epoch": 4, "stage": "finetune"}, {"epoch": 5, "stage": "polish"}]
+    assert evaluate.stage_boundaries(history) == [(2.5, "finetune"), (4.5, "polish")]
+    assert evaluate.stage_boundaries(history[:2]) == []
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """A tiny run on synthetic data; its latest checkpoint is its final state."""
+    workdir = tmp_path_factory.mktemp("synthetic_run")
+    eval_split = synthetic_split(77, 1)
+    summary = train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), eval_split, 10))
+    return workdir, eval_split, summary
+
+
+def test_evaluate_in_memory_split_matches_summary_and_writes_files(synthetic_run):
+    workdir, eval_split, summary = synthetic_run
+    report, paths = evaluate.evaluate_workdir(workdir, "latest", split=eval_split)
+    assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
+    assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    assert report["checkpoint_step"] == summary["steps"] and report["num_examples"] == 77
+    assert np.sum(report["confusion_matrix"]) == 77
+    assert json.loads((workdir / "eval" / "report.json").read_text()) == json.loads(json.dumps(report))
+    for name in evaluate.PLOTS:
+        assert paths[name].stat().st_size > 1000, name
+
+
+def test_evaluate_run_with_tta_averages_mirrored_logits(synthetic_run):
+    workdir, eval_split, _ = synthetic_run
+    run = load_run(workdir, "latest")
+    plain = evaluate.evaluate_run(run, eval_split, tta=False, batch_size=32)
+    flipped = dataclasses.replace(eval_split, images=eval_split.images[:, :, ::-1])
+    mirrored = evaluate.evaluate_run(run, flipped, tta=False, batch_size=32)
+    tta = evaluate.evaluate_run(run, eval_split, tta=True, batch_size=32)
+    np.testing.assert_allclose(tta.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
+    assert tta.report["tta"] is True and plain.report["tta"] is False
+
+
+def test_cli_on_real_data_matches_summary(tmp_path, shared_data_dir, capsys):
+    config = tiny_config(epochs=1, eval_batch_size=250,
+                         data={"train_split": "train[:1000]", "examples_per_class": 20})
+    summary = train.fit(config, tmp_path, data_dir=shared_data_dir)
+    code = evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "latest", "--data_dir", shared_data_dir])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["num_examples"] == summary["eval_examples"] == 1000 and report["split"] == "test"
+    assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
+    for name in evaluate.PLOTS:
+        assert (tmp_path / "eval" / name).stat().st_size > 1000, name
+    assert "accuracy" in out and str(tmp_path / "eval") in out
+
+
+def test_cli_reports_missing_workdir(tmp_path, capsys):
+    assert evaluate.main(["--workdir", str(tmp_path / "nope")]) == 2
+    assert "not a jaxcifar workdir" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxcifar import augment, export, steps, train
+from jaxcifar.runs import load_run
+from tests.conftest import REPO, synthetic_split, tiny_config
+
+# Runs in a fresh interpreter, so nothing of the exporting process (jit caches, the
+# in-memory model, its closures) can make a broken artefact look fine.
+LOAD_AND_RUN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from jaxcifar.data import import_tf
+    from jaxcifar.export import load_exported
+
+    out_dir, inputs, outputs = sys.argv[1:]
+    images = np.load(inputs)
+    stablehlo = load_exported(out_dir)
+    serving = import_tf().saved_model.load(f"{out_dir}/saved_model").signatures["serving_default"]
+    results = {}
+    for n in (1, 5):
+        results[f"stablehlo_{n}"] = np.asarray(stablehlo(images[:n]))
+        served = serving(images=images[:n])
+        results[f"savedmodel_{n}"] = served["logits"].numpy()
+        results[f"probabilities_{n}"] = served["probabilities"].numpy()
+    np.savez(outputs, **results)
+""")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("export_run")
+    train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10))
+    run = load_run(workdir, "latest")
+    out = tmp_path_factory.mktemp("exported")
+    written, skipped = export.export_run(run, out, "both")
+    assert written == ["stablehlo", "savedmodel"] and skipped is None
+    return run, out
+
+
+def training_logits(run, images):
+    """What the training loop's eval step computes, written out without jaxcifar.runs."""
+    normalized = augment.normalize(images, run.config.augment.normalization)
+    return np.asarray(steps.predict_logits(run.model, run.variables, normalized, tta=run.config.tta))
+
+
+def test_artefacts_match_training_logits_in_a_fresh_process(exported, tmp_path):
+    run, out = exported
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    proc = subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(out), str(tmp_path / "images.npy"),
+                           str(tmp_path / "out.npz")], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = np.load(tmp_path / "out.npz")
+    for n in (1, 5):
+        expected = training_logits(run, images[:n])
+        for fmt in ("stablehlo", "savedmodel"):
+            assert results[f"{fmt}_{n}"].shape == (n, 10)
+            np.testing.assert_allclose(results[f"{fmt}_{n}"], expected, atol=1e-5, err_msg=f"{fmt}, batch {n}")
+        np.testing.assert_allclose(results[f"probabilities_{n}"].sum(-1), 1.0, atol=1e-5)
+
+
+def test_serving_json_describes_the_model(exported):
+    run, out = exported
+    meta = json.loads((out / export.SERVING_FILE).read_text())
+    assert meta["class_names"] == list(run.class_names)
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["shape"] == ["b", 32, 32, 3]
+    assert meta["formats"] == ["stablehlo", "savedmodel"] and meta["checkpoint_step"] == run.step
+
+
+def test_both_degrades_to_stablehlo_without_tensorflow(exported, tmp_path, monkeypatch, capsys):
+    run, _ = exported
+
+    def no_tensorflow():
+        raise ImportError("No module named 'tensorflow'")
+
+    monkeypatch.setattr("jaxcifar.data.import_tf", no_tensorflow)
+    code = export.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--out", str(tmp_path / "both"),
+                        "--platforms", "cpu"])
+    assert code == 1 and "SavedModel NOT written" in capsys.readouterr().err
+    assert (tmp_path / "both" / export.STABLEHLO_FILE).stat().st_size > 0
+    assert not (tmp_path / "both" / export.SAVED_MODEL_DIR).exists()
+    assert json.loads((tmp_path / "both" / export.SERVING_FILE).read_text())["formats"] == ["stablehlo"]
+    assert export.main(["--workdir", str(run.workdir), "--out", str(tmp_path / "sm"), "--format", "savedmodel"]) == 2
+    assert "tensorflow" in capsys.readouterr().err
+
+
+def test_load_exported_reports_a_missing_artefact(tmp_path):
+    with pytest.raises(FileNotFoundError, match="jaxcifar.export"):
+        export.load_exported(tmp_path)

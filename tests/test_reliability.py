@@ -1,0 +1,168 @@
+"""Crash safety: exact resume after SIGKILL, SIGTERM saves, restore on another device
+count, two-process data parallelism, and clear errors that lose nothing."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxcifar import checkpoint, train
+from jaxcifar.checkpoint import Checkpointer
+from tests.conftest import REPO, tiny_config
+
+SCRIPT = str(REPO / "tests" / "fit_synthetic.py")
+
+
+def start(workdir, *args, env=None):
+    return subprocess.Popen([sys.executable, SCRIPT, str(workdir), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def result(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+
+
+def checkpoint_entries(workdir):
+    d = workdir / "checkpoints"
+    return len(list(d.iterdir())) if d.is_dir() else 0
+
+
+def wait_for_progress(proc, workdir, entries_before, timeout=120):
+    deadline = time.time() + timeout
+    while checkpoint_entries(workdir) <= entries_before and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    args = ("--config.epochs=4",)
+    straight = result(start(tmp_path / "straight", *args))
+    rng = random.Random(os.environ.get("PYTEST_SEED", time.time()))
+    workdir = tmp_path / "killed"
+    for _ in range(3):  # three kills, each at a random moment during or just after a checkpoint write
+        proc = start(workdir, *args)
+        wait_for_progress(proc, workdir, checkpoint_entries(workdir))
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    resumed = result(start(workdir, *args))
+    assert resumed["summary"]["steps"] == straight["summary"]["steps"] == 32
+    assert resumed["digest"] == straight["digest"]
+    assert resumed["summary"]["test_loss"] == straight["summary"]["test_loss"]
+
+
+def test_sigterm_saves_mid_epoch_and_resume_matches(tmp_path):
+    args = ("--config.epochs=40", "--config.log_every_steps=1")
+    straight = result(start(tmp_path / "straight", *args))
+    workdir = tmp_path / "term"
+    proc = start(workdir, *args)
+    wait_for_progress(proc, workdir, 0)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "checkpoint saved" in err
+    saved = Checkpointer(workdir).steps()
+    assert saved[-1] % 8 != 0 or len(saved) >= 1  # a mid-epoch step unless the signal hit an epoch end
+    resumed = result(start(workdir, *args))
+    assert resumed["digest"] == straight["digest"]
+
+
+def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
+    args = ("--config.epochs=2", "--config.eval_batch_size=40")
+    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAXCIFAR_TEST_CRASH_AFTER_SAVES": "1"}
+    proc = start(tmp_path / "w", *args, env=eight)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 17 and Checkpointer(tmp_path / "w").steps() == [8]
+    resumed = result(start(tmp_path / "w", *args, env={"XLA_FLAGS": ""}))
+    straight = result(start(tmp_path / "one", *args, env={"XLA_FLAGS": ""}))
+    assert resumed["summary"]["devices"] == 1 and resumed["summary"]["steps"] == 16
+    np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-4)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    args = ("--config.epochs=2", "--config.eval_batch_size=40")
+    coordinator = f"127.0.0.1:{free_port()}"
+    procs = [start(tmp_path / "multi", *args, f"--distributed.coordinator={coordinator}",
+                   "--distributed.num_processes=2", f"--distributed.process_id={i}", env={"XLA_FLAGS": ""})
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    multi = json.loads(next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))[7:])
+    assert not any(l.startswith("RESULT ") for l in outs[1][0].splitlines())  # only process 0 reports
+    single = result(start(tmp_path / "single", *args,
+                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+    assert multi["summary"]["processes"] == 2 and multi["summary"]["devices"] == 2
+    np.testing.assert_allclose(multi["train_loss"], single["train_loss"], rtol=1e-4)
+
+
+def test_incompatible_workdir_is_refused_then_moved_aside_with_overwrite(tmp_path, tiny_data):
+    train.fit(tiny_config(epochs=1), tmp_path / "run", data=tiny_data)
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with pytest.raises(FileExistsError, match="lr: 0.003 -> 0.1.*--overwrite"):
+        train.fit(tiny_config(epochs=1, lr=0.1), tmp_path / "run", data=tiny_data)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    train.fit(tiny_config(epochs=1, lr=0.1), tmp_path / "run", data=tiny_data, overwrite=True)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1 and sorted(p.name for p in (aside[0] / "checkpoints").iterdir()) == before
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tiny_data, caplog):
+    config = tiny_config(epochs=2, keep_checkpoints=3)
+    straight = train.fit(config, tmp_path / "a", data=tiny_data)
+    train.fit(config, tmp_path / "b", data=tiny_data)
+    for f in (tmp_path / "b" / "checkpoints" / "16" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    resumed = train.fit(config, tmp_path / "b", data=tiny_data)
+    assert "could not be restored" in caplog.text and (tmp_path / "b" / "corrupt_checkpoints").is_dir()
+    assert resumed["test_loss"] == straight["test_loss"]  # re-trained epoch 2 from step 8, identically
+    assert Checkpointer(tmp_path / "b").steps() == [8, 16]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
+    config = tiny_config(epochs=3, optimizer="sgd", lr=1e6, momentum=0.0, warmup_epochs=1.0)
+    with pytest.raises(train.NonFiniteLoss, match=r"NaN/inf at step \d+"):
+        train.fit(config, tmp_path, data=tiny_data)
+    for step in Checkpointer(tmp_path).steps():
+        variables, _ = checkpoint.load_variables(tmp_path, step)
+        assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree_util.tree_leaves(variables))
+
+
+def test_failing_checkpoint_write_surfaces_and_keeps_previous(tmp_path, tiny_data, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    config = tiny_config(epochs=2)
+    original = Checkpointer.save
+    calls = {"n": 0}
+
+    def save(self, state, record, metrics=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            monkeypatch.setattr(ocp.args, "StandardSave", _raising_save)
+        original(self, state, record, metrics)
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    with pytest.raises(OSError, match="No space left"):
+        train.fit(config, tmp_path, data=tiny_data)
+    monkeypatch.undo()
+    assert Checkpointer(tmp_path).steps() == [8]
+    variables, step = checkpoint.load_variables(tmp_path, "latest")
+    assert step == 8 and variables["params"]
+
+
+def _raising_save(*args, **kwargs):
+    raise OSError(28, "No space left on device")

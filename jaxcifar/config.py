@@ -48,7 +48,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.extra_eval_splits = ()  # evaluated once at the end, e.g. ("test_jpeg",) for robustness
     c.data.classes = ()  # a subset of class ids, relabelled 0..k-1 in this order; () = all
     c.data.examples_per_class = 0  # deterministic label budget per class; 0 = all
-    c.data.device_resident = False  # keep the whole train split on the device (the `fast` path)
 
     # Applied on the device inside the jitted train step (see jaxcifar/augment.py).
     c.augment = ml_collections.ConfigDict()

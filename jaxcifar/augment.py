@@ -39,10 +39,11 @@ def normalize(images: jax.Array, normalization: str = "cifar10") -> jax.Array:
     raise ValueError(f"Unknown normalization {normalization!r}; use one of {NORMALIZATIONS}.")
 
 
-def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
-    """Crop each image at a random offset from a zero-padded copy (the classic pad-4 crop)."""
+def random_crop(key: jax.Array, images: jax.Array, padding: int, mode: str = "constant") -> jax.Array:
+    """Crop each image at a random offset from a padded copy: zero padding is the classic
+    pad-4 crop, `reflect` is airbench's random translate."""
     n, h, w, _ = images.shape
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=mode)
     offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
     crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
     return jax.vmap(crop)(padded, offsets)
@@ -72,13 +73,27 @@ def random_rotate_zoom(key: jax.Array, images: jax.Array, rotation: float, zoom:
     return jax.vmap(warp)(images.astype(jnp.float32), angles, scales)
 
 
-def augment(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """The train-time input transform: uint8 batch in, normalised float32 batch out."""
+def alternating_flip(run_key: jax.Array, images: jax.Array, index: jax.Array, epoch: jax.Array) -> jax.Array:
+    """airbench's derandomised flip: each example has a fixed random parity (from the run's
+    key and its index) and is mirrored in every other epoch, so consecutive epochs always
+    see both orientations."""
+    parity = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(run_key, i)))(index)
+    flip = jnp.logical_xor(parity, epoch % 2 == 1)[:, None, None, None]
+    return jnp.where(flip, images[:, :, ::-1], images)
+
+
+def augment(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, run_key: jax.Array | None = None,
+            index: jax.Array | None = None, epoch: jax.Array | None = None) -> jax.Array:
+    """The train-time input transform: uint8 batch in, normalised float32 batch out.
+    `key` changes every step; `run_key`, the examples' `index` and `epoch` are needed
+    only for the alternating flip."""
     k_crop, k_flip, k_affine = jax.random.split(key, 3)
     x = images
     if cfg.crop_padding:
-        x = random_crop(k_crop, x, cfg.crop_padding)
-    if cfg.flip:
+        x = random_crop(k_crop, x, cfg.crop_padding, cfg.pad_mode)
+    if cfg.flip and cfg.alternating_flip:
+        x = alternating_flip(run_key, x, index, epoch)
+    elif cfg.flip:
         x = random_flip(k_flip, x)
     if cfg.rotation or cfg.zoom:
         # Interpolated pixels leave uint8; normalise() only needs a 0..255 scale.

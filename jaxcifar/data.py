@@ -107,11 +107,18 @@ def train_batches(split: ArraySplit, global_batch_size: int, seed: int, epoch: i
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of each global train batch of `epoch`, from `start_step` on."""
     tf = import_tf()
+    rows = epoch_rows(len(split), global_batch_size, seed, epoch, start_step, process_index, process_count)
+    return _gather_batches(tf, rows, image=split.images, label=split.labels, index=np.arange(len(split)))
+
+
+def epoch_rows(num_examples: int, global_batch_size: int, seed: int, epoch: int, start_step: int = 0,
+               process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """(steps, local batch) example indices: this process's rows of the epoch's global
+    batches from `start_step` on. Shared by the tf.data and device-resident paths."""
     local = global_batch_size // process_count
-    steps = steps_per_epoch(len(split), global_batch_size)
-    order = epoch_permutation(len(split), seed, epoch)[: steps * global_batch_size]
-    rows = order.reshape(steps, process_count, local)[start_step:, process_index]
-    return _gather_batches(tf, rows, image=split.images, label=split.labels)
+    steps = steps_per_epoch(num_examples, global_batch_size)
+    order = epoch_permutation(num_examples, seed, epoch)[: steps * global_batch_size]
+    return order.reshape(steps, process_count, local)[start_step:, process_index]
 
 
 def eval_batches(split: ArraySplit, global_batch_size: int, process_index: int = 0,

@@ -43,12 +43,13 @@ def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return tuple(CIFAR10_CLASS_NAMES[i] for i in ids)
 
 
-def make_forward(model: nn.Module, normalization: str) -> ForwardFn:
+def make_forward(model: nn.Module, normalization: str, tta_translate: bool = False) -> ForwardFn:
     """The eval step's input pipeline and model call (steps.make_eval_step), minus the
     metrics: normalise uint8 pixels as the run was trained, then `predict_logits`."""
 
     def forward(variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
-        return steps.predict_logits(model, variables, augment.normalize(images, normalization), tta=tta)
+        return steps.predict_logits(model, variables, augment.normalize(images, normalization), tta=tta,
+                                    translate=tta_translate)
 
     return forward
 
@@ -67,7 +68,7 @@ class Run:
     _jitted: Callable[..., jax.Array] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        forward = make_forward(self.model, self.config.augment.normalization)
+        forward = make_forward(self.model, self.config.augment.normalization, self.config.tta_translate)
         object.__setattr__(self, "forward", forward)
         object.__setattr__(self, "_jitted", jax.jit(forward, static_argnames="tta"))
 

@@ -46,14 +46,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                    freeze_backbone: bool) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    freeze_backbone: bool, steps_per_epoch: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (state, metric sums). `freeze_backbone` runs the
     backbone's BatchNorm in inference mode (its statistics neither used from the batch nor
     updated), as Keras does for `trainable=False`."""
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        images = augment.augment(step_rng, batch["image"], config.augment)
+        run_key = jax.random.wrap_key_data(state.rng)
+        images = augment.augment(jax.random.fold_in(run_key, state.step), batch["image"], config.augment,
+                                 run_key=run_key, index=batch.get("index"), epoch=state.step // steps_per_epoch)
 
         def loss_fn(params):
             logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
@@ -83,7 +84,7 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Calla
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         logits = predict_logits(model, eval_variables(state), augment.normalize(batch["image"],
-                                config.augment.normalization), tta=config.tta)
+                                config.augment.normalization), tta=config.tta, translate=config.tta_translate)
         loss = cross_entropy(logits, batch["label"])
         return _metric_sums(logits, batch["label"], loss, batch["mask"])
 
@@ -95,12 +96,19 @@ def eval_variables(state: TrainState) -> dict:
     return {"params": params, "batch_stats": state.batch_stats}
 
 
-def predict_logits(model: nn.Module, variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
-    """Eval-mode logits of normalised images; with `tta`, averaged with the mirrored images."""
-    logits = model.apply(variables, images, train=False)
-    if tta:
-        logits = (logits + model.apply(variables, images[:, :, ::-1], train=False)) / 2
-    return logits
+def predict_logits(model: nn.Module, variables: dict, images: jax.Array, tta: bool = False,
+                   translate: bool = False) -> jax.Array:
+    """Eval-mode logits of normalised images. With `tta`, averaged with the mirrored images;
+    with `translate` too, airbench's level-2 TTA: half weight on the unshifted pair, a
+    quarter each on the pair shifted by one pixel up-left and down-right (reflect padding)."""
+    apply = lambda x: model.apply(variables, x, train=False)  # noqa: E731
+    with_flip = lambda x: (apply(x) + apply(x[:, :, ::-1])) / 2 if tta else apply(x)  # noqa: E731
+    if not (tta and translate):
+        return with_flip(images)
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = images.shape[1:3]
+    shifted = [padded[:, i:i + h, i:i + w] for i in (0, 2)]
+    return 0.5 * with_flip(images) + 0.25 * sum(with_flip(x) for x in shifted)
 
 
 def _metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: jax.Array | None = None) -> dict:

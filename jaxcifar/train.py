@@ -20,12 +20,13 @@ import time
 from typing import Any, Iterator
 
 import jax
+import numpy as np
 import ml_collections
 from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import models, optim, parallel, steps
+from jaxcifar import augment, models, optim, parallel, steps
 from jaxcifar.checkpoint import Checkpointer
 from jaxcifar.pretrained import load_pretrained_backbone
 from jaxcifar.workdir import Workdir
@@ -114,6 +115,11 @@ class Trainer:
         rng = jax.random.key(self.config.seed)
         create = lambda: steps.create_state(self.model, rng, ema=self.config.ema_decay > 0)
         state = jax.jit(create, out_shardings=self.replicated)()
+        data_init = models.DATA_DEPENDENT_INIT.get(self.config.model)
+        if data_init is not None:  # e.g. airbench's whitening layer, from 5,000 training images
+            sample = augment.normalize(self.data.train.images[:5000], self.config.augment.normalization)
+            params = jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated)
+            state = state.replace(params=params, ema_params=params if state.ema_params is not None else None)
         if self.init_from:
             state = load_pretrained_backbone(self.init_from, state, self.model)
         return state
@@ -160,14 +166,30 @@ class Trainer:
     def train_step_fn(self, stage: Stage, params: Any):
         if stage.index not in self._train_steps:
             tx, freeze_backbone = self.optimizer(stage, params)
-            step = steps.make_train_step(self.model, tx, self.config, freeze_backbone)
+            step = steps.make_train_step(self.model, tx, self.config, freeze_backbone, self.steps_per_epoch)
             self._train_steps[stage.index] = jax.jit(step, donate_argnums=0)
         return self._train_steps[stage.index]
 
     def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
-        for local in data_lib.train_batches(self.data.train, self.config.batch_size, self.config.seed, epoch,
-                                            start_step, jax.process_index(), jax.process_count()):
-            yield parallel.to_global(local, self.mesh)
+        """Global train batches of `epoch` from `start_step`: gathered on the device from the
+        resident split, or streamed through tf.data. Same examples in the same order."""
+        args = (self.config.batch_size, self.config.seed, epoch, start_step, jax.process_index(),
+                jax.process_count())
+        if self.config.data.device_resident:
+            resident = self._resident_train()
+            for rows in data_lib.epoch_rows(len(self.data.train), *args):
+                yield self._gather(resident, parallel.to_global({"index": rows}, self.mesh)["index"])
+        else:
+            for local in data_lib.train_batches(self.data.train, *args):
+                yield parallel.to_global(local, self.mesh)
+
+    def _resident_train(self) -> dict:
+        if not hasattr(self, "_resident"):
+            train_split = {"image": self.data.train.images, "label": self.data.train.labels}
+            self._resident = jax.device_put(train_split, self.replicated)
+            self._gather = jax.jit(lambda split, idx: {"image": split["image"][idx], "label": split["label"][idx],
+                                                       "index": idx})
+        return self._resident
 
     def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None = None) -> dict[str, float]:
         sums = None

@@ -47,9 +47,9 @@ def test_frozen_stage_leaves_backbone_params_and_bn_stats_bit_identical(tmp_path
     assert not same(subtree(after_frozen, "params", "head"), subtree(start_vars, "params", "head"))
 
 
-def test_frozen_groups_get_no_optimizer_moments(tiny_data):
+def test_frozen_groups_get_no_optimizer_moments(tmp_path, tiny_data):
     config = staged_config(optimizer="adam")
-    trainer = train.Trainer(config, "/tmp/unused-jaxcifar-test", tiny_data)
+    trainer = train.Trainer(config, tmp_path, tiny_data)
     state = trainer.initial_state()
     frozen, finetune = trainer.stages
     head_size = sum(x.size for x in jax.tree_util.tree_leaves(state.params["head"]))

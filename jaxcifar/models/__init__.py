@@ -9,6 +9,8 @@ from functools import partial
 
 import flax.linen as nn
 
+from jaxcifar.models import airbench
+from jaxcifar.models.airbench import Airbench
 from jaxcifar.models.cnn import SimpleCNN
 from jaxcifar.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -19,7 +21,11 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
         ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, stem="imagenet"
     ),
     "resnet50": partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, stem="imagenet"),
+    "airbench": Airbench,
 }
+
+# Models whose initial parameters depend on the training data: (params, normalised sample) -> params.
+DATA_DEPENDENT_INIT: dict[str, Callable] = {"airbench": airbench.init_from_data}
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 

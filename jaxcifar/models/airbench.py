@@ -1,0 +1,90 @@
+"""An airbench94-style network (Keller Jordan's CIFAR-10 speed record, written for JAX).
+
+    whitening 2x2 conv (24 ch, frozen, set from the data) -> GELU
+    -> 3 x [conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU]  (64, 256, 256 ch)
+    -> global max-pool -> Dense 10 (no bias) x 1/9
+
+BatchNorm as in airbench: no scale parameter, epsilon 1e-12, running-stat momentum 0.6 in
+PyTorch terms (0.4 in Flax's). The whitening kernel comes from the eigenvectors of the
+training set's 2x2 patch covariance (`whitening_kernel`), in +/- pairs.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcifar.models.layers import max_pool_2x2
+
+WIDTHS = (64, 256, 256)
+WHITEN_CHANNELS = 24  # 2 x (2*2*3) eigenvectors
+gelu = lambda x: nn.gelu(x, approximate=False)  # PyTorch's exact GELU  # noqa: E731
+
+
+def _bn(use_running_average: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=use_running_average, momentum=0.4, epsilon=1e-12, use_scale=False,
+                        name=name)
+
+
+class ConvGroup(nn.Module):
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="conv1")(x)
+        x = gelu(_bn(use_running_average, "bn1")(max_pool_2x2(x)))
+        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="conv2")(x)
+        return gelu(_bn(use_running_average, "bn2")(x))
+
+
+class AirbenchBackbone(nn.Module):
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+        x = gelu(nn.Conv(WHITEN_CHANNELS, (2, 2), padding="VALID", dtype=self.dtype, name="whiten")(x))
+        for i, width in enumerate(WIDTHS, start=1):
+            x = ConvGroup(width, self.dtype, name=f"group{i}")(x, use_running_average=use_running_average)
+        return jnp.max(x, axis=(1, 2))  # 3x3 maps -> global max-pool
+
+
+class Airbench(nn.Module):
+    num_classes: int = 10
+    dtype: jnp.dtype = jnp.float32
+    scale: float = 1 / 9  # airbench's output scaling
+
+    def setup(self) -> None:
+        self.backbone = AirbenchBackbone(self.dtype)
+        self.head = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype)
+
+    def __call__(self, x: jax.Array, *, train: bool, freeze_backbone: bool = False) -> jax.Array:
+        features = self.backbone(x, use_running_average=(not train) or freeze_backbone)
+        if freeze_backbone:
+            features = jax.lax.stop_gradient(features)
+        return (self.head(features) * self.scale).astype(jnp.float32)
+
+
+def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
+    """HWIO (2, 2, 3, 24) kernel that whitens 2x2 patches of `images` (normalised float
+    NHWC): eigenvectors of the (uncentred) patch covariance scaled by 1/sqrt(eigenvalue),
+    largest first, followed by their negatives (so GELU keeps both signs)."""
+    x = np.asarray(images, np.float64)
+    n, h, w, c = x.shape
+    patches = np.stack([x[:, i:i + h - 1, j:j + w - 1, :] for i in (0, 1) for j in (0, 1)], axis=3)
+    flat = patches.reshape(-1, 2 * 2 * c)  # (patch row, col, channel) order = HWI
+    eigenvalues, eigenvectors = np.linalg.eigh(flat.T @ flat / len(flat))
+    order = np.argsort(eigenvalues)[::-1]
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
+    kernel = np.concatenate([scaled, -scaled], axis=1)  # (12, 24)
+    return kernel.reshape(2, 2, c, WHITEN_CHANNELS).astype(np.float32)
+
+
+def init_from_data(params: dict, normalized_images: np.ndarray) -> dict:
+    """Params with the whitening kernel computed from (a sample of) the training images."""
+    backbone = dict(params["backbone"])
+    backbone["whiten"] = {"kernel": jnp.asarray(whitening_kernel(normalized_images)),
+                          "bias": jnp.zeros(WHITEN_CHANNELS, jnp.float32)}
+    return {**params, "backbone": backbone}

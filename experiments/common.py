@@ -18,7 +18,9 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": jax.devices()[0].platform,
-            "devices": jax.device_count(), "python": platform.python_version(), "jax": jax.__version__}
+            "devices": jax.device_count(), "python": platform.python_version(), "jax": jax.__version__,
+            # Timings on a shared 2-core machine are only comparable at similar load.
+            "load_average_at_write": [round(x, 2) for x in os.getloadavg()]}
 
 
 def stats(values: list[float]) -> dict:

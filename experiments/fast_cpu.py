@@ -11,6 +11,7 @@ without flip+translate TTA. Writes experiments/results/fast_cpu.json.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 
 import numpy as np
@@ -32,22 +33,31 @@ def seconds_to(threshold: float, accuracies: list[float], cumulative_seconds: li
     return next((s for a, s in zip(accuracies, cumulative_seconds) if a >= threshold), None)
 
 
-def run_seed(seed: int, data: train.Data, workdir: pathlib.Path, epochs: int | None) -> dict:
+def fast_config(seed: int, epochs: int | None) -> config_lib.ml_collections.ConfigDict:
     cfg = config_lib.load_recipe("fast")
     cfg.seed, cfg.tta = seed, False  # per-epoch curve without TTA; TTA measured once at the end
     if epochs:
         cfg.epochs = epochs
-    summary = train.fit(cfg, workdir, data=data)
-    history = train.Workdir(workdir, cfg).history()
-    seconds = list(np.cumsum([h["epoch_train_seconds"] for h in history]))
+    return cfg
+
+
+def collect(workdir: pathlib.Path, seed: int, data: train.Data) -> dict:
+    """The seed's record from its workdir; usable while a run is still going (`complete`
+    says whether it finished), since CPU runs are long."""
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    seconds = [float(s) for s in np.cumsum([h["epoch_train_seconds"] for h in history])]
     accuracies = [h["eval_accuracy"] for h in history]
+    summary_file = workdir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
     run = runs.load_run(workdir, "latest")
-    with_tta = evaluate.evaluate_run(run, data.eval, tta=True).report["accuracy"]
-    return {"seed": seed, "epoch_train_seconds": [h["epoch_train_seconds"] for h in history],
+    return {"seed": seed, "complete": summary is not None, "epochs_done": len(history),
+            "epoch_train_seconds": [h["epoch_train_seconds"] for h in history],
             "cumulative_train_seconds": seconds, "test_accuracy": accuracies,
             "seconds_to_85": seconds_to(0.85, accuracies, seconds), "seconds_to_94": seconds_to(0.94, accuracies, seconds),
-            "final_accuracy": summary["test_accuracy"], "final_accuracy_tta": with_tta,
-            "compile_seconds": summary["compile_seconds"], "train_images_per_second": summary["train_images_per_second"]}
+            "final_accuracy": accuracies[-1],
+            "final_accuracy_tta": evaluate.evaluate_run(run, data.eval, tta=True).report["accuracy"],
+            "compile_seconds": summary and summary["compile_seconds"],
+            "train_images_per_second": summary and summary["train_images_per_second"]}
 
 
 def main() -> None:
@@ -56,9 +66,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (for a quick look)")
     parser.add_argument("--out_dir", default="runs/fast_cpu")
+    parser.add_argument("--collect_only", action="store_true",
+                        help="write the JSON from the workdirs as they are (e.g. while runs are unfinished)")
     args = parser.parse_args()
     data = train.load_data(config_lib.load_recipe("fast"), args.data_dir)
-    per_seed = [run_seed(s, data, pathlib.Path(args.out_dir) / f"seed{s}", args.epochs) for s in args.seeds]
+    workdirs = {s: pathlib.Path(args.out_dir) / f"seed{s}" for s in args.seeds}
+    if not args.collect_only:
+        for seed, workdir in workdirs.items():
+            train.fit(fast_config(seed, args.epochs), workdir, data=data)
+    per_seed = [collect(workdir, seed, data) for seed, workdir in workdirs.items()]
     reached = lambda key: [r[key] for r in per_seed if r[key] is not None]  # noqa: E731
     write_result("fast_cpu", {
         "runs": per_seed,

@@ -109,6 +109,7 @@ class Trainer:
         self._warm: set[int] = set()  # stages whose step has compiled in this process
         self.eval_step = jax.jit(steps.make_eval_step(self.model, config))
         self._stop_signal: int | None = None
+        self._resident: dict | None = None  # device-resident train split (data.device_resident)
 
     # ----- state -----
     def initial_state(self) -> steps.TrainState:
@@ -184,12 +185,16 @@ class Trainer:
                 yield parallel.to_global(local, self.mesh)
 
     def _resident_train(self) -> dict:
-        if not hasattr(self, "_resident"):
+        """The uint8 train split on the devices, uploaded once per process."""
+        if self._resident is None:
             train_split = {"image": self.data.train.images, "label": self.data.train.labels}
             self._resident = jax.device_put(train_split, self.replicated)
-            self._gather = jax.jit(lambda split, idx: {"image": split["image"][idx], "label": split["label"][idx],
-                                                       "index": idx})
         return self._resident
+
+    @staticmethod
+    @jax.jit
+    def _gather(split: dict, idx: jax.Array) -> dict:
+        return {"image": split["image"][idx], "label": split["label"][idx], "index": idx}
 
     def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None = None) -> dict[str, float]:
         sums = None

@@ -23,7 +23,7 @@ def model_and_vars(request):
 
 
 def test_registry_names():
-    assert set(MODEL_NAMES) == {"simple_cnn", "resnet18", "resnet18_imagenet", "resnet50"}
+    assert set(MODEL_NAMES) == {"simple_cnn", "resnet18", "resnet18_imagenet", "resnet50", "airbench"}
 
 
 def test_unknown_model_lists_valid_names():

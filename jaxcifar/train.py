@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -385,6 +386,14 @@ def build_config(name_or_path: str, overrides: list[tuple[str, str]]) -> ml_coll
     return config
 
 
+def configure_compilation_cache() -> None:
+    """Persist compiled steps across runs (a resumed or repeated run skips recompiling):
+    $JAXCIFAR_COMPILATION_CACHE, default ~/.cache/jaxcifar/xla; set it to '' to disable."""
+    cache_dir = os.environ.get("JAXCIFAR_COMPILATION_CACHE", str(pathlib.Path.home() / ".cache/jaxcifar/xla"))
+    if cache_dir and jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Our own handler: absl (imported by TF/Orbax) may already have configured the root logger.
     handler = logging.StreamHandler()
@@ -397,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args.config, overrides)
         if args.coordinator or args.auto_distributed:
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        configure_compilation_cache()
         summary = fit(config, args.workdir, data_dir=args.data_dir, init_from=args.init_from,
                       overwrite=args.overwrite)
     except StopRequested as e:

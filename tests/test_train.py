@@ -107,10 +107,12 @@ def test_cli_trains_on_real_data_and_resumes(tmp_path, shared_data_dir):
     cmd = [sys.executable, "-m", "jaxcifar.train", "--config", "simple_cnn", "--workdir", str(tmp_path),
            "--data_dir", shared_data_dir, "--config.epochs=1", "--config.data.examples_per_class=50",
            "--config.batch_size=50", "--config.data.eval_split=test[:200]"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "JAXCIFAR_COMPILATION_CACHE": str(tmp_path / "xla_cache")}
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert any((tmp_path / "xla_cache").iterdir())  # compiled steps persist for the next run
     assert "summary.json" in first.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["eval_examples"] == 200 and summary["epochs_completed"] == 1
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "Resumed from step 10" in again.stderr

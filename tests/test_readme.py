@@ -1,0 +1,23 @@
+"""The README's library example runs as written (on the real data, from the repo root)."""
+
+import os
+import re
+
+from tests.conftest import REPO
+
+
+def library_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Library use"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_library_example_runs(tmp_path, shared_data_dir, monkeypatch, capsys):
+    code = library_example()
+    assert "stages=" in code and "evaluate" in code  # frozen + fine-tune fit, then evaluation
+    monkeypatch.chdir(tmp_path)  # the example writes runs/library_example under the cwd
+    code = code.replace('"../shared/tensorflow_datasets"', repr(shared_data_dir))
+    exec(compile(code, "README.md", "exec"), {})
+    accuracy, report_accuracy, _ = capsys.readouterr().out.split(" ", 2)
+    assert 0.0 <= float(accuracy) <= 1.0 and abs(float(accuracy) - float(report_accuracy)) < 1e-6
+    assert os.path.exists(tmp_path / "runs" / "library_example" / "summary.json")

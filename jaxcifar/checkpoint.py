@@ -107,16 +107,28 @@ def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tup
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     if (path / "state").is_dir():  # a single step directory
-        state, step = ocp.StandardCheckpointer().restore(path / "state"), int(path.name)
+        checkpointer = ocp.StandardCheckpointer()
+        target = _on_one_device(checkpointer.metadata(path / "state").item_metadata)
+        state, step = checkpointer.restore(path / "state", target), int(path.name)
     else:
         if not path.is_dir():
             raise FileNotFoundError(f"No jaxcifar run or checkpoint at {source}.")
-        manager = ocp.CheckpointManager(path, item_names=("state", "record"),
-                                        options=ocp.CheckpointManagerOptions(read_only=True, best_fn=_best_metric))
+        manager = ocp.CheckpointManager(
+            path, options=ocp.CheckpointManagerOptions(read_only=True, best_fn=_best_metric),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
         step = {"best": manager.best_step, "latest": manager.latest_step}.get(which, lambda: int(which))()
         if step is None or step not in manager.all_steps():
             raise FileNotFoundError(f"No checkpoint {which!r} in {path}; saved steps: {list(manager.all_steps())}.")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+        target = _on_one_device(manager.item_metadata(step).state)
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
         manager.close()
     params = state.get("ema_params") or state["params"]
     return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step
+
+
+def _on_one_device(tree_metadata: Any) -> Any:
+    """Restore target from saved metadata, placed on this process's first device: the
+    checkpoint may come from any number of devices (Orbax refuses a target-less restore
+    onto a different topology)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree_metadata)

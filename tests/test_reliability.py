@@ -81,6 +81,8 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
     proc = start(tmp_path / "w", *args, env=eight)
     proc.communicate(timeout=300)
     assert proc.returncode == 17 and Checkpointer(tmp_path / "w").steps() == [8]
+    _, step = checkpoint.load_variables(tmp_path / "w", "latest")  # evaluate/predict/export path, 1 device
+    assert step == 8
     resumed = result(start(tmp_path / "w", *args, env={"XLA_FLAGS": ""}))
     straight = result(start(tmp_path / "one", *args, env={"XLA_FLAGS": ""}))
     assert resumed["summary"]["devices"] == 1 and resumed["summary"]["steps"] == 16

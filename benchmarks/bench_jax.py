@@ -43,7 +43,8 @@ def compile_step(spec: Spec) -> tuple[Callable, Any, dict, float]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxcifar import config as config_lib, models, optim, parallel, steps
+    from jaxcifar import config as config_lib
+    from jaxcifar import models, optim, parallel, steps
 
     if "pool" in spec.options:
         import pooling

@@ -99,7 +99,7 @@ class Worker:
 
     def __init__(self, spec: Spec, rep_seconds: float, log_dir: Path):
         self.spec = spec
-        self.log = open(log_dir / f"{_slug(spec.label)}.log", "w")
+        self.log = open(log_dir / f"{_slug(spec.label)}.log", "w")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), json.dumps(dataclasses.asdict(spec)), str(rep_seconds)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,

@@ -4,8 +4,9 @@ For every network (simple_cnn @256, resnet18 @128, and ``fast`` = airbench @512 
 jaxcifar has it) this times, side by side in one run, a full SGD-momentum float32
 train step (forward, backward, update) in:
   * jaxcifar's own ``make_train_step``: with its on-device crop+flip (``+aug``) and
-    without (``bare``, like-for-like with the twins, which get ready float32 batches);
-    on 1 device and on the host split into N virtual devices, each with XLA's default
+    without (``bare``, like-for-like with the twins, which get ready float32 batches;
+    device splits are timed bare only); on 1 device and on the host split into N
+    virtual devices, each with XLA's default
     flags and with TUNED_FLAGS (Eigen instead of YNNPACK convolutions, the recommended
     CPU setup from benchmarks/NOTES.md; split into TUNED_DEVICES[net] devices);
   * PyTorch CPU (default and channels_last memory format, 2 threads);
@@ -14,7 +15,7 @@ and the input pipeline alone (TFDS -> tf.data -> device). Every configuration is
 worker process; all of one network are interleaved repetition by repetition (see
 harness.py), and the table reports medians.
 
-    .venv/bin/python benchmarks/run.py                 # everything (< 15 min)
+    .venv/bin/python benchmarks/run.py                 # everything (~13 min; other load stretches it)
     .venv/bin/python benchmarks/run.py --quick         # simple_cnn + pipeline, short reps
     .venv/bin/python benchmarks/run.py --nets resnet18 --frameworks jax,torch --reps 3
 
@@ -35,7 +36,7 @@ RESULTS = Path(__file__).with_name("results")
 # Table name -> (jaxcifar model name, batch size).
 NETS = {"simple_cnn": ("simple_cnn", 256), "resnet18": ("resnet18", 128), "fast": ("airbench", 512)}
 # Default repetitions: a ResNet-18 or airbench step takes seconds, so fewer keep `make bench` < 15 min.
-REPS = {"simple_cnn": 5, "resnet18": 3, "fast": 3}
+REPS = {"simple_cnn": 5, "resnet18": 2, "fast": 2}
 FRAMEWORKS = ("jax", "torch", "keras", "pipeline")
 # The recommended CPU setup (benchmarks/NOTES.md): Eigen instead of YNNPACK convolutions;
 # and, opt-in, the host split into the number of virtual devices that measured best.
@@ -52,15 +53,17 @@ def available_nets() -> list[str]:
 
 
 def jax_specs(net: str, devices: int) -> list[Spec]:
-    """Default flags on 1 and N devices; Eigen convolutions (the recommended default) on 1
-    device and with the best measured split (opt-in: see NOTES.md on rendezvous aborts)."""
+    """Default flags and Eigen convolutions (the recommended default), each on 1 device with
+    and without augmentation, and split over devices (bare only: the split does not change
+    what augmentation costs; the Eigen split is opt-in, see NOTES.md on rendezvous aborts)."""
     model, batch = NETS[net]
     split = TUNED_DEVICES[net]
-    settings = [(1, (), "1 dev"), (devices, (), f"{devices} dev"), (1, TUNED_FLAGS, "Eigen conv, 1 dev"),
-                (split, TUNED_FLAGS, f"Eigen conv, {split} dev")]
+    settings = [(1, (), "1 dev", (True, False)), (devices, (), f"{devices} dev", (False,)),
+                (1, TUNED_FLAGS, "Eigen conv, 1 dev", (True, False)),
+                (split, TUNED_FLAGS, f"Eigen conv, {split} dev", (False,))]
     return [Spec(f"jaxcifar {name}, {'+aug' if augment else 'bare'}", "jax", model, batch, n, flags,
                  {"augment": augment})
-            for n, flags, name in settings for augment in (True, False)]
+            for n, flags, name, augments in settings for augment in augments]
 
 
 def torch_specs(net: str) -> list[Spec]:
@@ -163,7 +166,7 @@ def main() -> None:
     for net in nets:
         specs = net_specs(net, frameworks, args.devices)
         reps = args.reps or REPS[net]
-        print(f"{net}: {len(specs)} configurations x {reps} reps")
+        print(f"{net}: {len(specs)} configurations x {reps} reps ({time.perf_counter() - start:.0f} s in)")
         results[net] = run_group(specs, reps, args.rep_seconds, logs)
     if "pipeline" in frameworks:
         print("input pipeline")

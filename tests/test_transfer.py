@@ -122,3 +122,16 @@ def test_stage_switch_resets_optimizer_and_resumes_across_stages(tmp_path, tiny_
     resumed = train.fit(config, tmp_path / "b", data=tiny_data)
     assert resumed["test_loss"] == straight["test_loss"]
     assert [h["stage"] for h in train.Workdir(tmp_path / "b", config).history()] == ["frozen", "finetune"]
+
+
+def test_frozen_group_never_moves_even_with_gradients_weight_decay_and_momentum():
+    """The optimizer alone must hold frozen weights (the model's stop_gradient is a second guard)."""
+    stage = staged_config(stages=(), optimizer="sgd", momentum=0.9, weight_decay=0.5, warmup_epochs=0.0,
+                          lr_multipliers={"backbone": None, "head": 1.0})
+    params = {"backbone": {"kernel": np.ones((2, 2), np.float32)}, "head": {"kernel": np.ones((2, 2), np.float32)}}
+    tx, _ = optim.make_optimizer(dict(train.config_lib.stage_plan(stage))["train"], GROUPS, params, 10)
+    opt_state = tx.init(params)
+    for _ in range(3):
+        updates, opt_state = tx.update(params, opt_state, params)  # non-zero "gradients"
+        np.testing.assert_array_equal(updates["backbone"]["kernel"], 0.0)
+        assert np.abs(updates["head"]["kernel"]).min() > 0

@@ -45,3 +45,24 @@ def shared_data_dir():
 @pytest.fixture(autouse=True)
 def _quiet_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class CrashAfterSave(Exception):
+    """Raised right after a checkpoint is on disk, to simulate a crash between epochs."""
+
+
+def crash_on_first_save(monkeypatch, fit):
+    """Run `fit()` with Checkpointer.save raising once its first checkpoint is written."""
+    from jaxcifar.checkpoint import Checkpointer
+
+    original = Checkpointer.save
+
+    def save_then_crash(self, state, record, metrics=None):
+        original(self, state, record, metrics)
+        self.wait()
+        raise CrashAfterSave
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpointer, "save", save_then_crash)
+        with pytest.raises(CrashAfterSave):
+            fit()

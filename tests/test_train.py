@@ -5,11 +5,10 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from jaxcifar import checkpoint, train
 from jaxcifar.checkpoint import Checkpointer
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, crash_on_first_save, tiny_config
 
 
 def run_fit_subprocess(workdir, *overrides, env=None):
@@ -57,25 +56,10 @@ def test_checkpoint_round_trip_restores_every_leaf(tmp_path, tiny_data):
         np.testing.assert_array_equal(a, b)
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_continues_step_count_and_matches_uninterrupted_run(tmp_path, tiny_data, monkeypatch):
     config = tiny_config(epochs=3)
     train.fit(config, tmp_path / "straight", data=tiny_data)
-
-    original_save = Checkpointer.save
-
-    def save_then_crash(self, state, record, metrics=None):
-        original_save(self, state, record, metrics)
-        self.wait()
-        raise _Interrupt
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_crash)
-    with pytest.raises(_Interrupt):
-        train.fit(config, tmp_path / "resumed", data=tiny_data)
-    monkeypatch.setattr(Checkpointer, "save", original_save)
+    crash_on_first_save(monkeypatch, lambda: train.fit(config, tmp_path / "resumed", data=tiny_data))
     assert Checkpointer(tmp_path / "resumed").steps() == [8]
 
     summary = train.fit(config, tmp_path / "resumed", data=tiny_data)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import checkpoint, optim, train
-from jaxcifar.checkpoint import Checkpointer
-from tests.conftest import tiny_config
+from tests.conftest import crash_on_first_save, tiny_config
 
 TINY_RESNET = {"stage_sizes": (1, 1), "width": 8}
 GROUPS = {"backbone": "backbone/.*", "head": "head/.*"}
@@ -105,20 +104,8 @@ def test_init_from_run_with_other_head_size_and_mismatched_backbone(tmp_path, ti
 def test_stage_switch_resets_optimizer_and_resumes_across_stages(tmp_path, tiny_data, monkeypatch):
     config = staged_config()
     straight = train.fit(config, tmp_path / "a", data=tiny_data)
-    original = Checkpointer.save
-
-    class Crash(Exception):
-        pass
-
-    def save_then_crash(self, state, record, metrics=None):
-        original(self, state, record, metrics)
-        self.wait()
-        raise Crash
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_crash)
-    with pytest.raises(Crash):
-        train.fit(config, tmp_path / "b", data=tiny_data)  # dies at the frozen -> finetune boundary
-    monkeypatch.setattr(Checkpointer, "save", original)
+    # dies right after the first checkpoint: at the frozen -> finetune boundary
+    crash_on_first_save(monkeypatch, lambda: train.fit(config, tmp_path / "b", data=tiny_data))
     resumed = train.fit(config, tmp_path / "b", data=tiny_data)
     assert resumed["test_loss"] == straight["test_loss"]
     assert [h["stage"] for h in train.Workdir(tmp_path / "b", config).history()] == ["frozen", "finetune"]

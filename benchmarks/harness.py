@@ -50,6 +50,9 @@ class Spec:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow",
                    JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
         env.pop("XLA_FLAGS", None)
+        # Flags are explicit per spec: jaxcifar's own defaults (jaxcifar/xla_cpu.py) are off,
+        # so "default flags" rows measure XLA's defaults and the Eigen rows jaxcifar's.
+        env["JAXCIFAR_XLA_CPU_DEFAULTS"] = "0"
         if self.framework in ("jax", "pipeline"):
             flags = [f"--xla_force_host_platform_device_count={self.devices}", *self.xla_flags]
             env["XLA_FLAGS"] = " ".join(flags)

@@ -53,7 +53,7 @@ def available_nets() -> list[str]:
 
 
 def jax_specs(net: str, devices: int) -> list[Spec]:
-    """Default flags and Eigen convolutions (the recommended default), each on 1 device with
+    """XLA's default flags and Eigen convolutions (jaxcifar's default), each on 1 device with
     and without augmentation, and split over devices (bare only: the split does not change
     what augmentation costs; the Eigen split is opt-in, see NOTES.md on rendezvous aborts)."""
     model, batch = NETS[net]
@@ -122,7 +122,8 @@ def markdown(results: dict[str, list[Result]], machine: dict) -> str:
          "normalisation, like-for-like with PyTorch/Keras, which are fed ready float32 batches."),
         (f"- `N dev`: `XLA_FLAGS=--xla_force_host_platform_device_count=N`, batch sharded over an N-device "
          f"mesh (`parallel.make_mesh`). `Eigen conv`: `{' '.join(TUNED_FLAGS)}` (YNNPACK convolutions "
-         "off, XLA's Eigen ones on), alone and with the best measured device split; see benchmarks/NOTES.md."),
+         "off, XLA's Eigen ones on; what `import jaxcifar` sets by default, jaxcifar/xla_cpu.py), alone and "
+         "with the best measured device split; see benchmarks/NOTES.md. Rows without it: XLA's own defaults."),
         "- Repetitions (interleaved across all rows of a network): " + ", ".join(
             f"{net} {max(len(r.rates) for r in rows)}" for net, rows in results.items()) + ".",
         ("- compile s: jaxcifar's `jit(...).lower().compile()`; for Keras the first `train_on_batch` "

@@ -26,7 +26,8 @@ RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 # Fields a stage may override; everything else is run-wide.
 STAGE_FIELDS = (
     "epochs", "optimizer", "lr", "momentum", "nesterov", "b1", "b2", "weight_decay",
-    "schedule", "warmup_epochs", "lr_multipliers",
+    "schedule", "warmup_epochs", "lr_start_factor", "lr_end_factor", "lr_multipliers", "group_epochs",
+    "weight_decay_on", "weight_decay_multipliers",
 )
 
 
@@ -75,10 +76,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.nesterov = True
     c.b1 = 0.9
     c.b2 = 0.999
-    c.weight_decay = 5e-4  # never applied to biases, BatchNorm or frozen parameters
+    c.weight_decay = 5e-4  # coupled (L2); never applied to frozen parameters
+    c.weight_decay_on = "kernels"  # kernels (not biases or BatchNorm) | all
+    c.weight_decay_multipliers = ml_collections.ConfigDict()  # group -> factor on weight_decay (default 1)
     c.schedule = "cosine"  # constant | cosine | onecycle | linear (each with linear warmup)
     c.warmup_epochs = 1.0
+    c.lr_start_factor = 0.0  # linear: warmup starts at lr_start_factor * lr ...
+    c.lr_end_factor = 0.0  # ... and decays to lr_end_factor * lr
     c.lr_multipliers = ml_collections.ConfigDict({"all": 1.0})  # group -> multiplier; None freezes
+    c.group_epochs = ml_collections.ConfigDict()  # group -> trains only its first N epochs of the stage
 
     # Parameter groups: name -> regex over '/'-joined parameter paths. First match wins,
     # every parameter must match one.
@@ -86,6 +92,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.stages = ()  # ({"name": ..., **overrides of STAGE_FIELDS}, ...), run in order
 
     c.ema_decay = 0.0  # >0 keeps an exponential moving average of the weights for eval
+    # Lookahead (airbench): every N steps the slow weights (and BatchNorm statistics) move
+    # towards the fast ones by 1 - decay * (progress through the stage)^3 and the fast
+    # weights restart from them; the stage ends on the slow weights. 0 = off.
+    c.lookahead_every = 0
+    c.lookahead_decay = 0.95**5
     c.tta = False  # flip test-time augmentation at evaluation
     c.tta_translate = False  # with tta: also average views shifted by one pixel (airbench's level 2)
     c.keep_checkpoints = 2  # latest N; the best by eval accuracy is kept as well
@@ -156,7 +167,7 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
 
 
 # Dicts whose keys are chosen by the user rather than fixed by the schema.
-_OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups")
+_OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "group_epochs", "weight_decay_multipliers")
 
 
 def _stage_named(stages, name: str) -> dict:
@@ -218,6 +229,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1).")
     if not 0.0 <= config.ema_decay < 1.0:
         errors.append(f"ema_decay={config.ema_decay} must be in [0, 1).")
+    if config.lookahead_every < 0 or not 0.0 <= config.lookahead_decay <= 1.0:
+        errors.append(f"lookahead_every={config.lookahead_every} must be >= 0 and lookahead_decay="
+                      f"{config.lookahead_decay} in [0, 1].")
     if config.augment.normalization not in ("cifar10", "imagenet", "unit"):
         errors.append(f"augment.normalization={config.augment.normalization!r}: use cifar10, imagenet or unit.")
     if config.keep_checkpoints < 1:
@@ -232,10 +246,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             errors.append(f"{where}optimizer={stage.optimizer!r}: use sgd, adam or adamw.")
         if stage.schedule not in ("constant", "cosine", "onecycle", "linear"):
             errors.append(f"{where}schedule={stage.schedule!r}: use constant, cosine, onecycle or linear.")
-        unknown = set(stage.lr_multipliers) - set(config.param_groups)
-        if unknown:
-            errors.append(f"{where}lr_multipliers names unknown groups {sorted(unknown)}; "
-                          f"groups are {list(config.param_groups)}.")
+        for field in ("lr_multipliers", "group_epochs", "weight_decay_multipliers"):
+            unknown = set(stage[field]) - set(config.param_groups)
+            if unknown:
+                errors.append(f"{where}{field} names unknown groups {sorted(unknown)}; "
+                              f"groups are {list(config.param_groups)}.")
+        if stage.weight_decay_on not in ("kernels", "all"):
+            errors.append(f"{where}weight_decay_on={stage.weight_decay_on!r}: use kernels or all.")
+        for group, epochs in stage.group_epochs.items():
+            if not 0 < epochs <= stage.epochs:
+                errors.append(f"{where}group_epochs.{group}={epochs} must be in (0, {stage.epochs}] (the stage's epochs).")
         missing = set(config.param_groups) - set(stage.lr_multipliers)
         if missing:
             errors.append(f"{where}lr_multipliers gives no multiplier (use None to freeze) for groups {sorted(missing)}.")

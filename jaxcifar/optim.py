@@ -6,7 +6,14 @@ rule is an error naming it. A stage gives each group a learning-rate multiplier,
 to freeze it. Frozen groups get `optax.set_to_zero()` inside `multi_transform`: no
 moments are allocated for them and no weight decay or momentum can ever move them.
 
-Weight decay applies to kernels only (ndim > 1): never to biases or BatchNorm.
+A group can also train for only the first `group_epochs[group]` epochs of a stage (its
+learning rate is zero afterwards, so neither momentum nor weight decay moves it), and scale
+the stage's weight decay by `weight_decay_multipliers[group]` (e.g. airbench decays its
+64x-learning-rate BatchNorm biases at 1/64 of the coupled rate, so every parameter decays
+at the same speed).
+
+Weight decay is coupled (L2 added to the gradient, as in torch.optim.SGD) and applies to
+kernels only (ndim > 1) unless `weight_decay_on="all"`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import re
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -56,28 +64,41 @@ def make_schedule(stage: ml_collections.ConfigDict, steps_per_epoch: int) -> opt
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=0.0)
     if stage.schedule == "onecycle":
         return optax.cosine_onecycle_schedule(total, lr, pct_start=max(warmup, 1) / total)
-    if stage.schedule == "linear":  # airbench-style triangle: up to lr, then linearly to 0
+    if stage.schedule == "linear":  # airbench's triangle: lr_start_factor*lr -> lr -> lr_end_factor*lr
+        start, end = stage.lr_start_factor * lr, stage.lr_end_factor * lr
         return optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, 0.0, total - warmup)], [warmup])
+            [optax.linear_schedule(start, lr, warmup), optax.linear_schedule(lr, end, total - warmup)], [warmup])
     raise ValueError(f"Unknown schedule {stage.schedule!r}")
 
 
-def _decay_mask(params: Any) -> Any:
-    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+def _decay_mask(stage: ml_collections.ConfigDict) -> Callable[[Any], Any] | None:
+    if stage.weight_decay_on == "all":
+        return None
+    return lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def group_optimizer(stage: ml_collections.ConfigDict, schedule: Callable) -> optax.GradientTransformation:
-    """The update rule of one trainable group, with `schedule` already scaled by its multiplier."""
+def group_optimizer(stage: ml_collections.ConfigDict, schedule: Callable,
+                    weight_decay: float) -> optax.GradientTransformation:
+    """The update rule of one trainable group, with `schedule` and `weight_decay` already
+    scaled for the group."""
+    mask = _decay_mask(stage)
     if stage.optimizer == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(stage.weight_decay, mask=_decay_mask),
+            optax.add_decayed_weights(weight_decay, mask=mask),
             optax.sgd(schedule, momentum=stage.momentum or None, nesterov=stage.nesterov))
     if stage.optimizer == "adam":  # coupled L2 as in torch.optim.Adam / Keras Adam
-        return optax.chain(optax.add_decayed_weights(stage.weight_decay, mask=_decay_mask),
+        return optax.chain(optax.add_decayed_weights(weight_decay, mask=mask),
                            optax.adam(schedule, b1=stage.b1, b2=stage.b2))
     if stage.optimizer == "adamw":
-        return optax.adamw(schedule, b1=stage.b1, b2=stage.b2, weight_decay=stage.weight_decay, mask=_decay_mask)
+        return optax.adamw(schedule, b1=stage.b1, b2=stage.b2, weight_decay=weight_decay, mask=mask)
     raise ValueError(f"Unknown optimizer {stage.optimizer!r}")
+
+
+def group_schedule(schedule: Callable, multiplier: float, train_steps: int | None) -> Callable:
+    """The stage schedule times the group's multiplier, and zero from step `train_steps` on."""
+    if train_steps is None:
+        return lambda step: multiplier * schedule(step)
+    return lambda step: jnp.where(step < train_steps, multiplier * schedule(step), 0.0)
 
 
 def make_optimizer(stage: ml_collections.ConfigDict, param_groups: Mapping[str, str], params: Any,
@@ -90,7 +111,10 @@ def make_optimizer(stage: ml_collections.ConfigDict, param_groups: Mapping[str, 
         if multiplier is None:
             group_of_label[group] = FROZEN
         else:
-            transforms[group] = group_optimizer(stage, lambda step, m=multiplier: m * schedule(step))
+            epochs = stage.group_epochs.get(group)
+            train_steps = None if epochs is None else round(epochs * steps_per_epoch)
+            weight_decay = stage.weight_decay * stage.weight_decay_multipliers.get(group, 1.0)
+            transforms[group] = group_optimizer(stage, group_schedule(schedule, multiplier, train_steps), weight_decay)
             group_of_label[group] = group
     labels = jax.tree_util.tree_map(lambda g: group_of_label[g], param_labels(params, param_groups))
     return optax.multi_transform(transforms, labels), labels

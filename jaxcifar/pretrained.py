@@ -54,8 +54,7 @@ def merge_pretrained(state: TrainState, pretrained: dict[str, Any], source: str)
             new_tree[part] = jax.tree_util.tree_map(
                 lambda t, s: jax.device_put(np.asarray(s, t.dtype), t.sharding), tree[part], src)
         merged[collection] = new_tree
-    ema = merged["params"] if state.ema_params is not None else None
-    return state.replace(params=merged["params"], batch_stats=merged["batch_stats"], ema_params=ema)
+    return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])  # caller resets averages
 
 
 def load_pretrained_backbone(source: str, state: TrainState, model: nn.Module) -> TrainState:

@@ -27,16 +27,43 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # raw uint32 key data (portable in checkpoints); each step folds in its number
     ema_params: Any = None  # exponential moving average of params (None when disabled)
+    slow: Any = None  # lookahead's slow {"params", "batch_stats"} (None when disabled)
 
 
 def create_state(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...] = (1, 32, 32, 3),
-                 ema: bool = False) -> TrainState:
+                 ema: bool = False, lookahead: bool = False) -> TrainState:
     """Fresh parameters; `opt_state` is filled in by the stage that trains them."""
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=None, rng=jax.random.key_data(state_rng), ema_params=params if ema else None)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                       batch_stats=variables.get("batch_stats", {}), opt_state=None,
+                       rng=jax.random.key_data(state_rng), ema_params={} if ema else None, slow={} if lookahead else None)
+    return reset_averages(state)
+
+
+def reset_averages(state: TrainState) -> TrainState:
+    """EMA and lookahead copies (where enabled) set to the current weights: after creation,
+    and after anything that replaces the weights (data-dependent init, --init_from). Copies,
+    so that donating the state never donates one buffer twice."""
+    copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
+    return state.replace(
+        ema_params=None if state.ema_params is None else copy(state.params),
+        slow=None if state.slow is None else copy({"params": state.params, "batch_stats": state.batch_stats}))
+
+
+def lookahead(fast: Any, slow: Any, step_in_stage: jax.Array, stage_steps: int, every: int,
+              decay: float) -> tuple[Any, Any]:
+    """airbench's lookahead, applied after optimizer step `step_in_stage` (1-based): every
+    `every` steps the slow weights move towards the fast ones, slow += (1 - d) (fast - slow)
+    with d = decay * (step_in_stage / stage_steps)^3, and the fast weights restart from the
+    slow ones; after the stage's last step the fast weights become the slow ones. Returns
+    (fast, slow). Works on any pytree: airbench averages BatchNorm statistics as well."""
+    due = step_in_stage % every == 0
+    d = decay * (step_in_stage / stage_steps) ** 3
+    new_slow = jax.tree_util.tree_map(lambda s, f: jnp.where(due, s + (1 - d) * (f - s), s), slow, fast)
+    reset = due | (step_in_stage >= stage_steps)
+    new_fast = jax.tree_util.tree_map(lambda s, f: jnp.where(reset, s, f), new_slow, fast)
+    return new_fast, new_slow
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -46,10 +73,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                    freeze_backbone: bool, steps_per_epoch: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    freeze_backbone: bool, steps_per_epoch: int,
+                    stage_steps: tuple[int, int] = (0, 1)) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (state, metric sums). `freeze_backbone` runs the
     backbone's BatchNorm in inference mode (its statistics neither used from the batch nor
-    updated), as Keras does for `trainable=False`."""
+    updated), as Keras does for `trainable=False`. `stage_steps` = (the stage's first global
+    step, its number of steps), for lookahead's schedule."""
+    first_step, num_steps = stage_steps
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         run_key = jax.random.wrap_key_data(state.rng)
@@ -68,8 +98,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
         ema_params = state.ema_params
         if ema_params is not None:
             ema_params = optax.incremental_update(params, ema_params, 1.0 - config.ema_decay)
+        slow = state.slow
+        if slow is not None:
+            fast = {"params": params, "batch_stats": batch_stats}
+            fast, slow = lookahead(fast, slow, state.step + 1 - first_step, num_steps, config.lookahead_every,
+                                   config.lookahead_decay)
+            params, batch_stats = fast["params"], fast["batch_stats"]
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state, ema_params=ema_params)
+                                  opt_state=opt_state, ema_params=ema_params, slow=slow)
         metrics = _metric_sums(logits, batch["label"], loss)
         # The first step whose loss is not finite, so a NaN can be reported exactly.
         metrics["first_bad_step"] = jnp.where(jnp.isfinite(metrics["loss_sum"]), NO_BAD_STEP, state.step)

@@ -115,16 +115,16 @@ class Trainer:
     # ----- state -----
     def initial_state(self) -> steps.TrainState:
         rng = jax.random.key(self.config.seed)
-        create = lambda: steps.create_state(self.model, rng, ema=self.config.ema_decay > 0)
+        create = lambda: steps.create_state(self.model, rng, ema=self.config.ema_decay > 0,  # noqa: E731
+                                            lookahead=self.config.lookahead_every > 0)
         state = jax.jit(create, out_shardings=self.replicated)()
         data_init = models.DATA_DEPENDENT_INIT.get(self.config.model)
         if data_init is not None:  # e.g. airbench's whitening layer, from 5,000 training images
             sample = augment.normalize(self.data.train.images[:5000], self.config.augment.normalization)
-            params = jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated)
-            state = state.replace(params=params, ema_params=params if state.ema_params is not None else None)
+            state = state.replace(params=jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated))
         if self.init_from:
             state = load_pretrained_backbone(self.init_from, state, self.model)
-        return state
+        return steps.reset_averages(state)
 
     def optimizer(self, stage: Stage, params: Any):
         """(tx, freeze_backbone) of a stage, built once per stage."""
@@ -168,7 +168,10 @@ class Trainer:
     def train_step_fn(self, stage: Stage, params: Any):
         if stage.index not in self._train_steps:
             tx, freeze_backbone = self.optimizer(stage, params)
-            step = steps.make_train_step(self.model, tx, self.config, freeze_backbone, self.steps_per_epoch)
+            stage_steps = (stage.first_epoch * self.steps_per_epoch,
+                           (stage.end_epoch - stage.first_epoch) * self.steps_per_epoch)
+            step = steps.make_train_step(self.model, tx, self.config, freeze_backbone, self.steps_per_epoch,
+                                         stage_steps)
             self._train_steps[stage.index] = jax.jit(step, donate_argnums=0)
         return self._train_steps[stage.index]
 

@@ -58,11 +58,11 @@ def test_translate_tta_averages_shifted_views_and_is_exact_on_constant_images():
 
 def test_fast_recipe_groups_freeze_whitening_and_boost_bn_biases():
     cfg = config_lib.load_recipe("fast")
-    assert list(cfg.param_groups) == ["whiten", "bn_bias", "rest"]  # order survives ConfigDict
+    assert list(cfg.param_groups) == ["whiten_kernel", "whiten_bias", "bn_bias", "rest"]  # order survives
     params = create_model("airbench").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
     from jaxcifar import optim
 
     labels = optim.param_labels(params, cfg.param_groups)
-    assert labels["backbone"]["whiten"] == {"kernel": "whiten", "bias": "whiten"}
+    assert labels["backbone"]["whiten"] == {"kernel": "whiten_kernel", "bias": "whiten_bias"}
     assert labels["backbone"]["group2"]["bn1"]["bias"] == "bn_bias"
     assert labels["head"]["kernel"] == "rest"

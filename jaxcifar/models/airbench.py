@@ -7,6 +7,11 @@
 BatchNorm as in airbench: no scale parameter, epsilon 1e-12, running-stat momentum 0.6 in
 PyTorch terms (0.4 in Flax's). The whitening kernel comes from the eigenvectors of the
 training set's 2x2 patch covariance (`whitening_kernel`), in +/- pairs.
+
+Initialisation as in airbench (PyTorch's defaults, which it relies on): kernels uniform in
++/-1/sqrt(fan_in) (variance 1/(3 fan_in), a third of Flax's LeCun normal; with BatchNorm
+after each conv the kernel scale sets the effective learning rate), and each 3x3 conv's
+first `in_features` output channels start as the identity (`torch.nn.init.dirac_`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from jaxcifar.models.layers import max_pool_2x2
 
 WIDTHS = (64, 256, 256)
 WHITEN_CHANNELS = 24  # 2 x (2*2*3) eigenvectors
+# PyTorch's default for Conv2d/Linear weights: kaiming_uniform(a=sqrt(5)) = U(+/-1/sqrt(fan_in)).
+torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 gelu = lambda x: nn.gelu(x, approximate=False)  # PyTorch's exact GELU  # noqa: E731
 
 
@@ -28,15 +35,27 @@ def _bn(use_running_average: bool, name: str) -> nn.BatchNorm:
                         name=name)
 
 
+def dirac_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """HWIO kernel: PyTorch default init, except that output channel i < in_features is
+    the identity on input channel i (airbench's `dirac_` on `weight[:in_features]`)."""
+    h, w, cin, cout = shape
+    kernel = torch_default_init(key, shape, dtype)
+    n = min(cin, cout)
+    identity = jnp.zeros((h, w, cin, n), dtype).at[h // 2, w // 2, jnp.arange(n), jnp.arange(n)].set(1)
+    return kernel.at[..., :n].set(identity)
+
+
 class ConvGroup(nn.Module):
     features: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="conv1")(x)
+        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
+                    name="conv1")(x)
         x = gelu(_bn(use_running_average, "bn1")(max_pool_2x2(x)))
-        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="conv2")(x)
+        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
+                    name="conv2")(x)
         return gelu(_bn(use_running_average, "bn2")(x))
 
 
@@ -58,7 +77,7 @@ class Airbench(nn.Module):
 
     def setup(self) -> None:
         self.backbone = AirbenchBackbone(self.dtype)
-        self.head = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype)
+        self.head = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_default_init, dtype=self.dtype)
 
     def __call__(self, x: jax.Array, *, train: bool, freeze_backbone: bool = False) -> jax.Array:
         features = self.backbone(x, use_running_average=(not train) or freeze_backbone)

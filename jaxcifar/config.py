@@ -52,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Keep the uint8 train split on the device and gather batches there (no per-step host
     # input work); the `fast` recipe's path. Costs 150 MB of device memory per device.
     c.data.device_resident = False
+    # With device_resident: each epoch runs as one lax.scan in one jitted call (no per-step
+    # dispatch; the progress bar and SIGTERM/SIGINT are handled between epochs).
+    c.data.scan_epoch = False
 
     # Applied on the device inside the jitted train step (see jaxcifar/augment.py).
     c.augment = ml_collections.ConfigDict()
@@ -234,6 +237,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f"{config.lookahead_decay} in [0, 1].")
     if config.augment.normalization not in ("cifar10", "imagenet", "unit"):
         errors.append(f"augment.normalization={config.augment.normalization!r}: use cifar10, imagenet or unit.")
+    if config.data.scan_epoch and not config.data.device_resident:
+        errors.append("data.scan_epoch=True needs data.device_resident=True (the scan gathers batches on the device).")
     if config.keep_checkpoints < 1:
         errors.append(f"keep_checkpoints={config.keep_checkpoints} must be at least 1.")
     for name, stage in stage_plan(config):

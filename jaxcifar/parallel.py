@@ -44,3 +44,9 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     """This process's rows -> global arrays sharded over the `data` axis."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def steps_to_global(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
+    """This process's (steps, local batch) rows -> a global (steps, batch) array, each step's
+    batch sharded over the `data` axis (for an epoch run as one scan)."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(None, "data")), local_rows)

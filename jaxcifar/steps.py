@@ -114,6 +114,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     return train_step
 
 
+def gather_batch(split: dict, idx: jax.Array) -> dict:
+    """The batch of rows `idx` of a device-resident split (uint8 images, int labels)."""
+    return {"image": split["image"][idx], "label": split["label"][idx], "index": idx}
+
+
+def make_epoch_scan(train_step: Callable) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """epoch(state, split, rows) -> (state, metric sums): `train_step` on the batches
+    `split[rows[i]]`, one after the other, as one `lax.scan`, so the host dispatches once
+    per epoch instead of once per step (what airbench-style runs on accelerators need)."""
+
+    def epoch(state: TrainState, split: dict, rows: jax.Array) -> tuple[TrainState, dict]:
+        state, per_step = jax.lax.scan(lambda s, idx: train_step(s, gather_batch(split, idx)), state, rows)
+        return state, {k: jnp.min(v) if k == "first_bad_step" else jnp.sum(v) for k, v in per_step.items()}
+
+    return epoch
+
+
 def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[[TrainState, dict], dict]:
     """eval_step(state, batch) -> metric sums over the rows where batch['mask'] is True.
     Uses the EMA weights when the recipe keeps them, and flip TTA when `config.tta`."""

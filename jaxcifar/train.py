@@ -107,6 +107,7 @@ class Trainer:
         self.replicated = parallel.replicated(self.mesh)
         self._optimizers: dict[int, tuple[Any, bool]] = {}  # stage index -> (tx, freeze_backbone)
         self._train_steps: dict[int, Any] = {}  # stage index -> jitted train step
+        self._epoch_scans: dict[tuple[int, int], Any] = {}  # (stage index, steps) -> compiled epoch scan
         self._warm: set[int] = set()  # stages whose step has compiled in this process
         self.eval_step = jax.jit(steps.make_eval_step(self.model, config))
         self._stop_signal: int | None = None
@@ -165,21 +166,22 @@ class Trainer:
         return make
 
     # ----- loop -----
+    def _train_step(self, stage: Stage, params: Any):
+        """The stage's pure (un-jitted) train step."""
+        tx, freeze_backbone = self.optimizer(stage, params)
+        stage_steps = (stage.first_epoch * self.steps_per_epoch,
+                       (stage.end_epoch - stage.first_epoch) * self.steps_per_epoch)
+        return steps.make_train_step(self.model, tx, self.config, freeze_backbone, self.steps_per_epoch, stage_steps)
+
     def train_step_fn(self, stage: Stage, params: Any):
         if stage.index not in self._train_steps:
-            tx, freeze_backbone = self.optimizer(stage, params)
-            stage_steps = (stage.first_epoch * self.steps_per_epoch,
-                           (stage.end_epoch - stage.first_epoch) * self.steps_per_epoch)
-            step = steps.make_train_step(self.model, tx, self.config, freeze_backbone, self.steps_per_epoch,
-                                         stage_steps)
-            self._train_steps[stage.index] = jax.jit(step, donate_argnums=0)
+            self._train_steps[stage.index] = jax.jit(self._train_step(stage, params), donate_argnums=0)
         return self._train_steps[stage.index]
 
     def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
         """Global train batches of `epoch` from `start_step`: gathered on the device from the
         resident split, or streamed through tf.data. Same examples in the same order."""
-        args = (self.config.batch_size, self.config.seed, epoch, start_step, jax.process_index(),
-                jax.process_count())
+        args = self._epoch_args(epoch, start_step)
         if self.config.data.device_resident:
             resident = self._resident_train()
             for rows in data_lib.epoch_rows(len(self.data.train), *args):
@@ -188,6 +190,11 @@ class Trainer:
             for local in data_lib.train_batches(self.data.train, *args):
                 yield parallel.to_global(local, self.mesh)
 
+    def _epoch_args(self, epoch: int, start_step: int) -> tuple:
+        """This process's arguments to data.epoch_rows / data.train_batches."""
+        return (self.config.batch_size, self.config.seed, epoch, start_step, jax.process_index(),
+                jax.process_count())
+
     def _resident_train(self) -> dict:
         """The uint8 train split on the devices, uploaded once per process."""
         if self._resident is None:
@@ -195,10 +202,7 @@ class Trainer:
             self._resident = jax.device_put(train_split, self.replicated)
         return self._resident
 
-    @staticmethod
-    @jax.jit
-    def _gather(split: dict, idx: jax.Array) -> dict:
-        return {"image": split["image"][idx], "label": split["label"][idx], "index": idx}
+    _gather = staticmethod(jax.jit(steps.gather_batch))
 
     def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None = None) -> dict[str, float]:
         sums = None
@@ -238,6 +242,8 @@ class Trainer:
                 totals["wall_seconds"] = wall_before + time.time() - start_time
                 self.checkpointer.save(state, {"stage_index": stage.index, "history": history, "totals": totals},
                                        metrics={"eval_accuracy": eval_metrics["accuracy"]})
+                if self._stop_signal is not None:  # arrived during a scanned epoch
+                    self._stop(state)
         finally:
             self._restore_signal_handlers()
             self.checkpointer.wait()
@@ -269,8 +275,10 @@ class Trainer:
     def train_epoch(self, state: steps.TrainState, stage: Stage, epoch: int, record: dict):
         """One epoch (or its remainder after a resume). Metrics stay on the device and are
         pulled to the host only every `log_every_steps` steps, for the progress bar."""
-        train_step = self.train_step_fn(stage, state.params)
         start_step = int(state.step) - epoch * self.steps_per_epoch
+        if self.config.data.scan_epoch:
+            return self._train_epoch_scanned(state, stage, epoch, start_step, record)
+        train_step = self.train_step_fn(stage, state.params)
         sums, window, compile_s = None, None, 0.0
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1} [{stage.name}]",
                    disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
@@ -300,6 +308,27 @@ class Trainer:
         self._check_finite(steps.summarize(sums))
         return state, sums, seconds, compile_s
 
+    def _train_epoch_scanned(self, state: steps.TrainState, stage: Stage, epoch: int, start_step: int,
+                             record: dict):
+        """`train_epoch` as one compiled `lax.scan` over the epoch's remaining steps. Same
+        batches, same step function; compiled ahead of time once per (stage, steps) so the
+        compile is kept out of the training seconds. A stop signal is acted on by `run`
+        once the epoch is logged and saved."""
+        local_rows = data_lib.epoch_rows(len(self.data.train), *self._epoch_args(epoch, start_step))
+        rows = parallel.steps_to_global(local_rows, self.mesh)
+        resident, key, compile_s = self._resident_train(), (stage.index, len(local_rows)), 0.0
+        if key not in self._epoch_scans:
+            t0 = time.time()
+            scan = jax.jit(steps.make_epoch_scan(self._train_step(stage, state.params)), donate_argnums=0)
+            self._epoch_scans[key] = scan.lower(state, resident, rows).compile()
+            compile_s = time.time() - t0
+        t0 = time.time()
+        state, sums = self._epoch_scans[key](state, resident, rows)
+        jax.block_until_ready(sums)
+        seconds = time.time() - t0
+        self._check_finite(steps.summarize(sums))
+        return state, sums, seconds, compile_s
+
     def current_lr(self, stage: Stage, state: steps.TrainState) -> float:
         schedule = optim.make_schedule(stage.config, self.steps_per_epoch)
         return float(schedule(int(state.step) - stage.first_epoch * self.steps_per_epoch))
@@ -326,6 +355,9 @@ class Trainer:
     def _save_and_stop(self, state: steps.TrainState, record: dict) -> None:
         """Mid-epoch checkpoint (no eval metrics, so it never counts as 'best'), then stop."""
         self.checkpointer.save(state, record)
+        self._stop(state)
+
+    def _stop(self, state: steps.TrainState) -> None:
         self.checkpointer.wait()
         raise StopRequested(f"Stopped by signal {self._stop_signal} at step {int(state.step)}; "
                             "checkpoint saved. Run the same command again to resume.")

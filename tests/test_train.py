@@ -5,6 +5,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from jaxcifar import checkpoint, train
 from jaxcifar.checkpoint import Checkpointer
@@ -79,9 +80,13 @@ def test_same_seed_same_result_and_other_seed_differs(tmp_path, tiny_data):
     assert not all(np.array_equal(x, y) for x, y in zip(va, vc))
 
 
-def test_eight_devices_give_the_same_losses_as_one(tmp_path):
-    one = run_fit_subprocess(tmp_path / "one", "--config.eval_batch_size=40")
-    eight = run_fit_subprocess(tmp_path / "eight", "--config.eval_batch_size=40", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+@pytest.mark.parametrize("resident_scan", [False, True], ids=["tf_data", "device_resident_scan"])
+def test_eight_devices_give_the_same_losses_as_one(tmp_path, resident_scan):
+    args = ["--config.eval_batch_size=40"]
+    if resident_scan:  # batches gathered on the devices and each epoch one scan: same losses
+        args += ["--config.data.device_resident=True", "--config.data.scan_epoch=True"]
+    one = run_fit_subprocess(tmp_path / "one", *args)
+    eight = run_fit_subprocess(tmp_path / "eight", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert one["summary"]["devices"] == 1 and eight["summary"]["devices"] == 8
     np.testing.assert_allclose(eight["train_loss"], one["train_loss"], rtol=1e-4)
     assert abs(eight["summary"]["test_accuracy"] - one["summary"]["test_accuracy"]) <= 1 / 77

@@ -75,6 +75,32 @@ def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10"
     return ArraySplit(images, labels)
 
 
+def load_jpeg_pack(path: str) -> dict[str, ArraySplit]:
+    """{split: ArraySplit} from a JPEG pack (`../shared/cifar10_jpeg_pack.npz`: per split,
+    `{split}_jpeg` concatenated JPEG bytes, `{split}_offsets` (n+1), `{split}_labels`),
+    decoded with Pillow. For machines without TensorFlow (with `data.device_resident`);
+    the images are lossy copies, so accuracies on them only compare systems run on them."""
+    import io
+
+    from PIL import Image
+
+    try:
+        pack = np.load(path)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"Cannot read the JPEG pack {path!r}: {e}") from None
+    splits = {}
+    for split in sorted({k.rsplit("_", 1)[0] for k in pack.files}):
+        missing = [k for k in ("jpeg", "offsets", "labels") if f"{split}_{k}" not in pack.files]
+        if missing:
+            raise ValueError(f"JPEG pack {path!r}: split {split!r} lacks {missing}; expected "
+                             "{split}_jpeg, {split}_offsets and {split}_labels.")
+        data, offsets = pack[f"{split}_jpeg"], pack[f"{split}_offsets"]
+        images = np.stack([np.asarray(Image.open(io.BytesIO(data[a:b].tobytes())).convert("RGB"))
+                           for a, b in zip(offsets[:-1], offsets[1:])])
+        splits[split] = ArraySplit(images, pack[f"{split}_labels"].astype(np.int32))
+    return splits
+
+
 def select_examples(split: ArraySplit, classes: tuple[int, ...] = (), examples_per_class: int = 0) -> ArraySplit:
     """Keep `classes` (relabelled 0..k-1 in the given order) and/or the first
     `examples_per_class` examples of each class in split order (deterministic)."""
@@ -124,15 +150,17 @@ def epoch_rows(num_examples: int, global_batch_size: int, seed: int, epoch: int,
 def eval_batches(split: ArraySplit, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Every example exactly once: the split is padded to whole global batches and `mask`
-    marks the real rows. Each process gets the same number of batches."""
-    tf = import_tf()
+    marks the real rows. Each process gets the same number of batches. Plain NumPy slicing,
+    not tf.data: evaluation sets are small, and this keeps the device-resident path (train
+    batches gathered on the device) free of TensorFlow, for machines that lack it."""
     local = global_batch_size // process_count
     steps = -(-len(split) // global_batch_size)
     padded = steps * global_batch_size
-    rows = np.arange(padded).reshape(steps, process_count, local)[:, process_index]
     images = np.concatenate([split.images, np.zeros((padded - len(split), *split.images.shape[1:]), np.uint8)])
     labels = np.concatenate([split.labels, np.zeros(padded - len(split), np.int32)])
-    return _gather_batches(tf, rows, image=images, label=labels, mask=np.arange(padded) < len(split))
+    mask = np.arange(padded) < len(split)
+    for rows in np.arange(padded).reshape(steps, process_count, local)[:, process_index]:
+        yield {"image": images[rows], "label": labels[rows], "mask": mask[rows]}
 
 
 def _gather_batches(tf, rows: np.ndarray, **columns: np.ndarray) -> Iterator[dict[str, np.ndarray]]:

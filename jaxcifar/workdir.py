@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from jaxcifar import config as config_lib
+
 log = logging.getLogger("jaxcifar")
 
 # Fields that may change between the runs sharing a workdir without changing the result.
@@ -42,6 +44,18 @@ def incompatible_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def with_defaults(stored: dict, defaults: dict) -> dict:
+    """`stored` with the fields it lacks taken from `defaults`: a run written before a field
+    existed behaved as that field's default does, so it stays resumable."""
+    out = dict(stored)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
 class Workdir:
     def __init__(self, path: str | pathlib.Path, config: ml_collections.ConfigDict, overwrite: bool = False):
         self.path = pathlib.Path(path).absolute()
@@ -49,7 +63,8 @@ class Workdir:
         new = config_json(config)
         config_file = self.path / "config.json"
         if config_file.exists():
-            diff = incompatible_fields(json.loads(config_file.read_text()), new)
+            stored = with_defaults(json.loads(config_file.read_text()), config_json(config_lib.default_config()))
+            diff = incompatible_fields(stored, new)
             if diff and not overwrite:
                 raise FileExistsError(
                     f"Workdir {self.path} holds a run with a different config ({'; '.join(diff)}). "

@@ -122,6 +122,18 @@ def test_incompatible_workdir_is_refused_then_moved_aside_with_overwrite(tmp_pat
     assert len(aside) == 1 and sorted(p.name for p in (aside[0] / "checkpoints").iterdir()) == before
 
 
+def test_run_written_before_a_field_existed_resumes_unless_the_field_leaves_its_default(tmp_path, tiny_data):
+    train.fit(tiny_config(epochs=1), tmp_path / "run", data=tiny_data)
+    config_file = tmp_path / "run" / "config.json"
+    stored = json.loads(config_file.read_text())
+    del stored["lookahead_every"], stored["data"]["scan_epoch"]  # as an older jaxcifar wrote it
+    config_file.write_text(json.dumps(stored))
+    assert train.fit(tiny_config(epochs=1), tmp_path / "run", data=tiny_data)["steps"] == 8  # resumed, done
+    config_file.write_text(json.dumps(stored))
+    with pytest.raises(FileExistsError, match="lookahead_every: 0 -> 5"):
+        train.fit(tiny_config(epochs=1, lookahead_every=5), tmp_path / "run", data=tiny_data)
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tiny_data, caplog):
     config = tiny_config(epochs=2, keep_checkpoints=3)
     straight = train.fit(config, tmp_path / "a", data=tiny_data)

@@ -29,6 +29,12 @@ def same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def one_stage_optimizer(params, **fields):
+    """The optimizer of a one-stage `staged_config(**fields)`, at 10 steps per epoch."""
+    stage = dict(train.config_lib.stage_plan(staged_config(stages=(), **fields)))["train"]
+    return optim.make_optimizer(stage, GROUPS, params, 10)[0]
+
+
 def test_frozen_stage_leaves_backbone_params_and_bn_stats_bit_identical(tmp_path, tiny_data):
     config = staged_config()
     trainer = train.Trainer(config, tmp_path, tiny_data)
@@ -72,10 +78,9 @@ def test_unmatched_parameter_is_named():
 
 
 def test_discriminative_learning_rates_scale_each_group():
-    stage = staged_config(stages=(), schedule="constant", warmup_epochs=0.0, optimizer="sgd", momentum=0.0,
-                          weight_decay=0.0, lr=1.0, lr_multipliers={"backbone": 0.1, "head": 1.0})
     params = {"backbone": {"w": np.ones(2, np.float32)}, "head": {"w": np.ones(2, np.float32)}}
-    tx, _ = optim.make_optimizer(dict(train.config_lib.stage_plan(stage))["train"], GROUPS, params, 10)
+    tx = one_stage_optimizer(params, schedule="constant", warmup_epochs=0.0, optimizer="sgd", momentum=0.0,
+                             weight_decay=0.0, lr=1.0, lr_multipliers={"backbone": 0.1, "head": 1.0})
     updates, _ = tx.update(params, tx.init(params), params)
     np.testing.assert_allclose(updates["backbone"]["w"], -0.1)
     np.testing.assert_allclose(updates["head"]["w"], -1.0)
@@ -113,12 +118,55 @@ def test_stage_switch_resets_optimizer_and_resumes_across_stages(tmp_path, tiny_
 
 def test_frozen_group_never_moves_even_with_gradients_weight_decay_and_momentum():
     """The optimizer alone must hold frozen weights (the model's stop_gradient is a second guard)."""
-    stage = staged_config(stages=(), optimizer="sgd", momentum=0.9, weight_decay=0.5, warmup_epochs=0.0,
-                          lr_multipliers={"backbone": None, "head": 1.0})
     params = {"backbone": {"kernel": np.ones((2, 2), np.float32)}, "head": {"kernel": np.ones((2, 2), np.float32)}}
-    tx, _ = optim.make_optimizer(dict(train.config_lib.stage_plan(stage))["train"], GROUPS, params, 10)
+    tx = one_stage_optimizer(params, optimizer="sgd", momentum=0.9, weight_decay=0.5, warmup_epochs=0.0,
+                             lr_multipliers={"backbone": None, "head": 1.0})
     opt_state = tx.init(params)
     for _ in range(3):
         updates, opt_state = tx.update(params, opt_state, params)  # non-zero "gradients"
         np.testing.assert_array_equal(updates["backbone"]["kernel"], 0.0)
         assert np.abs(updates["head"]["kernel"]).min() > 0
+
+
+def test_group_epochs_stop_a_group_after_its_epochs_despite_momentum_and_weight_decay():
+    params = {"backbone": {"kernel": np.ones((2, 2), np.float32)}, "head": {"kernel": np.ones((2, 2), np.float32)}}
+    tx = one_stage_optimizer(params, optimizer="sgd", momentum=0.9, weight_decay=0.5, warmup_epochs=0.0,
+                              schedule="constant", lr_multipliers={"backbone": 1.0, "head": 1.0},
+                              group_epochs={"backbone": 1})
+    opt_state = tx.init(params)
+    for step in range(12):  # 10 steps per epoch: the backbone trains for steps 0..9 only
+        updates, opt_state = tx.update(params, opt_state, params)
+        moved = np.abs(updates["backbone"]["kernel"]).min() > 0
+        assert moved == (step < 10), step
+        assert np.abs(updates["head"]["kernel"]).min() > 0
+
+
+def test_weight_decay_multipliers_and_weight_decay_on_all_reach_biases():
+    params = {"backbone": {"bias": np.ones(2, np.float32)}, "head": {"bias": np.ones(2, np.float32)}}
+    zero_grads = jax.tree_util.tree_map(np.zeros_like, params)
+    common = dict(optimizer="sgd", momentum=0.0, lr=1.0, weight_decay=0.1, warmup_epochs=0.0, schedule="constant",
+                  lr_multipliers={"backbone": 64.0, "head": 1.0})
+    tx = one_stage_optimizer(params, weight_decay_on="all", weight_decay_multipliers={"backbone": 1 / 64}, **common)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    # airbench's rule: the 64x-lr group decays at the same speed as the rest
+    np.testing.assert_allclose(updates["backbone"]["bias"], -0.1, rtol=1e-6)
+    np.testing.assert_allclose(updates["head"]["bias"], -0.1, rtol=1e-6)
+    tx = one_stage_optimizer(params, **common)  # default: kernels only
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates["head"]["bias"], 0.0)
+
+
+def test_linear_schedule_runs_from_start_factor_to_peak_to_end_factor():
+    stage = dict(train.config_lib.stage_plan(staged_config(
+        stages=(), schedule="linear", lr=2.0, epochs=10, warmup_epochs=2.0, lr_start_factor=0.2,
+        lr_end_factor=0.07)))["train"]
+    schedule = optim.make_schedule(stage, 10)
+    np.testing.assert_allclose([schedule(0), schedule(10), schedule(20), schedule(60), schedule(100)],
+                               [0.4, 1.2, 2.0, 2.0 - (2.0 - 0.14) * 0.5, 0.14], rtol=1e-6)
+
+
+def test_group_fields_naming_unknown_groups_are_rejected():
+    with pytest.raises(ValueError, match="group_epochs names unknown groups"):
+        train.config_lib.validate(staged_config(stages=(), group_epochs={"nope": 1}), 1)
+    with pytest.raises(ValueError, match=r"group_epochs.head=99 must be in"):
+        train.config_lib.validate(staged_config(stages=(), group_epochs={"head": 99}), 1)

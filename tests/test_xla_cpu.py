@@ -1,0 +1,33 @@
+"""`import jaxcifar` selects Eigen instead of YNNPACK convolutions on XLA:CPU."""
+
+import os
+import subprocess
+import sys
+
+from jaxcifar import xla_cpu
+
+CONV_USES_YNN = """
+import jaxcifar, jax, jax.numpy as jnp
+x, w = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 64))
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+print("__ynn_fusion" in jax.jit(conv).lower(x, w).compile().as_text())
+"""
+
+
+def conv_uses_ynn(**env) -> bool:
+    env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+    out = subprocess.run([sys.executable, "-c", CONV_USES_YNN], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_import_turns_ynnpack_convolutions_off_unless_opted_out():
+    clean = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    assert not conv_uses_ynn(**clean, JAXCIFAR_XLA_CPU_DEFAULTS=None)
+    assert conv_uses_ynn(**clean, JAXCIFAR_XLA_CPU_DEFAULTS="0")  # so the flag is what made the difference
+
+
+def test_user_flags_win_and_unchecked_jaxlib_versions_get_nothing():
+    assert xla_cpu.default_flags("", "0.10.2") == [xla_cpu.EIGEN_CONV]
+    assert xla_cpu.default_flags("--xla_cpu_experimental_ynn_fusion_type=", "0.10.2") == []
+    assert xla_cpu.default_flags("--xla_force_host_platform_device_count=8", "0.10.2") == [xla_cpu.EIGEN_CONV]
+    assert xla_cpu.default_flags("", "0.11.0") == []

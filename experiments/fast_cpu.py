@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--out_dir", default="runs/fast_cpu")
     parser.add_argument("--collect_only", action="store_true",
                         help="write the JSON from the workdirs as they are (e.g. while runs are unfinished)")
+    parser.add_argument("--note", help="recorded in the JSON, e.g. how the runs were scheduled")
     args = parser.parse_args()
     data = train.load_data(config_lib.load_recipe("fast"), args.data_dir)
     workdirs = {s: pathlib.Path(args.out_dir) / f"seed{s}" for s in args.seeds}
@@ -84,6 +85,7 @@ def main() -> None:
                   "seconds_to_94": stats(reached("seconds_to_94")) if reached("seconds_to_94") else None,
                   "seeds_reaching_94": len(reached("seconds_to_94"))},
         "airbench94_anchor_same_cpu": AIRBENCH_ANCHOR,
+        **({"note": args.note} if args.note else {}),
     })
 
 

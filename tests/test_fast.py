@@ -132,8 +132,12 @@ def test_epoch_scan_computes_what_the_step_loop_computes():
     model, tx = create_model("simple_cnn"), optax.sgd(0.05, momentum=0.9)
     state = steps.create_state(model, jax.random.key(0))
     state = state.replace(opt_state=tx.init(state.params))
-    # No zero-padded crops: their exact max-pool ties let rounding re-route a channel's gradient.
-    step = steps.make_train_step(model, tx, tiny_config(augment={"crop_padding": 0}), False, steps_per_epoch=4)
+    # Without augmentation the two agree to ~1e-8. (With random flips of these permuted
+    # synthetic batches they differ by up to ~1e-4 after 4 steps, although the augmented
+    # images are identical: XLA compiles the scanned step's convolutions differently and
+    # the rounding grows; the fit-level test below covers augmented training.)
+    cfg = tiny_config(augment={"crop_padding": 0, "flip": False})
+    step = steps.make_train_step(model, tx, cfg, False, steps_per_epoch=4)
     data = synthetic_split(128, 0)
     split = {"image": jnp.asarray(data.images), "label": jnp.asarray(data.labels)}
     rows = jnp.asarray(np.random.default_rng(0).permutation(128).reshape(4, 32))
@@ -142,9 +146,10 @@ def test_epoch_scan_computes_what_the_step_loop_computes():
     for r in rows:
         state, metrics = jitted(state, steps.gather_batch(split, r))
         loop_sums = steps.accumulate(loop_sums, metrics)
-    # Equal up to fusion-order rounding (a wrong batch or step order moves weights by ~1e-2).
+    # A wrong batch or step order would move weights by ~1e-2.
+    assert int(scanned.step) == int(state.step) == 4
     for x, y in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(scanned)):
-        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
     assert steps.summarize(scan_sums) == pytest.approx(steps.summarize(loop_sums), rel=1e-5)
 
 

@@ -4,7 +4,7 @@ The whole uint8 train split stays on the device and batches are gathered there; 
 translate (reflect-pad 2) and an alternating flip run inside the jitted step; a frozen
 2x2 patch-whitening first layer set from the data (its bias trains for the first 3 epochs);
 convs start as PyTorch-default + identity (models/airbench.py); BatchNorm without scale,
-eps 1e-12, momentum 0.6 (PyTorch terms); label smoothing 0.2; Nesterov SGD with BatchNorm
+eps 1e-12, running statistics 0.6 * running + 0.4 * batch; label smoothing 0.2; Nesterov SGD with BatchNorm
 biases at 64x the learning rate; triangular schedule 0.2 -> 1 (at 23%) -> 0.07; lookahead
 every 5 steps; flip + translate test-time augmentation.
 
@@ -12,8 +12,8 @@ Hyperparameters are airbench94's, converted from its summed loss to jaxcifar's m
 lr = 11.5 / (1024 * (1 + 1/(1-0.85))) * 1024 = 1.5; coupled weight decay = 0.0153 * 1024 /
 7850.7 / 1.5 = 1.33e-3, on every trainable parameter, at 1/64 for the 64x-lr BatchNorm
 biases so every parameter decays at the same speed (airbench's `wd / lr_biases`).
-Differences from airbench94: 10 whole epochs of 48 steps (airbench stops at 9.9 epochs,
-476 steps), and the whitening bias starts at zero (PyTorch's default init is random).
+Difference from airbench94: 10 whole epochs of 48 steps (airbench stops at 9.9 epochs,
+476 steps), so the warmup is 110 steps instead of 109.
 
     python -m jaxcifar.train --config fast --workdir runs/fast --data_dir ../shared/tensorflow_datasets
 

@@ -4,9 +4,10 @@
     -> 3 x [conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU]  (64, 256, 256 ch)
     -> global max-pool -> Dense 10 (no bias) x 1/9
 
-BatchNorm as in airbench: no scale parameter, epsilon 1e-12, running-stat momentum 0.6 in
-PyTorch terms (0.4 in Flax's). The whitening kernel comes from the eigenvectors of the
-training set's 2x2 patch covariance (`whitening_kernel`), in +/- pairs.
+BatchNorm as in airbench: no scale parameter, epsilon 1e-12, running statistics updated as
+0.6 * running + 0.4 * batch (airbench's `momentum=0.6` is passed to PyTorch as `1 - 0.6`;
+Flax's `momentum` is the weight of the running value, so 0.6 here too). The whitening
+kernel comes from the eigenvectors of the training set's 2x2 patch covariance (`whitening_kernel`), in +/- pairs.
 
 Initialisation as in airbench (PyTorch's defaults, which it relies on): kernels uniform in
 +/-1/sqrt(fan_in) (variance 1/(3 fan_in), a third of Flax's LeCun normal; with BatchNorm
@@ -31,7 +32,7 @@ gelu = lambda x: nn.gelu(x, approximate=False)  # PyTorch's exact GELU  # noqa: 
 
 
 def _bn(use_running_average: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=use_running_average, momentum=0.4, epsilon=1e-12, use_scale=False,
+    return nn.BatchNorm(use_running_average=use_running_average, momentum=0.6, epsilon=1e-12, use_scale=False,
                         name=name)
 
 

@@ -170,7 +170,7 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
 
 
 # Dicts whose keys are chosen by the user rather than fixed by the schema.
-_OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "group_epochs", "weight_decay_multipliers")
+OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "group_epochs", "weight_decay_multipliers")
 
 
 def _stage_named(stages, name: str) -> dict:
@@ -181,7 +181,7 @@ def _stage_named(stages, name: str) -> dict:
 
 
 def _is_open(path: tuple[str, ...]) -> bool:
-    return bool(path) and path[-1] in _OPEN_DICTS
+    return bool(path) and path[-1] in OPEN_DICTS
 
 
 def _check_key(node: ml_collections.ConfigDict, path: tuple[str, ...], key: str) -> None:

@@ -46,12 +46,13 @@ def incompatible_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def with_defaults(stored: dict, defaults: dict) -> dict:
     """`stored` with the fields it lacks taken from `defaults`: a run written before a field
-    existed behaved as that field's default does, so it stays resumable."""
+    existed behaved as that field's default does, so it stays resumable. Dicts keyed by the
+    user (`param_groups`, ...) replace their default whole, so they are not filled in."""
     out = dict(stored)
     for key, value in defaults.items():
         if key not in out:
             out[key] = value
-        elif isinstance(value, dict) and isinstance(out[key], dict):
+        elif key not in config_lib.OPEN_DICTS and isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = with_defaults(out[key], value)
     return out
 

@@ -15,6 +15,7 @@ import pytest
 
 from jaxcifar import checkpoint, train
 from jaxcifar.checkpoint import Checkpointer
+from jaxcifar.workdir import Workdir
 from tests.conftest import REPO, tiny_config
 
 SCRIPT = str(REPO / "tests" / "fit_synthetic.py")
@@ -132,6 +133,18 @@ def test_run_written_before_a_field_existed_resumes_unless_the_field_leaves_its_
     config_file.write_text(json.dumps(stored))
     with pytest.raises(FileExistsError, match="lookahead_every: 0 -> 5"):
         train.fit(tiny_config(epochs=1, lookahead_every=5), tmp_path / "run", data=tiny_data)
+
+
+def test_workdir_with_its_own_parameter_groups_is_resumable(tmp_path):
+    # User-keyed dicts replace the default {"all": ...} whole; filling the stored copy from
+    # the defaults would add "all" and refuse every staged or `fast` run on resume.
+    config = tiny_config(epochs=1)
+    config.param_groups, config.lr_multipliers = {"head": "^head", "body": ".*"}, {"head": 1.0, "body": 0.1}
+    Workdir(tmp_path / "run", config)
+    Workdir(tmp_path / "run", config)
+    config.lr_multipliers = {"head": 1.0, "body": 0.2}
+    with pytest.raises(FileExistsError, match="lr_multipliers.body: 0.1 -> 0.2"):
+        Workdir(tmp_path / "run", config)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tiny_data, caplog):

@@ -13,7 +13,7 @@ import pytest
 
 from jaxcifar import augment, checkpoint, config as config_lib, data as data_lib, steps, train
 from jaxcifar.models import create_model
-from jaxcifar.models.airbench import whitening_kernel
+from jaxcifar.models.airbench import batch_norm, whitening_kernel
 from tests.conftest import REPO, synthetic_split, tiny_config
 
 
@@ -126,6 +126,18 @@ def test_airbench_convs_start_as_pytorch_default_plus_identity():
     rest = conv1[..., 64:]
     bound = 1 / np.sqrt(3 * 3 * 64)  # PyTorch: U(+/-1/sqrt(fan_in))
     assert np.abs(rest).max() <= bound and np.abs(rest).max() > 0.9 * bound
+
+
+def test_airbench_batchnorm_updates_running_stats_like_airbench():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).normal(2.0, 3.0, (8, 4, 4, 5)).astype(np.float32)
+    bn = batch_norm(use_running_average=False, name="bn")
+    variables = bn.init(jax.random.key(0), x)
+    y, updated = bn.apply(variables, x, mutable=["batch_stats"])
+    reference = torch.nn.BatchNorm2d(5, eps=1e-12, momentum=1 - 0.6, affine=False)  # airbench94's BatchNorm
+    expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    np.testing.assert_allclose(updated["batch_stats"]["mean"], reference.running_mean.numpy(), rtol=1e-5)
 
 
 def test_epoch_scan_computes_what_the_step_loop_computes():

@@ -7,7 +7,8 @@
 BatchNorm as in airbench: no scale parameter, epsilon 1e-12, running statistics updated as
 0.6 * running + 0.4 * batch (airbench's `momentum=0.6` is passed to PyTorch as `1 - 0.6`;
 Flax's `momentum` is the weight of the running value, so 0.6 here too). The whitening
-kernel comes from the eigenvectors of the training set's 2x2 patch covariance (`whitening_kernel`), in +/- pairs.
+kernel comes from the eigenvectors of the training set's 2x2 patch covariance
+(`whitening_kernel`), in +/- pairs.
 
 Initialisation as in airbench (PyTorch's defaults, which it relies on): kernels uniform in
 +/-1/sqrt(fan_in) (variance 1/(3 fan_in), a third of Flax's LeCun normal; with BatchNorm
@@ -31,7 +32,7 @@ torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"
 gelu = lambda x: nn.gelu(x, approximate=False)  # PyTorch's exact GELU  # noqa: E731
 
 
-def _bn(use_running_average: bool, name: str) -> nn.BatchNorm:
+def batch_norm(use_running_average: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=use_running_average, momentum=0.6, epsilon=1e-12, use_scale=False,
                         name=name)
 
@@ -54,10 +55,10 @@ class ConvGroup(nn.Module):
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
         x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
                     name="conv1")(x)
-        x = gelu(_bn(use_running_average, "bn1")(max_pool_2x2(x)))
+        x = gelu(batch_norm(use_running_average, "bn1")(max_pool_2x2(x)))
         x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
                     name="conv2")(x)
-        return gelu(_bn(use_running_average, "bn2")(x))
+        return gelu(batch_norm(use_running_average, "bn2")(x))
 
 
 class AirbenchBackbone(nn.Module):

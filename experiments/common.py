@@ -27,6 +27,11 @@ def stats(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "runs": [float(v) for v in values]}
 
 
+def seconds_to(threshold: float, accuracies: list[float], cumulative_seconds: list[float]) -> float | None:
+    """Training seconds at the first evaluation reaching `threshold` (None if none does)."""
+    return next((s for a, s in zip(accuracies, cumulative_seconds) if a >= threshold), None)
+
+
 def write_result(name: str, result: dict) -> pathlib.Path:
     """experiments/results/NAME.json with the command, machine and date added."""
     path = pathlib.Path(__file__).parent / "results" / f"{name}.json"

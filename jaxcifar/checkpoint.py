@@ -9,6 +9,7 @@ checkpoint written on 8 devices restores on 1 and vice versa.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import time
@@ -38,7 +39,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(best_fn=_best_metric, best_mode="max", preservation_policy=policy,
                                                enable_async_checkpointing=True)
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "record"), options=options)
+        # Handlers named up front, so a fresh process can read a checkpoint's metadata.
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
 
     def save(self, state: TrainState, record: dict, metrics: dict | None = None) -> None:
         """Start an async save at `state.step`; `record` is JSON (epoch, stage, history)."""
@@ -60,11 +63,20 @@ class Checkpointer:
         return self.manager.best_step()
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict]:
-        """Restore `step` into `target`'s structure and shardings (abstract or concrete)."""
+        """Restore `step` into `target`'s structure and shardings (abstract or concrete).
+        A checkpoint written before a TrainState field existed (e.g. lookahead's `slow`)
+        restores when that field is off (None) in `target`."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+        fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)}
+        on_disk = self.manager.item_metadata(step).state
+        absent = [name for name in fields if name not in on_disk]
+        if any(fields[name] is not None for name in absent):
+            raise ValueError(f"The checkpoint at step {step} has no {absent}: it was written by a jaxcifar "
+                             "without those features. Resume it with them turned off, or start a new run.")
+        item = {name: value for name, value in fields.items() if name not in absent}
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(item),
                                                                       record=ocp.args.JsonRestore()))
-        return restored.state, restored.record
+        return type(target)(**{name: None for name in absent}, **restored.state), restored.record
 
     def restore_record(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore())).record

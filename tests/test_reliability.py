@@ -9,12 +9,18 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
+import flax
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from jaxcifar import checkpoint, train
+from jaxcifar import checkpoint, steps, train
 from jaxcifar.checkpoint import Checkpointer
+from jaxcifar.models import create_model
 from jaxcifar.workdir import Workdir
 from tests.conftest import REPO, tiny_config
 
@@ -145,6 +151,30 @@ def test_workdir_with_its_own_parameter_groups_is_resumable(tmp_path):
     config.lr_multipliers = {"head": 1.0, "body": 0.2}
     with pytest.raises(FileExistsError, match="lr_multipliers.body: 0.1 -> 0.2"):
         Workdir(tmp_path / "run", config)
+
+
+@flax.struct.dataclass
+class TrainStateBeforeLookahead:
+    """steps.TrainState as jaxcifar wrote it before the `slow` field existed."""
+    step: Any
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: Any
+    ema_params: Any = None
+
+
+def test_checkpoint_written_before_lookahead_existed_restores(tmp_path):
+    state = steps.create_state(create_model("simple_cnn"), jax.random.key(0))
+    state = state.replace(step=jnp.asarray(8, jnp.int32), opt_state=optax.sgd(0.1, momentum=0.9).init(state.params))
+    old = TrainStateBeforeLookahead(**{f: getattr(state, f) for f in TrainStateBeforeLookahead.__dataclass_fields__})
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save(old, {"history": []})
+    checkpointer.wait()
+    restored, record = checkpointer.restore(8, state)
+    assert restored.slow is None and record == {"history": []}
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tiny_data, caplog):

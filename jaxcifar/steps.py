@@ -74,12 +74,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                     freeze_backbone: bool, steps_per_epoch: int,
-                    stage_steps: tuple[int, int] = (0, 1)) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    stage_steps: tuple[int, int] | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (state, metric sums). `freeze_backbone` runs the
     backbone's BatchNorm in inference mode (its statistics neither used from the batch nor
     updated), as Keras does for `trainable=False`. `stage_steps` = (the stage's first global
-    step, its number of steps), for lookahead's schedule."""
-    first_step, num_steps = stage_steps
+    step, its number of steps), which lookahead's schedule needs."""
+    if config.lookahead_every and stage_steps is None:
+        raise ValueError("lookahead_every > 0 needs stage_steps=(the stage's first step, its number of steps)")
+    first_step, num_steps = stage_steps or (0, 0)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         run_key = jax.random.wrap_key_data(state.rng)

@@ -242,7 +242,9 @@ class Trainer:
                 totals["wall_seconds"] = wall_before + time.time() - start_time
                 self.checkpointer.save(state, {"stage_index": stage.index, "history": history, "totals": totals},
                                        metrics={"eval_accuracy": eval_metrics["accuracy"]})
-                if self._stop_signal is not None:  # arrived during a scanned epoch
+                # A signal that arrived during a scanned epoch; after the last one, the run
+                # finishes instead (only the final evaluation is left).
+                if self._stop_signal is not None and int(state.step) < total_epochs * self.steps_per_epoch:
                     self._stop(state)
         finally:
             self._restore_signal_handlers()
@@ -277,7 +279,7 @@ class Trainer:
         pulled to the host only every `log_every_steps` steps, for the progress bar."""
         start_step = int(state.step) - epoch * self.steps_per_epoch
         if self.config.data.scan_epoch:
-            return self._train_epoch_scanned(state, stage, epoch, start_step, record)
+            return self._train_epoch_scanned(state, stage, epoch, start_step)
         train_step = self.train_step_fn(stage, state.params)
         sums, window, compile_s = None, None, 0.0
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1} [{stage.name}]",
@@ -308,18 +310,19 @@ class Trainer:
         self._check_finite(steps.summarize(sums))
         return state, sums, seconds, compile_s
 
-    def _train_epoch_scanned(self, state: steps.TrainState, stage: Stage, epoch: int, start_step: int,
-                             record: dict):
+    def _train_epoch_scanned(self, state: steps.TrainState, stage: Stage, epoch: int, start_step: int):
         """`train_epoch` as one compiled `lax.scan` over the epoch's remaining steps. Same
         batches, same step function; compiled ahead of time once per (stage, steps) so the
-        compile is kept out of the training seconds. A stop signal is acted on by `run`
+        compile is kept out of the training seconds. Outputs are pinned replicated, as the
+        compiled call requires of its inputs next epoch. A stop signal is acted on by `run`
         once the epoch is logged and saved."""
         local_rows = data_lib.epoch_rows(len(self.data.train), *self._epoch_args(epoch, start_step))
         rows = parallel.steps_to_global(local_rows, self.mesh)
         resident, key, compile_s = self._resident_train(), (stage.index, len(local_rows)), 0.0
         if key not in self._epoch_scans:
             t0 = time.time()
-            scan = jax.jit(steps.make_epoch_scan(self._train_step(stage, state.params)), donate_argnums=0)
+            scan = jax.jit(steps.make_epoch_scan(self._train_step(stage, state.params)), donate_argnums=0,
+                           out_shardings=self.replicated)
             self._epoch_scans[key] = scan.lower(state, resident, rows).compile()
             compile_s = time.time() - t0
         t0 = time.time()

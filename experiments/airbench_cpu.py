@@ -16,7 +16,8 @@ Per-epoch `test` accuracy and cumulative training seconds are read from the tabl
     pip install -e ".[bench]"    # torch 2.13 (CPU) and airbench 0.1.8
     python experiments/airbench_cpu.py --data_dir ../shared/tensorflow_datasets
 
-Writes experiments/results/airbench_cpu.json.
+Writes experiments/results/airbench_cpu.json (`--seed 1 --result_name airbench_cpu_seed1`
+for another seed).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--result_name", default="airbench_cpu", help="experiments/results/NAME.json")
     parser.add_argument("--epochs", type=float, default=None, help="override airbench's 9.9 (for a quick look)")
     args = parser.parse_args()
     data_dir = os.path.abspath(args.data_dir)
@@ -110,7 +112,7 @@ def main() -> None:
     accuracies = [round(r["val_acc"], 4) for r in epochs]  # float32 .item() values
     seconds = [r["total_time_seconds"] for r in epochs]
     train_steps = final["current_steps"]
-    write_result("airbench_cpu", {
+    write_result(args.result_name, {
         "what": "airbench94 (airbench 0.1.8, PyTorch, fp32) on this CPU, test = the shared 1,000-image split",
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "seed": args.seed,
         "epochs": args.epochs or hyp["opt"]["train_epochs"], "train_steps": train_steps,

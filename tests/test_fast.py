@@ -140,6 +140,12 @@ def test_airbench_batchnorm_updates_running_stats_like_airbench():
     np.testing.assert_allclose(updated["batch_stats"]["mean"], reference.running_mean.numpy(), rtol=1e-5)
 
 
+def test_lookahead_step_needs_its_stage_length():
+    cfg = tiny_config(lookahead_every=5)
+    with pytest.raises(ValueError, match="stage_steps"):
+        steps.make_train_step(create_model("simple_cnn"), optax.sgd(0.1), cfg, False, steps_per_epoch=4)
+
+
 def test_epoch_scan_computes_what_the_step_loop_computes():
     model, tx = create_model("simple_cnn"), optax.sgd(0.05, momentum=0.9)
     state = steps.create_state(model, jax.random.key(0))

@@ -2,13 +2,18 @@
 
     python -m jaxcifar.evaluate --workdir runs/cnn --data_dir ../shared/tensorflow_datasets [--checkpoint latest] [--tta]
 
-Writes to W/eval/:
+Writes to W/eval/SPLIT/ (or to --out DIR):
   report.json             accuracy, loss, per-class precision/recall/accuracy, the confusion
                           matrix (rows = true class, columns = predicted) and the most-confused pairs
   confusion_matrix.png    the confusion matrix as a heatmap with counts
   training_curves.png     loss and accuracy per epoch from metrics.jsonl, train vs eval, with a
                           dashed line where the run switched stage
   misclassified.png       the most confidently misclassified images with true/predicted labels
+
+One folder per split, so that evaluating another split (e.g. --split test_jpeg) keeps the
+first one's report. SPLIT is the split name with every character other than a letter, digit,
+'+', '-' or '_' replaced by '_', one for one so that different slices keep different folders
+('test[:200]' -> test__200_, 'test[200:]' -> test_200__) and no name can leave eval/.
 
 Every image of the split counts exactly once (the last batch is padded and masked, as in
 training), and the logits come from `Run.logits`, the same computation as the training loop's
@@ -26,6 +31,7 @@ import dataclasses
 import itertools
 import json
 import pathlib
+import re
 import sys
 from typing import Any
 
@@ -36,6 +42,7 @@ from jaxcifar.runs import Run, add_run_arguments, load_run
 
 REPORT = "report.json"
 PLOTS = ("confusion_matrix.png", "training_curves.png", "misclassified.png")
+IN_MEMORY = "in-memory"  # the split name of an ArraySplit passed from Python without one
 
 
 # ----- math (pure) -----
@@ -237,18 +244,27 @@ def write_outputs(run: Run, evaluation: Evaluation, out_dir: pathlib.Path) -> di
     return paths
 
 
+def split_dir(workdir: pathlib.Path, split_name: str) -> pathlib.Path:
+    """WORKDIR/eval/SPLIT, the default output folder of one split (see the module docstring)."""
+    return workdir / "eval" / re.sub(r"[^A-Za-z0-9+_-]", "_", split_name)
+
+
 def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best", tta: bool | None = None,
                      split_name: str | None = None, data_dir: str | None = None,
-                     split: data_lib.ArraySplit | None = None) -> tuple[dict, dict[str, pathlib.Path]]:
+                     split: data_lib.ArraySplit | None = None,
+                     out: str | pathlib.Path | None = None) -> tuple[dict, dict[str, pathlib.Path]]:
     """Library form of the CLI: evaluate one checkpoint of `workdir` on a TFDS split (or on
-    an in-memory `split`), write WORKDIR/eval/*; returns (report, {file name: path})."""
+    an in-memory `split`, named `split_name` or 'in-memory'), write the report and plots to
+    `out` (default WORKDIR/eval/SPLIT/); returns (report, {file name: path})."""
     run = load_run(workdir, checkpoint)
     if split is None:
         split_name = split_name or run.config.data.eval_split
         split = load_eval_split(run, split_name, data_dir)
+    split_name = split_name or IN_MEMORY
     evaluation = evaluate_run(run, split, tta)
-    evaluation.report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name or "in-memory")
-    return evaluation.report, write_outputs(run, evaluation, run.workdir / "eval")
+    evaluation.report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name)
+    out_dir = split_dir(run.workdir, split_name) if out is None else pathlib.Path(out)
+    return evaluation.report, write_outputs(run, evaluation, out_dir)
 
 
 def summary_text(report: dict) -> str:
@@ -268,14 +284,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcifar.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Accuracy, per-class metrics, confusion matrix and plots of a trained run, "
-                    "written to WORKDIR/eval/.")
+                    "written to WORKDIR/eval/SPLIT/ (or --out DIR).")
     add_run_arguments(parser)
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
     parser.add_argument("--split", default=None,
                         help="TFDS split to evaluate, e.g. test or 'test[:500]' (default: the run's data.eval_split)")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="folder for report.json and the plots (default: WORKDIR/eval/SPLIT/, "
+                             "SPLIT with characters other than letters, digits and +-_ replaced by _)")
     args = parser.parse_args(argv)
     try:
-        report, paths = evaluate_workdir(args.workdir, args.checkpoint, args.tta, args.split, args.data_dir)
+        report, paths = evaluate_workdir(args.workdir, args.checkpoint, args.tta, args.split, args.data_dir,
+                                         out=args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,8 +11,10 @@ first (as `jaxcifar.predict` does).
 * `DIR/model.stablehlo`: a serialized `jax.export.Exported` (StableHLO, batch dimension
   symbolic). Running it needs only `jax`:
   `jax.export.deserialize(bytearray(open(f, "rb").read())).call(images)`, which
-  `load_exported(DIR)` wraps. It is lowered for cpu, cuda and tpu by default, so one file
-  runs on any of them, with JAX versions inside jax.export's compatibility window.
+  `load_exported(DIR)` wraps, refusing other input shapes and dtypes with a clear error
+  (integer arrays within 0..255 are accepted; floats are not, their scale being ambiguous).
+  It is lowered for cpu, cuda and tpu by default, so one file runs on any of them, with JAX
+  versions inside jax.export's compatibility window.
 * `DIR/saved_model/`: a TensorFlow SavedModel made with `jax2tf` (native serialization: the
   same StableHLO inside one XlaCallModule op). Its `serving_default` signature takes
   `images` (uint8, [None, 32, 32, 3]) and returns `logits` and `probabilities`, which is
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from jaxcifar.runs import Run, add_run_arguments, load_run
+from jaxcifar.runs import Run, add_run_arguments, load_run, uint8_pixels
 
 STABLEHLO_FILE = "model.stablehlo"
 SAVED_MODEL_DIR = "saved_model"
@@ -56,18 +58,40 @@ def export_stablehlo(run: Run, tta: bool = False, platforms: tuple[str, ...] = P
 
 
 def load_exported(path: str | pathlib.Path) -> Callable[[np.ndarray], jax.Array]:
-    """`images -> logits` from a `model.stablehlo` file (or the export directory holding it)."""
+    """`images -> logits` from a `model.stablehlo` file (or the export directory holding it).
+
+    The images must have the artefact's input shape, (b, 32, 32, 3) NHWC RGB for any b >= 1,
+    and be uint8, or an integer array whose values all lie in 0..255 (converted exactly).
+    Anything else raises a ValueError saying how to fix it. Floats in particular are refused
+    rather than cast: [0, 1] floats cast to uint8 are all zeros, so every image would
+    silently get the class of a black one."""
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / STABLEHLO_FILE
     if not path.is_file():
         raise FileNotFoundError(f"No exported model at {path}; write one with `python -m jaxcifar.export`.")
-    compiled = jax.jit(jax_export.deserialize(bytearray(path.read_bytes())).call)  # compiled once per batch size
+    exported = jax_export.deserialize(bytearray(path.read_bytes()))
+    compiled = jax.jit(exported.call)  # compiled once per batch size
+    spec = exported.in_avals[0]  # read from the artefact, so it holds for whatever was exported
 
     def call(images: np.ndarray) -> jax.Array:
-        return compiled(jnp.asarray(images, jnp.uint8))
+        images = images if isinstance(images, jax.Array) else np.asarray(images)  # a jax.Array stays put
+        _check_shape(images.shape, spec.shape)
+        return compiled(uint8_pixels(images))
 
     return call
+
+
+def _check_shape(shape: tuple[int, ...], expected: tuple) -> None:
+    """Refuse a shape other than `expected`, whose symbolic dimensions (the batch) take any size >= 1."""
+    fits = len(shape) == len(expected) and all(
+        size == want if isinstance(want, int) else size >= 1 for size, want in zip(shape, expected))
+    if not fits:
+        raise ValueError(
+            f"The exported model takes images of shape ({', '.join(map(str, expected))}), NHWC RGB with any "
+            f"batch size b >= 1; got shape {tuple(shape)}. Add a batch axis to a single image (images[None]), "
+            "transpose NCHW to NHWC (images.transpose(0, 2, 3, 1)) and resize other sizes to 32x32 first "
+            "(jaxcifar.predict.load_image does).")
 
 
 def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,

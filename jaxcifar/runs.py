@@ -19,8 +19,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxcifar import augment, checkpoint, models, steps
 from jaxcifar import config as config_lib
@@ -82,14 +82,35 @@ class Run:
         return self.config.tta if tta is None else tta
 
     def logits(self, uint8_images: Any, tta: bool = False) -> jax.Array:
-        """float32 logits (n, num_classes) of uint8 NHWC 32x32 RGB images. Each new batch
-        size compiles once; callers with many batches should keep their size fixed."""
-        return self._jitted(self.variables, jnp.asarray(uint8_images, jnp.uint8), tta=tta)
+        """float32 logits (n, num_classes) of uint8 NHWC 32x32 RGB images (see `uint8_pixels`
+        for what else is accepted). Each new batch size compiles once; callers with many
+        batches should keep their size fixed."""
+        images = uint8_images if isinstance(uint8_images, jax.Array) else np.asarray(uint8_images)
+        return self._jitted(self.variables, uint8_pixels(images), tta=tta)
 
     def serving_fn(self, tta: bool = False) -> Callable[[jax.Array], jax.Array]:
         """`images -> logits` with the weights closed over, so that exporting it bakes the
         weights and the normalisation into one self-contained module."""
         return functools.partial(self.forward, self.variables, tta=tta)
+
+
+def uint8_pixels(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    """The model input every inference path takes: uint8 pixels as they are; integer pixels
+    within 0..255 converted (exactly); anything else refused. Floats are refused rather than
+    cast because their scale is ambiguous: [0, 1] floats cast to uint8 are all zeros, and
+    every image would silently get the class of a black one."""
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.integer):
+        raise ValueError(
+            f"The model takes uint8 pixels (0..255) or integers within 0..255; got {images.dtype}. "
+            "Floats are refused, not cast, because their scale is ambiguous: convert [0, 1] images with "
+            "(images * 255).round().astype(np.uint8), [0, 255] ones with images.round().astype(np.uint8).")
+    low, high = int(images.min()), int(images.max())
+    if low < 0 or high > 255:
+        raise ValueError(f"The model takes pixels in 0..255; got {images.dtype} values from {low} to "
+                         f"{high}. Rescale them to 0..255 and pass uint8.")
+    return images.astype(np.uint8)
 
 
 def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -1,10 +1,11 @@
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
 
-from jaxcifar import evaluate, train
+from jaxcifar import checkpoint, evaluate, train
 from jaxcifar.runs import load_run
 from tests.conftest import synthetic_split, tiny_config
 
@@ -77,7 +78,8 @@ def test_evaluate_in_memory_split_matches_summary_and_writes_files(synthetic_run
     assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
     assert report["checkpoint_step"] == summary["steps"] and report["num_examples"] == 77
     assert np.sum(report["confusion_matrix"]) == 77
-    assert json.loads((workdir / "eval" / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert report["split"] == "in-memory"
+    assert json.loads((workdir / "eval" / "in-memory" / "report.json").read_text()) == json.loads(json.dumps(report))
     for name in evaluate.PLOTS:
         assert paths[name].stat().st_size > 1000, name
 
@@ -93,19 +95,55 @@ def test_evaluate_run_with_tta_averages_mirrored_logits(synthetic_run):
     assert tta.report["tta"] is True and plain.report["tta"] is False
 
 
-def test_cli_on_real_data_matches_summary(tmp_path, shared_data_dir, capsys):
-    config = tiny_config(epochs=1, eval_batch_size=250,
-                         data={"train_split": "train[:1000]", "examples_per_class": 20})
-    summary = train.fit(config, tmp_path, data_dir=shared_data_dir)
-    code = evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "latest", "--data_dir", shared_data_dir])
+def test_loading_a_run_logs_no_warnings_and_writes_nothing(synthetic_run, caplog):
+    """Orbax's read_only manager logged three warnings per load; the manager used instead
+    must still leave the checkpoints as they were."""
+    workdir, _, summary = synthetic_run
+    checkpoints = workdir / "checkpoints"
+    before = {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")}
+    with caplog.at_level(logging.WARNING):
+        assert load_run(workdir, "latest").step == summary["steps"]
+        assert checkpoint.load_variables(checkpoints / str(summary["steps"]))[1] == summary["steps"]  # one step dir
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")} == before
+
+
+def test_split_dir_keeps_slices_apart(tmp_path):
+    assert evaluate.split_dir(tmp_path, "test_jpeg") == tmp_path / "eval" / "test_jpeg"
+    assert evaluate.split_dir(tmp_path, "test[:200]") == tmp_path / "eval" / "test__200_"
+    assert evaluate.split_dir(tmp_path, "test[200:]") != evaluate.split_dir(tmp_path, "test[:200]")
+    assert evaluate.split_dir(tmp_path, "..") == tmp_path / "eval" / "__"
+
+
+def run_cli(workdir, data_dir, capsys, *args):
+    code = evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest", "--data_dir", data_dir, *args])
     out = capsys.readouterr().out
     assert code == 0, out
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    return out
+
+
+def test_cli_on_real_data_matches_summary_and_keeps_a_folder_per_split(tmp_path, shared_data_dir, capsys):
+    config = tiny_config(epochs=1, eval_batch_size=250,
+                         data={"train_split": "train[:1000]", "examples_per_class": 20})
+    workdir = tmp_path / "run"
+    summary = train.fit(config, workdir, data_dir=shared_data_dir)
+    out = run_cli(workdir, shared_data_dir, capsys)
+    report = json.loads((workdir / "eval" / "test" / "report.json").read_text())
     assert report["num_examples"] == summary["eval_examples"] == 1000 and report["split"] == "test"
     assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
     for name in evaluate.PLOTS:
-        assert (tmp_path / "eval" / name).stat().st_size > 1000, name
-    assert "accuracy" in out and str(tmp_path / "eval") in out
+        assert (workdir / "eval" / "test" / name).stat().st_size > 1000, name
+    assert "accuracy" in out and str(workdir / "eval" / "test") in out
+
+    # Another split gets its own folder; --out puts a third elsewhere; the first report is kept.
+    run_cli(workdir, shared_data_dir, capsys, "--split", "test_jpeg[:500]")
+    run_cli(workdir, shared_data_dir, capsys, "--split", "test[:200]", "--out", str(tmp_path / "elsewhere"))
+    reports = [json.loads((path / "report.json").read_text()) for path in
+               (workdir / "eval" / "test", workdir / "eval" / "test_jpeg__500_", tmp_path / "elsewhere")]
+    assert [(r["split"], r["num_examples"]) for r in reports] == [("test", 1000), ("test_jpeg[:500]", 500),
+                                                                  ("test[:200]", 200)]
+    assert reports[0] == report
+    assert sorted(p.name for p in (workdir / "eval").iterdir()) == ["test", "test_jpeg__500_"]
 
 
 def test_cli_reports_missing_workdir(tmp_path, capsys):

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -93,3 +94,22 @@ def test_both_degrades_to_stablehlo_without_tensorflow(exported, tmp_path, monke
 def test_load_exported_reports_a_missing_artefact(tmp_path):
     with pytest.raises(FileNotFoundError, match="jaxcifar.export"):
         export.load_exported(tmp_path)
+
+
+def test_load_exported_takes_integer_pixels_and_refuses_floats(exported):
+    run, out = exported
+    model = export.load_exported(out)
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3))  # int64, as numpy makes them
+    np.testing.assert_array_equal(model(pixels), model(pixels.astype(np.uint8)))
+    # [0, 1] floats used to be cast to all-zero uint8 images and classified without a word.
+    with pytest.raises(ValueError, match=r"got float32.*\(images \* 255\)\.round\(\)\.astype\(np\.uint8\)"):
+        model((pixels / 255).astype(np.float32))
+    with pytest.raises(ValueError, match="got int64 values from 1 to 256"):
+        model(pixels + 1)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (2, 3, 32, 32), (2, 28, 28, 3), (0, 32, 32, 3)])
+def test_load_exported_refuses_other_shapes(exported, shape):
+    _, out = exported
+    with pytest.raises(ValueError, match=rf"shape \(b, 32, 32, 3\).*got shape {re.escape(str(shape))}.*images\[None\]"):
+        export.load_exported(out)(np.zeros(shape, np.uint8))

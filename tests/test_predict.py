@@ -89,3 +89,13 @@ def test_text_output_and_exit_code(run, images, capsys):
 def test_unopenable_run_exits_2(tmp_path, images, capsys):
     assert predict.main(["--workdir", str(tmp_path), images["rgb.png"]]) == 2
     assert "not a jaxcifar workdir" in capsys.readouterr().err
+
+
+def test_library_logits_refuse_float_pixels_and_take_integers_in_range(run):
+    pixels = synthetic_split(4, 2).images
+    expected = np.asarray(run.logits(pixels))
+    np.testing.assert_array_equal(np.asarray(run.logits(pixels.astype(np.int32))), expected)
+    with pytest.raises(ValueError, match=r"got float32.*\(images \* 255\)"):
+        run.logits(pixels.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="values from -1 to"):
+        run.logits(pixels.astype(np.int32) - 1 - pixels.min())

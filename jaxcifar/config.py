@@ -15,6 +15,7 @@ without `stages` runs one stage named `train` made of the defaults, so
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import pathlib
 from typing import Any
@@ -36,75 +37,131 @@ def recipe_names() -> list[str]:
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every field a recipe can set, with the values a recipe inherits."""
+    """Every field a recipe can set, with the values a recipe inherits. What each field
+    means is in FIELD_DOCS (shown by --help), its allowed values in CHOICES."""
     c = ml_collections.ConfigDict()
     c.model = "simple_cnn"
-    c.model_kwargs = ml_collections.ConfigDict()  # passed to jaxcifar.models.create_model
+    c.model_kwargs = ml_collections.ConfigDict()
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "cifar10"
     c.data.train_split = "train"
-    c.data.eval_split = "test"  # the 1,000 exact test images; `test_jpeg` is for robustness only
-    c.data.extra_eval_splits = ()  # evaluated once at the end, e.g. ("test_jpeg",) for robustness
-    c.data.classes = ()  # a subset of class ids, relabelled 0..k-1 in this order; () = all
-    c.data.examples_per_class = 0  # deterministic label budget per class; 0 = all
-    # Keep the uint8 train split on the device and gather batches there (no per-step host
-    # input work); the `fast` recipe's path. Costs 150 MB of device memory per device.
+    c.data.eval_split = "test"
+    c.data.extra_eval_splits = ()
+    c.data.classes = ()
+    c.data.examples_per_class = 0
     c.data.device_resident = False
-    # With device_resident: each epoch runs as one lax.scan in one jitted call (no per-step
-    # dispatch; the progress bar and SIGTERM/SIGINT are handled between epochs).
     c.data.scan_epoch = False
 
-    # Applied on the device inside the jitted train step (see jaxcifar/augment.py).
     c.augment = ml_collections.ConfigDict()
-    c.augment.crop_padding = 4  # random crop from a padded image; 0 disables
-    c.augment.pad_mode = "constant"  # constant (zeros) | reflect
+    c.augment.crop_padding = 4
+    c.augment.pad_mode = "constant"
     c.augment.flip = True
-    c.augment.alternating_flip = False  # airbench: each image flipped in every other epoch, not at random
-    c.augment.rotation = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
-    c.augment.zoom = 0.0  # max zoom in/out as a fraction (Keras RandomZoom)
-    # cifar10 | imagenet (for ImageNet-pretrained backbones) | unit (the seed's x/255)
+    c.augment.alternating_flip = False
+    c.augment.rotation = 0.0
+    c.augment.zoom = 0.0
     c.augment.normalization = "cifar10"
 
-    c.batch_size = 256  # global batch, split over all devices
+    c.batch_size = 256
     c.eval_batch_size = 500
     c.label_smoothing = 0.0
 
-    # Stage defaults.
+    # Stage defaults (STAGE_FIELDS): each stage of a staged run may override them.
     c.epochs = 10
-    c.optimizer = "sgd"  # sgd | adam | adamw
+    c.optimizer = "sgd"
     c.lr = 0.1
     c.momentum = 0.9
     c.nesterov = True
     c.b1 = 0.9
     c.b2 = 0.999
-    c.weight_decay = 5e-4  # coupled (L2); never applied to frozen parameters
-    c.weight_decay_on = "kernels"  # kernels (not biases or BatchNorm) | all
-    c.weight_decay_multipliers = ml_collections.ConfigDict()  # group -> factor on weight_decay (default 1)
-    c.schedule = "cosine"  # constant | cosine | onecycle | linear (each with linear warmup)
+    c.weight_decay = 5e-4
+    c.weight_decay_on = "kernels"
+    c.weight_decay_multipliers = ml_collections.ConfigDict()
+    c.schedule = "cosine"
     c.warmup_epochs = 1.0
-    c.lr_start_factor = 0.0  # linear: warmup starts at lr_start_factor * lr ...
-    c.lr_end_factor = 0.0  # ... and decays to lr_end_factor * lr
-    c.lr_multipliers = ml_collections.ConfigDict({"all": 1.0})  # group -> multiplier; None freezes
-    c.group_epochs = ml_collections.ConfigDict()  # group -> trains only its first N epochs of the stage
+    c.lr_start_factor = 0.0
+    c.lr_end_factor = 0.0
+    c.lr_multipliers = ml_collections.ConfigDict({"all": 1.0})
+    c.group_epochs = ml_collections.ConfigDict()
 
-    # Parameter groups: name -> regex over '/'-joined parameter paths. First match wins,
-    # every parameter must match one.
     c.param_groups = ordered({"all": ".*"})
-    c.stages = ()  # ({"name": ..., **overrides of STAGE_FIELDS}, ...), run in order
+    c.stages = ()
 
-    c.ema_decay = 0.0  # >0 keeps an exponential moving average of the weights for eval
-    # Lookahead (airbench): every N steps the slow weights (and BatchNorm statistics) move
-    # towards the fast ones by 1 - decay * (progress through the stage)^3 and the fast
-    # weights restart from them; the stage ends on the slow weights. 0 = off.
+    c.ema_decay = 0.0
     c.lookahead_every = 0
     c.lookahead_decay = 0.95**5
-    c.tta = False  # flip test-time augmentation at evaluation
-    c.tta_translate = False  # with tta: also average views shifted by one pixel (airbench's level 2)
-    c.keep_checkpoints = 2  # latest N; the best by eval accuracy is kept as well
-    c.log_every_steps = 25  # host sync for the progress bar happens only this often
+    c.tta = False
+    c.tta_translate = False
+    c.keep_checkpoints = 2
+    c.log_every_steps = 25
     return c
+
+
+# Allowed values of the fields that take one of a few names; `validate` checks them and
+# --help lists them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "augment.pad_mode": ("constant", "reflect"),
+    "augment.normalization": ("cifar10", "imagenet", "unit"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "weight_decay_on": ("kernels", "all"),
+    "schedule": ("constant", "cosine", "onecycle", "linear"),
+}
+
+# What each field of `default_config` means, for --help (a test checks none is missing).
+FIELD_DOCS: dict[str, str] = {
+    "model": "network, see jaxcifar.models.MODEL_NAMES (simple_cnn, resnet18, resnet50, airbench, ...)",
+    "model_kwargs": "keyword arguments of the model's constructor, e.g. {'width': 16} or {'input_size': 128}",
+    "seed": "initialisation, data order and augmentation all derive from it",
+    "data.dataset": "TFDS dataset name",
+    "data.train_split": "TFDS split to train on",
+    "data.eval_split": "split evaluated after every epoch; `test` holds the 1,000 exact test images here",
+    "data.extra_eval_splits": "splits evaluated once at the end, e.g. ('test_jpeg',) for robustness",
+    "data.classes": "a subset of class ids, relabelled 0..k-1 in this order; () = all",
+    "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all",
+    "data.device_resident": "keep the uint8 train split on the device and gather batches there "
+                            "(the `fast` recipe's path; 150 MB per device)",
+    "data.scan_epoch": "with device_resident: run each epoch as one lax.scan (progress and signals "
+                       "are handled between epochs)",
+    "augment.crop_padding": "random crop from an image padded by this many pixels; 0 = off",
+    "augment.pad_mode": "padding of the random crop",
+    "augment.flip": "random horizontal flips",
+    "augment.alternating_flip": "airbench: each image flipped in every other epoch, not at random",
+    "augment.rotation": "max rotation as a fraction of a full turn (Keras RandomRotation)",
+    "augment.zoom": "max zoom in/out as a fraction (Keras RandomZoom)",
+    "augment.normalization": "input normalisation: CIFAR-10 mean/std, ImageNet mean/std "
+                             "(pretrained backbones), or x/255",
+    "batch_size": "global train batch, split over all devices",
+    "eval_batch_size": "global eval batch (the last one is padded and masked)",
+    "label_smoothing": "in [0, 1)",
+    "epochs": "epochs of the run (or of each stage that does not set its own)",
+    "optimizer": "Optax optimizer",
+    "lr": "peak learning rate",
+    "momentum": "sgd momentum",
+    "nesterov": "sgd: Nesterov momentum",
+    "b1": "adam/adamw first-moment decay",
+    "b2": "adam/adamw second-moment decay",
+    "weight_decay": "coupled (L2) weight decay; never applied to frozen parameters",
+    "weight_decay_on": "kernels = not biases or BatchNorm parameters; all = every parameter",
+    "weight_decay_multipliers": "group -> factor on weight_decay (default 1)",
+    "schedule": "learning-rate schedule after a linear warmup",
+    "warmup_epochs": "linear warmup from 0 (fractions allowed)",
+    "lr_start_factor": "linear schedule: starts at lr_start_factor * lr ...",
+    "lr_end_factor": "... and ends at lr_end_factor * lr",
+    "lr_multipliers": "group -> learning-rate multiplier; None freezes the group",
+    "group_epochs": "group -> trains only during its first N epochs of the stage",
+    "param_groups": "group name -> regex over '/'-joined parameter paths; first match wins and "
+                    "every parameter must match one",
+    "stages": "({'name': ..., **overrides of stage fields}, ...), run in order; () = one stage named `train`",
+    "ema_decay": "> 0 keeps an exponential moving average of the weights, which is evaluated",
+    "lookahead_every": "airbench's lookahead: every N steps the slow weights (and BatchNorm statistics) "
+                       "move towards the fast ones; 0 = off",
+    "lookahead_decay": "lookahead: slow += (1 - decay * progress^3) * (fast - slow)",
+    "tta": "flip test-time augmentation at evaluation",
+    "tta_translate": "with tta: also average views shifted by one pixel (airbench's level 2)",
+    "keep_checkpoints": "keep the latest N checkpoints; the best by eval accuracy is kept as well",
+    "log_every_steps": "the progress bar pulls metrics from the device only this often",
+}
 
 
 def load_recipe(name_or_path: str) -> ml_collections.ConfigDict:
@@ -235,8 +292,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.lookahead_every < 0 or not 0.0 <= config.lookahead_decay <= 1.0:
         errors.append(f"lookahead_every={config.lookahead_every} must be >= 0 and lookahead_decay="
                       f"{config.lookahead_decay} in [0, 1].")
-    if config.augment.normalization not in ("cifar10", "imagenet", "unit"):
-        errors.append(f"augment.normalization={config.augment.normalization!r}: use cifar10, imagenet or unit.")
+    for field in ("augment.normalization", "augment.pad_mode"):
+        errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
     if config.data.scan_epoch and not config.data.device_resident:
         errors.append("data.scan_epoch=True needs data.device_resident=True (the scan gathers batches on the device).")
     if config.keep_checkpoints < 1:
@@ -247,17 +304,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             errors.append(f"{where}epochs={stage.epochs} must not be negative.")
         if stage.lr <= 0:
             errors.append(f"{where}lr={stage.lr} must be positive.")
-        if stage.optimizer not in ("sgd", "adam", "adamw"):
-            errors.append(f"{where}optimizer={stage.optimizer!r}: use sgd, adam or adamw.")
-        if stage.schedule not in ("constant", "cosine", "onecycle", "linear"):
-            errors.append(f"{where}schedule={stage.schedule!r}: use constant, cosine, onecycle or linear.")
+        for field in ("optimizer", "schedule", "weight_decay_on"):
+            errors += _choice_error(field, stage[field], where)
         for field in ("lr_multipliers", "group_epochs", "weight_decay_multipliers"):
             unknown = set(stage[field]) - set(config.param_groups)
             if unknown:
                 errors.append(f"{where}{field} names unknown groups {sorted(unknown)}; "
                               f"groups are {list(config.param_groups)}.")
-        if stage.weight_decay_on not in ("kernels", "all"):
-            errors.append(f"{where}weight_decay_on={stage.weight_decay_on!r}: use kernels or all.")
         for group, epochs in stage.group_epochs.items():
             if not 0 < epochs <= stage.epochs:
                 errors.append(f"{where}group_epochs.{group}={epochs} must be in (0, {stage.epochs}] (the stage's epochs).")
@@ -268,16 +321,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
 
 
+def _choice_error(field: str, value: Any, where: str = "") -> list[str]:
+    allowed = CHOICES[field]
+    return [] if value in allowed else [f"{where}{field}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}."]
+
+
 def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
-    """One line per field with its default, for --help."""
+    """One line per field with its value in `config` (default: the base defaults), what it
+    means and its allowed values, for --help."""
     flat = _flatten((config or default_config()).to_dict())
-    return "\n".join(f"  --config.{k}={v!r}" for k, v in flat.items())
+    lines = []
+    for key, value in flat.items():
+        doc = FIELD_DOCS.get(key, "")
+        if key in CHOICES:
+            doc += f" ({' | '.join(CHOICES[key])})"
+        lines.append(f"  --config.{key}={value!r}" + (f"\n      {doc}" if doc else ""))
+    return "\n".join(lines)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaves of a config dict; user-keyed dicts (OPEN_DICTS) stay whole."""
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict) and v and k not in OPEN_DICTS:
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

@@ -72,3 +72,28 @@ def test_cli_parses_config_and_distributed_flags():
     assert overrides == [("epochs", "1")]
     with pytest.raises(SystemExit):
         parse_args(["--config", "x", "--workdir", "w", "--bogus"])
+
+
+def test_help_shows_the_chosen_recipes_values_with_meaning_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "simple_cnn", "--help"])
+    text = capsys.readouterr().out
+    # simple_cnn's own values, not the base defaults (sgd, 0.1, 256)
+    assert "--config.optimizer='adam'" in text and "--config.batch_size=64" in text
+    assert "--config.lr=0.002" in text
+    assert "(sgd | adam | adamw)" in text and "global train batch" in text
+
+
+def test_help_without_a_loadable_recipe_shows_the_base_defaults(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "--config.optimizer='sgd'" in capsys.readouterr().out
+
+
+def test_every_field_is_documented_and_every_choice_validated():
+    fields = set(config_lib._flatten(config_lib.default_config().to_dict()))
+    assert fields == set(config_lib.FIELD_DOCS)
+    for field, allowed in config_lib.CHOICES.items():
+        cfg = build_config("simple_cnn", [(field, repr("bogus"))])
+        with pytest.raises(ValueError, match=f"{field}='bogus': use {', '.join(allowed[:-1])} or {allowed[-1]}"):
+            config_lib.validate(cfg, num_devices=1)

@@ -9,6 +9,7 @@ checkpoint written on 8 devices restores on 1 and vice versa.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -17,6 +18,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from jaxcifar.steps import TrainState
@@ -26,6 +28,17 @@ METRIC = "eval_accuracy"
 
 def _best_metric(metrics: dict) -> float:
     return metrics[METRIC]
+
+
+@contextlib.contextmanager
+def _absl_warnings_off():
+    """Orbax logs through absl; raise its threshold to errors for one call."""
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(before)
 
 
 class Checkpointer:
@@ -48,8 +61,11 @@ class Checkpointer:
         step = int(state.step)
         if step in self.manager.all_steps():
             return  # e.g. a signal arrived right after the epoch's save
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        record=ocp.args.JsonSave(record)), metrics=metrics)
+        # A mid-epoch save (after a stop signal) has no eval metrics by design, so it never
+        # competes for "best"; Orbax warns about each such save, which reads like a failure.
+        with _absl_warnings_off() if metrics is None else contextlib.nullcontext():
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            record=ocp.args.JsonSave(record)), metrics=metrics)
 
     def wait(self) -> None:
         """Block until pending saves are on disk; raises if one failed."""
@@ -118,24 +134,34 @@ def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tup
     path = pathlib.Path(source).absolute()
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
-    if (path / "state").is_dir():  # a single step directory
-        checkpointer = ocp.StandardCheckpointer()
-        target = _on_one_device(checkpointer.metadata(path / "state").item_metadata)
-        state, step = checkpointer.restore(path / "state", target), int(path.name)
-    else:
-        if not path.is_dir():
-            raise FileNotFoundError(f"No jaxcifar run or checkpoint at {source}.")
-        manager = ocp.CheckpointManager(
-            path, options=ocp.CheckpointManagerOptions(read_only=True, best_fn=_best_metric),
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
+    if (path / "state").is_dir():  # one step directory: read it through its checkpoints directory
+        path, which = path.parent, int(path.name)
+    if not path.is_dir():
+        raise FileNotFoundError(f"No jaxcifar run or checkpoint at {source}.")
+    manager = _open_for_reading(path)
+    try:
         step = {"best": manager.best_step, "latest": manager.latest_step}.get(which, lambda: int(which))()
         if step is None or step not in manager.all_steps():
             raise FileNotFoundError(f"No checkpoint {which!r} in {path}; saved steps: {list(manager.all_steps())}.")
         target = _on_one_device(manager.item_metadata(step).state)
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+    finally:
         manager.close()
     params = state.get("ema_params") or state["params"]
     return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step
+
+
+def _open_for_reading(directory: pathlib.Path) -> ocp.CheckpointManager:
+    """A manager over an existing checkpoints directory, for restores only.
+
+    Not `read_only=True`: in Orbax 0.12 that logs three warnings on every open (two for
+    defaults it overrides, one unconditional) which read like errors to every user of
+    evaluate, predict and export. A manager that is never asked to save, with create=False
+    and no retention policy, writes and deletes nothing either (tests/test_evaluate.py
+    checks that loading leaves the directory untouched)."""
+    return ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False, best_fn=_best_metric),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
 
 
 def _on_one_device(tree_metadata: Any) -> Any:

@@ -182,6 +182,16 @@ def accumulate(total: dict | None, metrics: dict) -> dict:
     return {k: jnp.minimum(total[k], v) if k == "first_bad_step" else total[k] + v for k, v in metrics.items()}
 
 
+def sums_to_host(sums: dict) -> dict[str, float]:
+    """Metric sums as JSON floats (exact: float32 -> float64), e.g. for a mid-epoch checkpoint."""
+    return {k: float(v) for k, v in sums.items() if k != "first_bad_step"}
+
+
+def sums_from_host(sums: dict[str, float]) -> dict:
+    """Inverse of `sums_to_host`: device sums to continue accumulating onto."""
+    return {**{k: jnp.float32(v) for k, v in sums.items()}, "first_bad_step": NO_BAD_STEP}
+
+
 def summarize(sums: dict) -> dict[str, float]:
     """Host-side averages of accumulated metric sums (this is a device sync)."""
     count = float(sums["count"])

@@ -82,6 +82,16 @@ def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
 class StopRequested(Exception):
     """SIGTERM/SIGINT arrived; a checkpoint has been written."""
 
+    def __init__(self, signum: int, step: int, workdir: pathlib.Path):
+        super().__init__(f"Stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in {workdir}. "
+                         "Run the same command again to resume.")
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """What a shell reports for a tool interrupted by this signal: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + self.signum
+
 
 class NonFiniteLoss(FloatingPointError):
     pass
@@ -221,13 +231,15 @@ class Trainer:
         totals: dict[str, float] = record["totals"]  # cumulative over resumed invocations
         state_stage = self.stages[record["stage_index"]]
         total_epochs = self.stages[-1].end_epoch
+        partial_epoch = record.pop("partial_epoch", None)  # saved by a stop mid-epoch
         self._install_signal_handlers()
         try:
             while (epoch := int(state.step) // self.steps_per_epoch) < total_epochs:
                 stage = stage_of_epoch(self.stages, epoch)
                 if stage.index != state_stage.index:
                     state, state_stage = self.with_fresh_opt_state(state, stage), stage
-                state, sums, seconds, compile_s = self.train_epoch(state, stage, epoch, record)
+                state, sums, seconds, compile_s = self.train_epoch(state, stage, epoch, record, partial_epoch)
+                partial_epoch = None
                 totals["train_seconds"] += seconds
                 totals["compile_seconds"] += compile_s
                 totals["images_trained"] += float(sums["count"])
@@ -236,9 +248,12 @@ class Trainer:
                 entry = {"epoch": epoch + 1, "stage": stage.name, "step": int(state.step),
                          "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
                          "eval_loss": eval_metrics["loss"], "eval_accuracy": eval_metrics["accuracy"],
-                         "epoch_train_seconds": seconds, "lr": self.current_lr(stage, state)}
+                         "epoch_train_seconds": seconds, "train_images_per_second": float(sums["count"]) / seconds,
+                         "lr": self.current_lr(stage, state)}
                 history.append(entry)
                 self.workdir.log_epoch(entry)
+                if jax.process_index() == 0:
+                    tqdm.write(epoch_line(entry, total_epochs))
                 totals["wall_seconds"] = wall_before + time.time() - start_time
                 self.checkpointer.save(state, {"stage_index": stage.index, "history": history, "totals": totals},
                                        metrics={"eval_accuracy": eval_metrics["accuracy"]})
@@ -274,14 +289,19 @@ class Trainer:
         self.workdir.write_summary(summary)
         return summary
 
-    def train_epoch(self, state: steps.TrainState, stage: Stage, epoch: int, record: dict):
-        """One epoch (or its remainder after a resume). Metrics stay on the device and are
-        pulled to the host only every `log_every_steps` steps, for the progress bar."""
+    def train_epoch(self, state: steps.TrainState, stage: Stage, epoch: int, record: dict,
+                    partial_epoch: dict | None = None):
+        """One epoch (or its remainder after a resume, continuing the metric sums and seconds
+        of its first part from `partial_epoch`, so a resumed epoch's metrics cover all of it).
+        Metrics stay on the device and are pulled to the host only every `log_every_steps`
+        steps, for the progress bar."""
         start_step = int(state.step) - epoch * self.steps_per_epoch
         if self.config.data.scan_epoch:
             return self._train_epoch_scanned(state, stage, epoch, start_step)
         train_step = self.train_step_fn(stage, state.params)
-        sums, window, compile_s = None, None, 0.0
+        sums = None if partial_epoch is None else steps.sums_from_host(partial_epoch["sums"])
+        seconds_before = 0.0 if partial_epoch is None else partial_epoch["seconds"]
+        window, compile_s = None, 0.0
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1} [{stage.name}]",
                    disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
         t0 = t_window = time.time()
@@ -303,9 +323,10 @@ class Trainer:
                 bar.update(self.config.log_every_steps)
                 window, t_window = None, now
             if self._stop_signal is not None:
-                self._save_and_stop(state, dict(record, stage_index=stage.index))
+                partial = {"sums": steps.sums_to_host(sums), "seconds": seconds_before + time.time() - t0}
+                self._save_and_stop(state, dict(record, stage_index=stage.index, partial_epoch=partial))
         jax.block_until_ready(sums)
-        seconds = time.time() - t0
+        seconds = seconds_before + time.time() - t0
         bar.close()
         self._check_finite(steps.summarize(sums))
         return state, sums, seconds, compile_s
@@ -362,8 +383,15 @@ class Trainer:
 
     def _stop(self, state: steps.TrainState) -> None:
         self.checkpointer.wait()
-        raise StopRequested(f"Stopped by signal {self._stop_signal} at step {int(state.step)}; "
-                            "checkpoint saved. Run the same command again to resume.")
+        raise StopRequested(self._stop_signal, int(state.step), self.workdir.path)
+
+
+def epoch_line(entry: dict, total_epochs: int) -> str:
+    """The line printed after each epoch, as Keras prints one."""
+    return (f"epoch {entry['epoch']}/{total_epochs} [{entry['stage']}]  "
+            f"train loss {entry['train_loss']:.4f} acc {entry['train_accuracy']:.2%}  |  "
+            f"eval loss {entry['eval_loss']:.4f} acc {entry['eval_accuracy']:.2%}  |  "
+            f"{entry['epoch_train_seconds']:.1f} s, {entry['train_images_per_second']:,.0f} img/s")
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
@@ -378,23 +406,30 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
 
 
 # ----- command line -----
-HELP_EPILOG = """\
-Recipes (--config NAME): {recipes}
-Or --config path/to/file.py defining get_config().
-
-Fields (override any with --config.FIELD=VALUE; values are Python literals):
-{fields}
-Staged runs: --config.stages.NAME.FIELD=VALUE (stage fields: {stage_fields}).
-"""
+def help_epilog(argv: list[str]) -> str:
+    """--help's field list, with the values of the recipe named by --config (if it loads),
+    so `--config simple_cnn --help` shows what simple_cnn will really use."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    name = pre.parse_known_args(argv)[0].config
+    try:
+        config, source = config_lib.load_recipe(name), f"recipe {name!r}"
+    except (ValueError, TypeError, OSError, SyntaxError):  # no or a broken --config: show the base defaults
+        config, source = config_lib.default_config(), "the base defaults (pass --config NAME for a recipe's)"
+    stages = "".join(f"\n  {stage}" for stage in config.stages)
+    return (f"Recipes (--config NAME): {', '.join(config_lib.recipe_names())}\n"
+            "Or --config path/to/file.py defining get_config().\n\n"
+            f"Fields, with the values of {source}. Override any with --config.FIELD=VALUE (Python literals):\n"
+            f"{config_lib.describe_fields(config)}\n\n"
+            f"Stages{' of this recipe:' + stages if stages else ': this recipe has one stage, `train`.'}\n"
+            "Override a stage's field with --config.stages.NAME.FIELD=VALUE; stage fields: "
+            f"{', '.join(config_lib.STAGE_FIELDS)}.\n")
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcifar.train", description="Train a CIFAR-10 classifier with JAX.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=HELP_EPILOG.format(recipes=", ".join(config_lib.recipe_names()),
-                                  fields=config_lib.describe_fields(),
-                                  stage_fields=", ".join(config_lib.STAGE_FIELDS)))
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog(argv))
     parser.add_argument("--config", required=True, help="recipe name or path to a config file")
     parser.add_argument("--workdir", required=True, help="run directory: checkpoints, logs, summary.json")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
@@ -448,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = fit(config, args.workdir, data_dir=args.data_dir, init_from=args.init_from,
                       overwrite=args.overwrite)
     except StopRequested as e:
-        print(e, file=sys.stderr)
-        return 143
+        log.info("%s", e)
+        return e.exit_status
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -105,3 +107,30 @@ def test_cli_trains_on_real_data_and_resumes(tmp_path, shared_data_dir):
     assert summary["eval_examples"] == 200 and summary["epochs_completed"] == 1
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "Resumed from step 10" in again.stderr
+
+
+def test_cli_prints_a_line_per_epoch_and_ctrl_c_exits_130_with_a_checkpoint(tmp_path, shared_data_dir):
+    cmd = [sys.executable, "-m", "jaxcifar.train", "--config", "simple_cnn", "--workdir", str(tmp_path / "w"),
+           "--data_dir", shared_data_dir, "--config.epochs=200", "--config.data.examples_per_class=20",
+           "--config.batch_size=50", "--config.data.eval_split=test[:100]", "--config.eval_batch_size=50"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAXCIFAR_COMPILATION_CACHE": ""})
+    deadline = time.time() + 240
+    while not Checkpointer(tmp_path / "w").steps() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Stopped by SIGINT" in err and "checkpoint saved" in err and "resume" in err
+    assert "tracked_metric" not in err  # no warning that reads like a failure
+    first = next(line for line in out.splitlines() if line.startswith("epoch 1/200 [train]"))
+    for part in ("train loss", "eval loss", "acc", "img/s"):
+        assert part in first
+    assert Checkpointer(tmp_path / "w").steps()
+
+
+def test_epoch_line_says_what_keras_says():
+    entry = {"epoch": 3, "stage": "finetune", "train_loss": 1.23456, "train_accuracy": 0.5, "eval_loss": 0.9,
+             "eval_accuracy": 0.615, "epoch_train_seconds": 12.34, "train_images_per_second": 4051.2}
+    assert train.epoch_line(entry, 10) == ("epoch 3/10 [finetune]  train loss 1.2346 acc 50.00%  |  "
+                                           "eval loss 0.9000 acc 61.50%  |  12.3 s, 4,051 img/s")

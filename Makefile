@@ -1,4 +1,5 @@
-# Two commands from a fresh clone: `make test` and `make train`. Each sets up .venv first.
+# Two commands from a fresh clone: `make test` and `make train`. Each sets up .venv first;
+# training installs only the package, the tests add their extras (torch, pytest, nbclient).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,18 +11,22 @@ WORKDIR ?= runs/simple_cnn
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-%: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[$*]"
 	touch $@
 
 setup: $(VENV)/.installed
 
-test: setup
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2
 
 train: setup
 	$(PY) -m jaxcifar.train --config simple_cnn --workdir $(WORKDIR) --data_dir $(DATA_DIR)
 
-bench: setup
+bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py
 
 clean:

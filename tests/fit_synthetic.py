@@ -6,6 +6,9 @@ SIGKILL/SIGTERM):
 
 JAXCIFAR_TEST_CRASH_AFTER_SAVES=N makes the process die (os._exit) right after its N-th
 checkpoint is on disk, to test resuming, e.g. on another device count.
+JAXCIFAR_TEST_NUDGE_SEED=K moves every initial weight by one ulp, up or down at random
+(seed K): a rounding-sized difference, to measure how much the trajectory amplifies one
+(experiments/rounding_drift.py).
 """
 
 import hashlib
@@ -41,6 +44,23 @@ def crash_after_saves(n: int) -> None:
     checkpoint.Checkpointer.save = save
 
 
+def nudge_initial_weights(seed: int) -> None:
+    import jax
+    import numpy as np
+
+    original = train.Trainer.initial_state
+    rng = np.random.default_rng(seed)
+
+    def nudged(p):
+        return p * (1 + np.float32(2**-23) * rng.choice([-1, 1], p.shape).astype(np.float32))
+
+    def initial_state(self):
+        state = original(self)
+        return state.replace(params=jax.tree_util.tree_map(nudged, state.params))
+
+    train.Trainer.initial_state = initial_state
+
+
 def main(argv: list[str]) -> None:
     workdir, rest = argv[0], argv[1:]
     distributed = dict(a[len("--distributed."):].split("=", 1) for a in rest if a.startswith("--distributed."))
@@ -49,6 +69,8 @@ def main(argv: list[str]) -> None:
                                         int(distributed["process_id"]))
     if "JAXCIFAR_TEST_CRASH_AFTER_SAVES" in os.environ:
         crash_after_saves(int(os.environ["JAXCIFAR_TEST_CRASH_AFTER_SAVES"]))
+    if "JAXCIFAR_TEST_NUDGE_SEED" in os.environ:
+        nudge_initial_weights(int(os.environ["JAXCIFAR_TEST_NUDGE_SEED"]))
     cfg = tiny_config()
     for item in rest:
         if item.startswith("--config."):

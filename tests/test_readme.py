@@ -21,3 +21,12 @@ def test_readme_library_example_runs(tmp_path, shared_data_dir, monkeypatch, cap
     accuracy, report_accuracy, _ = capsys.readouterr().out.split(" ", 2)
     assert 0.0 <= float(accuracy) <= 1.0 and abs(float(accuracy) - float(report_accuracy)) < 1e-6
     assert os.path.exists(tmp_path / "runs" / "library_example" / "summary.json")
+
+
+def test_readme_paths_exist_from_the_clone_root(shared_data_dir):
+    """Paths the README's commands and snippets pass, run from the clone root as it says."""
+    readme = (REPO / "README.md").read_text()
+    paths = set(re.findall(r'load_jpeg_pack\("([^"]+)"\)', readme)) | set(re.findall(r"--data_dir (\.\./[^\s`]+)", readme))
+    assert paths
+    for path in paths:
+        assert (REPO / path).exists(), f"README path {path} does not exist from the clone root"

@@ -22,7 +22,7 @@ from jaxcifar import checkpoint, steps, train
 from jaxcifar.checkpoint import Checkpointer
 from jaxcifar.models import create_model
 from jaxcifar.workdir import Workdir
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, TRAJECTORY_RTOL, tiny_config
 
 SCRIPT = str(REPO / "tests" / "fit_synthetic.py")
 
@@ -97,7 +97,8 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
     resumed = result(start(tmp_path / "w", *args, env={"XLA_FLAGS": ""}))
     straight = result(start(tmp_path / "one", *args, env={"XLA_FLAGS": ""}))
     assert resumed["summary"]["devices"] == 1 and resumed["summary"]["steps"] == 16
-    np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-4)
+    # The first epoch ran on 8 devices: rounding drift, bounded as conftest.TRAJECTORY_RTOL says.
+    np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=TRAJECTORY_RTOL)
 
 
 def free_port():
@@ -119,7 +120,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single = result(start(tmp_path / "single", *args,
                           env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
     assert multi["summary"]["processes"] == 2 and multi["summary"]["devices"] == 2
-    np.testing.assert_allclose(multi["train_loss"], single["train_loss"], rtol=1e-4)
+    # Two processes sum gradients through gloo in another order: rounding drift (conftest.TRAJECTORY_RTOL).
+    np.testing.assert_allclose(multi["train_loss"], single["train_loss"], rtol=TRAJECTORY_RTOL)
 
 
 def test_incompatible_workdir_is_refused_then_moved_aside_with_overwrite(tmp_path, tiny_data):

@@ -18,7 +18,9 @@ def test_readme_library_example_runs(tmp_path, shared_data_dir, monkeypatch, cap
     monkeypatch.chdir(tmp_path)  # the example writes runs/library_example under the cwd
     code = code.replace('"../shared/tensorflow_datasets"', repr(shared_data_dir))
     exec(compile(code, "README.md", "exec"), {})
-    accuracy, report_accuracy, _ = capsys.readouterr().out.split(" ", 2)
+    printed = capsys.readouterr().out.splitlines()  # fit's per-epoch lines, then the example's print
+    assert printed[0].startswith("epoch 1/2 [frozen]")
+    accuracy, report_accuracy, _ = printed[-1].split(" ", 2)
     assert 0.0 <= float(accuracy) <= 1.0 and abs(float(accuracy) - float(report_accuracy)) < 1e-6
     assert os.path.exists(tmp_path / "runs" / "library_example" / "summary.json")
 

@@ -34,7 +34,6 @@ from common import seconds_to, write_result
 from torch import nn
 
 from jaxcifar import data as data_lib
-from jaxcifar.runs import CIFAR10_CLASS_NAMES
 
 
 class WallClockEvent:
@@ -78,7 +77,8 @@ def write_airbench_data(data_dir: str, root: str) -> None:
     for split, name in (("train", "train.pt"), ("test", "test.pt")):
         arrays = data_lib.load_split(split, data_dir)
         torch.save({"images": torch.from_numpy(arrays.images), "labels": torch.from_numpy(arrays.labels).long(),
-                    "classes": list(CIFAR10_CLASS_NAMES)}, os.path.join(root, "cifar10", name))
+                    "classes": list(data_lib.tfds_class_names("cifar10", data_dir))},
+                   os.path.join(root, "cifar10", name))
 
 
 def main() -> None:

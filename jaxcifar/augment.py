@@ -39,6 +39,24 @@ def normalize(images: jax.Array, normalization: str = "cifar10") -> jax.Array:
     raise ValueError(f"Unknown normalization {normalization!r}; use one of {NORMALIZATIONS}.")
 
 
+def resize(images: jax.Array, size: int) -> jax.Array:
+    """NHWC images -> (n, size, size, c), on the 0..255 scale, for a dataset whose images
+    have another size than the run's `data.image_size`: bilinear, antialiased when shrinking
+    (it averages the whole footprint), the filter of Pillow's BILINEAR that image files get
+    on the host (image_files.py; the two agree within one grey level). Images already of
+    that size are returned as they are, so the CIFAR path computes nothing extra."""
+    n, h, w, c = images.shape
+    if (h, w) == (size, size):
+        return images
+    return jax.image.resize(images.astype(jnp.float32), (n, size, size, c), method="bilinear", antialias=True)
+
+
+def model_input(images: jax.Array, size: int, normalization: str) -> jax.Array:
+    """Eval-time input: uint8 images of any one size -> normalised float32 (n, size, size, c).
+    The training loop's eval step and every inference path (runs.make_forward, export) use it."""
+    return normalize(resize(images, size), normalization)
+
+
 def random_crop(key: jax.Array, images: jax.Array, padding: int, mode: str = "constant") -> jax.Array:
     """Crop each image at a random offset from a padded copy: zero padding is the classic
     pad-4 crop, `reflect` is airbench's random translate."""

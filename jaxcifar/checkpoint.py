@@ -2,15 +2,17 @@
 statistics, EMA, step, RNG) plus a small JSON record, in `WORKDIR/checkpoints`.
 
 Saves are asynchronous; `wait()` before exit surfaces their errors. Kept: the latest
-`keep` checkpoints, and the best one by eval accuracy (a separate policy, so the latest is
-never deleted in favour of the best). Restores go into the *current* mesh's shardings, so a
-checkpoint written on 8 devices restores on 1 and vice versa.
+`keep` checkpoints, the best one by eval accuracy (a separate policy, so the latest is
+never deleted in favour of the best), and early stopping's best epoch of the current stage
+(which the stage's end restores, however many epochs later). Restores go into the
+*current* mesh's shardings, so a checkpoint written on 8 devices restores on 1 and vice versa.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import pathlib
 import time
@@ -24,6 +26,7 @@ from jax.experimental import multihost_utils
 from jaxcifar.steps import TrainState
 
 METRIC = "eval_accuracy"
+STAGE_BEST = "early_stopping_best"  # saved among a checkpoint's metrics: its epoch improved the stage's best
 
 
 def _best_metric(metrics: dict) -> float:
@@ -41,6 +44,18 @@ def _absl_warnings_off():
         absl_logging.set_verbosity(before)
 
 
+@dataclasses.dataclass
+class NewestFlagged:
+    """An Orbax preservation policy: keep the newest checkpoint whose metrics set `flag`.
+    Stateless (the flag is stored with each checkpoint), so it holds across restarts."""
+
+    flag: str
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        flagged = [c.step for c in checkpoints if (c.metrics or {}).get(self.flag)]
+        return [bool(flagged) and c.step == flagged[-1] for c in checkpoints]
+
+
 class Checkpointer:
     """A thin policy layer over `ocp.CheckpointManager`; one per workdir."""
 
@@ -48,6 +63,7 @@ class Checkpointer:
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(n=keep),
             ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
+            NewestFlagged(STAGE_BEST),
         ])
         options = ocp.CheckpointManagerOptions(best_fn=_best_metric, best_mode="max", preservation_policy=policy,
                                                enable_async_checkpointing=True)
@@ -57,10 +73,12 @@ class Checkpointer:
             "state": ocp.StandardCheckpointHandler(), "record": ocp.JsonCheckpointHandler()})
 
     def save(self, state: TrainState, record: dict, metrics: dict | None = None) -> None:
-        """Start an async save at `state.step`; `record` is JSON (epoch, stage, history)."""
+        """Start an async save at `state.step`; `record` is JSON (epoch, stage, history).
+        `metrics` with STAGE_BEST true: kept until a newer such checkpoint is saved."""
         step = int(state.step)
         if step in self.manager.all_steps():
             return  # e.g. a signal arrived right after the epoch's save
+        record = json.loads(json.dumps(record))  # a copy: the save is written later, while the caller goes on
         # A mid-epoch save (after a stop signal) has no eval metrics by design, so it never
         # competes for "best"; Orbax warns about each such save, which reads like a failure.
         with _absl_warnings_off() if metrics is None else contextlib.nullcontext():

@@ -46,11 +46,14 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "cifar10"
+    c.data.image_folder = ""
+    c.data.image_size = 32
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.extra_eval_splits = ()
     c.data.classes = ()
     c.data.examples_per_class = 0
+    c.data.validation_fraction = 0.0
     c.data.device_resident = False
     c.data.scan_epoch = False
 
@@ -95,7 +98,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.tta_translate = False
     c.keep_checkpoints = 2
     c.log_every_steps = 25
+
+    c.early_stopping = ml_collections.ConfigDict()
+    c.early_stopping.patience = 0
+    c.early_stopping.min_delta = 0.0
+    c.early_stopping.metric = "eval_accuracy"
     return c
+
+
+# The eval metrics early stopping can watch, and whether it maximises (True) or minimises each.
+EARLY_STOPPING_MAXIMISES: dict[str, bool] = {"eval_accuracy": True, "eval_loss": False}
 
 
 # Allowed values of the fields that take one of a few names; `validate` checks them and
@@ -106,19 +118,28 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adam", "adamw"),
     "weight_decay_on": ("kernels", "all"),
     "schedule": ("constant", "cosine", "onecycle", "linear"),
+    "early_stopping.metric": tuple(EARLY_STOPPING_MAXIMISES),
 }
 
 # What each field of `default_config` means, for --help (a test checks none is missing).
 FIELD_DOCS: dict[str, str] = {
     "model": "network, see jaxcifar.models.MODEL_NAMES (simple_cnn, resnet18, resnet50, airbench, ...)",
-    "model_kwargs": "keyword arguments of the model's constructor, e.g. {'width': 16} or {'input_size': 128}",
+    "model_kwargs": "keyword arguments of the model's constructor, e.g. {'width': 16}, {'input_size': 128}, or "
+                    "{'dropout': 0.3} (dropout on the features entering the head, in training only)",
     "seed": "initialisation, data order and augmentation all derive from it",
-    "data.dataset": "TFDS dataset name",
-    "data.train_split": "TFDS split to train on",
+    "data.dataset": "TFDS image-classification dataset (cifar10, cifar100, svhn_cropped, ...); the class "
+                    "count and names come from its info",
+    "data.image_folder": "DIR of your own images, DIR/<split>/<class>/*.jpg|png (class names = folder names); "
+                         "replaces data.dataset and needs no --data_dir; '' = off",
+    "data.image_size": "side of the square images the model takes; other sizes are resized to it (bilinear, "
+                       "antialiased: on the device for a TFDS dataset, on the host for image files)",
+    "data.train_split": "split to train on (a TFDS split, or a subfolder of data.image_folder)",
     "data.eval_split": "split evaluated after every epoch; `test` holds the 1,000 exact test images here",
     "data.extra_eval_splits": "splits evaluated once at the end, e.g. ('test_jpeg',) for robustness",
     "data.classes": "a subset of class ids, relabelled 0..k-1 in this order; () = all",
     "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all",
+    "data.validation_fraction": "> 0: evaluate on this fraction of each class held out of train_split "
+                                "(fixed seed, the same for every run) instead of eval_split",
     "data.device_resident": "keep the uint8 train split on the device and gather batches there "
                             "(the `fast` recipe's path; 150 MB per device)",
     "data.scan_epoch": "with device_resident: run each epoch as one lax.scan (progress and signals "
@@ -160,7 +181,13 @@ FIELD_DOCS: dict[str, str] = {
     "tta": "flip test-time augmentation at evaluation",
     "tta_translate": "with tta: also average views shifted by one pixel (airbench's level 2)",
     "keep_checkpoints": "keep the latest N checkpoints; the best by eval accuracy is kept as well",
-    "log_every_steps": "the progress bar pulls metrics from the device only this often",
+    "log_every_steps": "the progress bar pulls metrics from the device only this often; in a multi-process "
+                       "run, stop signals are also agreed on this often",
+    "early_stopping.patience": "end a stage after this many epochs in a row without improvement of "
+                               "early_stopping.metric, then go on to the next stage; while on, every stage "
+                               "ends on the weights of its best epoch; 0 = off",
+    "early_stopping.min_delta": "the smallest change of the metric that counts as an improvement",
+    "early_stopping.metric": "the eval metric early stopping watches (accuracy is maximised, loss minimised)",
 }
 
 
@@ -292,8 +319,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.lookahead_every < 0 or not 0.0 <= config.lookahead_decay <= 1.0:
         errors.append(f"lookahead_every={config.lookahead_every} must be >= 0 and lookahead_decay="
                       f"{config.lookahead_decay} in [0, 1].")
-    for field in ("augment.normalization", "augment.pad_mode"):
+    if not 0.0 <= config.model_kwargs.get("dropout", 0.0) < 1.0:
+        errors.append(f"model_kwargs.dropout={config.model_kwargs.dropout} must be in [0, 1).")
+    if config.early_stopping.patience < 0 or config.early_stopping.min_delta < 0:
+        errors.append(f"early_stopping.patience={config.early_stopping.patience} and min_delta="
+                      f"{config.early_stopping.min_delta} must not be negative.")
+    for field in ("augment.normalization", "augment.pad_mode", "early_stopping.metric"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
+    if config.data.image_size < 1:
+        errors.append(f"data.image_size={config.data.image_size} must be a positive number of pixels.")
+    if not 0.0 <= config.data.validation_fraction < 1.0:
+        errors.append(f"data.validation_fraction={config.data.validation_fraction} must be in [0, 1).")
     if config.data.scan_epoch and not config.data.device_resident:
         errors.append("data.scan_epoch=True needs data.device_resident=True (the scan gathers batches on the device).")
     if config.keep_checkpoints < 1:

@@ -1,7 +1,18 @@
-"""CIFAR-10 input: TFDS -> host memory -> tf.data batches -> global `jax.Array`s on a mesh.
+"""Input: TFDS (or a folder of images) -> host memory -> tf.data batches -> global `jax.Array`s on a mesh.
 
 Design decisions (and why):
-* Each split is read once through `tfds.load` into host memory (CIFAR-10 is 150 MB).
+* A run's source is a TFDS image-classification dataset (`data.dataset`, CIFAR-10 by
+  default) or a folder of image files (`data.image_folder`, see jaxcifar/image_files.py).
+  Its class count and names come from the source (TFDS's `info.features`, or the folder
+  names), never from a constant, and every label is checked against them (`check_labels`):
+  a label beyond the model's classes would otherwise train against an all-zero target.
+* One image size per run, `data.image_size` (32 for the CIFAR recipes). A TFDS dataset
+  whose images share one other size is held at that size and resized on the device
+  (`augment.resize`, inside the jitted steps and every inference function); images that
+  vary in size (a folder, a TFDS dataset without a fixed shape, predict's files) are
+  resized on the host when read, with Pillow's filter of the same kind (image_files.py),
+  because a batch needs one size.
+* Each split is read once into host memory (CIFAR-10 is 150 MB).
   The batch order is then a pure function of (seed, epoch): a resumed run skips exactly
   the batches it already consumed, and the global batch sequence is the same for any
   number of devices or processes. Each process materialises only its own rows of every
@@ -22,9 +33,14 @@ import dataclasses
 import os
 from typing import Iterator
 
+import ml_collections
 import numpy as np
 
-NUM_CLASSES = 10
+from jaxcifar import image_files
+
+# The held-out validation part of a train split (`data.validation_fraction`) is chosen with
+# this fixed seed, not the run's: every seed of a comparison is validated on the same images.
+HOLD_OUT_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +69,17 @@ def import_tf():
     return tf
 
 
-def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10") -> ArraySplit:
-    """Read a whole TFDS split into memory; a missing dataset gets an actionable error."""
+def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10", image_size: int = 32) -> ArraySplit:
+    """Read a whole TFDS split into memory as RGB uint8 images and int32 labels (the dataset's
+    supervised keys); a missing dataset gets an actionable error. Images of one fixed size
+    keep it (the device resizes them); images that vary in size are resized here to
+    `image_size` by the image-file rule, and greyscale becomes RGB."""
     import_tf()
     import tensorflow_datasets as tfds
 
     data_dir = resolve_data_dir(data_dir)
     try:
-        ds = tfds.load(dataset, split=split, data_dir=data_dir, download=data_dir is None)
+        ds, info = tfds.load(dataset, split=split, data_dir=data_dir, download=data_dir is None, with_info=True)
     except Exception as e:  # TFDS raises several types here (not found, download failure, bad split).
         raise FileNotFoundError(
             f"Could not load TFDS dataset {dataset!r} split {split!r} from data_dir={data_dir!r}: {e}\n"
@@ -68,11 +87,111 @@ def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10"
             f"'{dataset}' dataset, e.g. --data_dir ../shared/tensorflow_datasets. On a machine with "
             f"internet access, `tfds build {dataset} --data_dir DIR` (or omitting --data_dir) prepares it."
         ) from e
-    # Chunked rather than batch_size=-1, which aborts the process under tfds.testing.mock_data.
-    chunks = list(tfds.as_numpy(ds.batch(10_000)))
-    images = np.concatenate([c["image"] for c in chunks])
-    labels = np.concatenate([c["label"] for c in chunks]).astype(np.int32)
-    return ArraySplit(images, labels)
+    image_key, label_key = supervised_keys(info)
+    if None in info.features[image_key].shape[:2]:
+        examples = list(tfds.as_numpy(ds))
+        images = np.stack([image_files.array_to_model_image(ex[image_key], image_size) for ex in examples])
+        labels = np.array([ex[label_key] for ex in examples])
+    else:
+        # Chunked rather than batch_size=-1, which aborts the process under tfds.testing.mock_data.
+        chunks = list(tfds.as_numpy(ds.batch(10_000)))
+        images = np.concatenate([c[image_key] for c in chunks])
+        labels = np.concatenate([c[label_key] for c in chunks])
+    if images.shape[-1] == 1:  # greyscale (MNIST-like): the models take RGB
+        images = np.repeat(images, 3, axis=-1)
+    return ArraySplit(images, labels.astype(np.int32))
+
+
+def supervised_keys(info) -> tuple[str, str]:
+    """(image key, label key) of a TFDS dataset, refusing one that is not image classification."""
+    import tensorflow_datasets as tfds
+
+    keys = info.supervised_keys
+    features = info.features
+    if (not keys or len(keys) != 2 or not isinstance(features[keys[0]], tfds.features.Image)
+            or not isinstance(features[keys[1]], tfds.features.ClassLabel)
+            or features[keys[0]].shape[-1] not in (1, 3)):
+        raise ValueError(f"TFDS dataset {info.name!r} is not an image-classification dataset jaxcifar can read: "
+                         f"its supervised keys {keys} must name an RGB or greyscale Image and a ClassLabel. "
+                         "Set --config.data.dataset to one that has them (cifar10, cifar100, svhn_cropped, "
+                         "...), or use --config.data.image_folder=DIR.")
+    return keys
+
+
+def tfds_class_names(dataset: str, data_dir: str | None = None) -> tuple[str, ...]:
+    """A TFDS dataset's class names in label order. Read them after loading a split: some
+    datasets (cifar10, cifar100) only know their names once prepared, before that '0', '1', ..."""
+    import_tf()
+    import tensorflow_datasets as tfds
+
+    info = tfds.builder(dataset, data_dir=resolve_data_dir(data_dir)).info
+    return tuple(info.features[supervised_keys(info)[1]].names)
+
+
+# ----- the run's source, as its data config describes it -----
+def read_split(d: ml_collections.ConfigDict, split: str, data_dir: str | None = None) -> ArraySplit:
+    """One split of the run's source (`data.image_folder`, else TFDS `data.dataset`),
+    restricted and relabelled to the class subset `data.classes`."""
+    if d.image_folder:
+        names = image_files.folder_class_names(d.image_folder, d.train_split)
+        whole = ArraySplit(*image_files.read_folder_split(d.image_folder, split, names, d.image_size))
+    else:
+        whole = load_split(split, data_dir, d.dataset, d.image_size)
+    return select_examples(whole, tuple(d.classes))
+
+
+def class_names(d: ml_collections.ConfigDict, data_dir: str | None = None) -> tuple[str, ...]:
+    """The run's class names in label order: the source's, or those of the subset `data.classes`."""
+    names = (image_files.folder_class_names(d.image_folder, d.train_split) if d.image_folder
+             else tfds_class_names(d.dataset, data_dir))
+    beyond = [c for c in d.classes if not 0 <= c < len(names)]
+    if beyond:
+        raise ValueError(f"data.classes={tuple(d.classes)} names class ids {beyond} that the source does not "
+                         f"have: it has {len(names)} classes, ids 0..{len(names) - 1} ({', '.join(names[:12])}"
+                         f"{', ...' if len(names) > 12 else ''}).")
+    return tuple(names[c] for c in d.classes) or names
+
+
+def load_eval_split(d: ml_collections.ConfigDict, data_dir: str | None = None,
+                    whole_train: ArraySplit | None = None) -> ArraySplit:
+    """The split evaluated after every epoch: `data.eval_split`, or with
+    `data.validation_fraction` the part held out of the train split (`whole_train`, that
+    split as `read_split` returns it, when the caller has already read it)."""
+    if not d.validation_fraction:
+        return read_split(d, d.eval_split, data_dir)
+    whole_train = read_split(d, d.train_split, data_dir) if whole_train is None else whole_train
+    return hold_out(whole_train, d.validation_fraction)[1]
+
+
+def eval_split_name(d: ml_collections.ConfigDict) -> str:
+    """The name of the split evaluated after every epoch: `data.eval_split`, or for the part
+    held out of train (`data.validation_fraction`), TRAIN_SPLIT-validation."""
+    return f"{d.train_split}-validation" if d.validation_fraction else d.eval_split
+
+
+def hold_out(split: ArraySplit, fraction: float) -> tuple[ArraySplit, ArraySplit]:
+    """(kept, held out): `fraction` of every class's examples, rounded, held out as a
+    validation set (stratified, so a small class is not left out of it). At least one of each
+    class with two or more examples is held out and at least one is kept. The choice is a
+    fixed-seed shuffle (HOLD_OUT_SEED), the same for every run; both parts keep split order."""
+    order = np.random.default_rng(HOLD_OUT_SEED).permutation(len(split))
+    held = np.zeros(len(split), bool)
+    for label in np.unique(split.labels):
+        members = order[split.labels[order] == label]  # this class, in shuffled order
+        count = min(max(round(fraction * len(members)), 1), len(members) - 1) if fraction else 0
+        held[members[:count]] = True
+    return (ArraySplit(split.images[~held], split.labels[~held]),
+            ArraySplit(split.images[held], split.labels[held]))
+
+
+def check_labels(split: ArraySplit, num_classes: int, name: str) -> None:
+    """Refuse labels outside 0..num_classes-1: one-hot targets would silently be all zero."""
+    if len(split) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
+        raise ValueError(
+            f"The {name} split has labels from {split.labels.min()} to {split.labels.max()}, but the run has "
+            f"{num_classes} classes (labels 0..{num_classes - 1}); a label outside that range would be trained "
+            "against an all-zero target. Give the run the dataset's real class count (train.Data(..., "
+            "num_classes=N)), or keep a subset of classes with --config.data.classes.")
 
 
 def load_jpeg_pack(path: str) -> dict[str, ArraySplit]:

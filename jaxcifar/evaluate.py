@@ -143,11 +143,11 @@ def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
 
 
 def load_eval_split(run: Run, split_name: str | None = None, data_dir: str | None = None) -> data_lib.ArraySplit:
-    """A TFDS split (default: the run's eval split) restricted and relabelled to the run's
-    class subset, as training did for its eval split."""
-    config = run.config.data
-    split = data_lib.load_split(split_name or config.eval_split, data_dir, config.dataset)
-    return data_lib.select_examples(split, tuple(config.classes))
+    """A split of the run's source (TFDS or its image folder), by default the one it was
+    evaluated on, restricted and relabelled to the run's class subset, as training did."""
+    if split_name is None:
+        return data_lib.load_eval_split(run.config.data, data_dir)
+    return data_lib.read_split(run.config.data, split_name, data_dir)
 
 
 # ----- plots (matplotlib's Figure API: the Agg canvas, no pyplot state or GUI backend) -----
@@ -258,8 +258,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best"
     `out` (default WORKDIR/eval/SPLIT/); returns (report, {file name: path})."""
     run = load_run(workdir, checkpoint)
     if split is None:
-        split_name = split_name or run.config.data.eval_split
         split = load_eval_split(run, split_name, data_dir)
+        split_name = split_name or data_lib.eval_split_name(run.config.data)
     split_name = split_name or IN_MEMORY
     evaluation = evaluate_run(run, split, tta)
     evaluation.report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name)
@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser)
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
     parser.add_argument("--split", default=None,
-                        help="TFDS split to evaluate, e.g. test or 'test[:500]' (default: the run's data.eval_split)")
+                        help="split to evaluate: a TFDS split, e.g. test or 'test[:500]', or a subfolder of the run's "
+                             "data.image_folder (default: the split the run evaluated on)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="folder for report.json and the plots (default: WORKDIR/eval/SPLIT/, "
                              "SPLIT with characters other than letters, digits and +-_ replaced by _)")

@@ -2,11 +2,12 @@
 
     python -m jaxcifar.export --workdir runs/cnn --out exported/cnn [--format stablehlo|savedmodel|both]
 
-Both artefacts compute the same function, `uint8 images (b, 32, 32, 3) NHWC RGB -> float32
-logits (b, num_classes)`, for any batch size b: the normalisation the run trained with (and
-flip TTA when asked for) and the weights are baked in, so a client sends raw pixels and
-needs neither jaxcifar nor the checkpoint. Images of other sizes must be resized to 32x32
-first (as `jaxcifar.predict` does).
+Both artefacts compute the same function, `uint8 images (b, S, S, 3) NHWC RGB -> float32
+logits (b, num_classes)`, for any batch size b, where S is the run's `data.image_size` (32
+for the CIFAR recipes): the normalisation the run trained with (and flip TTA when asked for)
+and the weights are baked in, so a client sends raw pixels and needs neither jaxcifar nor
+the checkpoint. Images of other sizes must be resized to SxS first (as `jaxcifar.predict`
+does, with Pillow's bilinear filter).
 
 * `DIR/model.stablehlo`: a serialized `jax.export.Exported` (StableHLO, batch dimension
   symbolic). Running it needs only `jax`:
@@ -17,7 +18,7 @@ first (as `jaxcifar.predict` does).
   versions inside jax.export's compatibility window.
 * `DIR/saved_model/`: a TensorFlow SavedModel made with `jax2tf` (native serialization: the
   same StableHLO inside one XlaCallModule op). Its `serving_default` signature takes
-  `images` (uint8, [None, 32, 32, 3]) and returns `logits` and `probabilities`, which is
+  `images` (uint8, [None, S, S, 3]) and returns `logits` and `probabilities`, which is
   what TF Serving exposes. Loading it needs a TensorFlow at least as new as the one that
   wrote it (it is checked here with `tf.saved_model.load`, not with a TF Serving binary).
 * `DIR/serving.json`: class names in logit order, input and output specs, provenance.
@@ -47,20 +48,28 @@ SAVED_MODEL_DIR = "saved_model"
 SERVING_FILE = "serving.json"
 PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's built-in platforms
-IMAGE_SHAPE = (32, 32, 3)
-POLY_SHAPE = "b, 32, 32, 3"  # the input's shape for jax.export and jax2tf; b: any batch size
+
+
+def image_shape(run: Run) -> tuple[int, int, int]:
+    """One input image: (S, S, 3) RGB with S the run's image size."""
+    return (run.image_size, run.image_size, 3)
+
+
+def poly_shape(run: Run) -> str:
+    """The input's shape for jax.export and jax2tf; b: any batch size."""
+    return "b, {}, {}, {}".format(*image_shape(run))
 
 
 def export_stablehlo(run: Run, tta: bool = False, platforms: tuple[str, ...] = PLATFORMS) -> jax_export.Exported:
     """The run's `uint8 -> logits` function lowered to StableHLO with a symbolic batch size."""
-    spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(POLY_SHAPE), jnp.uint8)
+    spec = jax.ShapeDtypeStruct(jax_export.symbolic_shape(poly_shape(run)), jnp.uint8)
     return jax_export.export(jax.jit(run.serving_fn(tta)), platforms=platforms)(spec)
 
 
 def load_exported(path: str | pathlib.Path) -> Callable[[np.ndarray], jax.Array]:
     """`images -> logits` from a `model.stablehlo` file (or the export directory holding it).
 
-    The images must have the artefact's input shape, (b, 32, 32, 3) NHWC RGB for any b >= 1,
+    The images must have the artefact's input shape, (b, S, S, 3) NHWC RGB for any b >= 1,
     and be uint8, or an integer array whose values all lie in 0..255 (converted exactly).
     Anything else raises a ValueError saying how to fix it. Floats in particular are refused
     rather than cast: [0, 1] floats cast to uint8 are all zeros, so every image would
@@ -90,8 +99,8 @@ def _check_shape(shape: tuple[int, ...], expected: tuple) -> None:
         raise ValueError(
             f"The exported model takes images of shape ({', '.join(map(str, expected))}), NHWC RGB with any "
             f"batch size b >= 1; got shape {tuple(shape)}. Add a batch axis to a single image (images[None]), "
-            "transpose NCHW to NHWC (images.transpose(0, 2, 3, 1)) and resize other sizes to 32x32 first "
-            "(jaxcifar.predict.load_image does).")
+            "transpose NCHW to NHWC (images.transpose(0, 2, 3, 1)) and resize other sizes to "
+            f"{expected[1]}x{expected[2]} first (jaxcifar.image_files.read_image does).")
 
 
 def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,
@@ -104,10 +113,10 @@ def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,
     tf = import_tf()
     from jax.experimental import jax2tf
 
-    logits_tf = jax2tf.convert(run.serving_fn(tta), polymorphic_shapes=[POLY_SHAPE],
+    logits_tf = jax2tf.convert(run.serving_fn(tta), polymorphic_shapes=[poly_shape(run)],
                                with_gradient=False, native_serialization_platforms=platforms)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="images")],
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape(run)], tf.uint8, name="images")],
                  autograph=False)
     def serve(images):
         logits = logits_tf(images)
@@ -121,10 +130,11 @@ def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,
 def serving_metadata(run: Run, tta: bool, platforms: tuple[str, ...], formats: list[str]) -> dict:
     return {
         "class_names": list(run.class_names),
-        "input": {"name": "images", "dtype": "uint8", "shape": ["b", *IMAGE_SHAPE], "layout": "NHWC",
+        "input": {"name": "images", "dtype": "uint8", "shape": ["b", *image_shape(run)], "layout": "NHWC",
                   "color": "RGB", "range": [0, 255],
-                  "preprocessing": "resize to 32x32 (jaxcifar.predict: Pillow bilinear); normalisation "
-                                   f"({run.config.augment.normalization}) is inside the model"},
+                  "preprocessing": f"resize to {run.image_size}x{run.image_size} (jaxcifar.predict: Pillow "
+                                   f"bilinear); normalisation ({run.config.augment.normalization}) is inside "
+                                   "the model"},
         "output": {"logits": {"dtype": "float32", "shape": ["b", run.num_classes]},
                    "probabilities": "softmax of logits (SavedModel signature only)"},
         "formats": formats,
@@ -172,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcifar.export", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a trained run as StableHLO (jax.export) and/or a TF SavedModel (jax2tf); "
-                    "input uint8 (b, 32, 32, 3) RGB, output float32 logits, any batch size.")
+                    "input uint8 (b, S, S, 3) RGB with S the run's data.image_size (32 for the CIFAR "
+                    "recipes), output float32 logits, any batch size.")
     add_run_arguments(parser)
     parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
     parser.add_argument("--format", choices=("stablehlo", "savedmodel", "both"), default="both",

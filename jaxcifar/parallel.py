@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -50,3 +51,11 @@ def steps_to_global(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
     """This process's (steps, local batch) rows -> a global (steps, batch) array, each step's
     batch sharded over the `data` axis (for an epoch run as one scan)."""
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P(None, "data")), local_rows)
+
+
+def max_over_processes(value: int) -> int:
+    """The largest of every process's `value`. A collective: every process must call it at
+    the same point of the program. With one process, `value` itself, with no device work."""
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))

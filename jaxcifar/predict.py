@@ -1,12 +1,9 @@
 """Classify image files with a trained run: `python -m jaxcifar.predict --workdir W a.png b.jpg`.
 
-Preprocessing (the model only ever saw 32x32 RGB CIFAR-10 images):
-  1. the EXIF orientation is applied (phone photos are often stored sideways);
-  2. the image becomes RGB: transparency (RGBA, LA, palette with a transparent colour) is
-     composited on a white background, greyscale and palette images are converted;
-  3. it is resized to 32x32 with Pillow's bilinear filter (which averages over the whole
-     footprint when shrinking, so large photos are not aliased). The aspect ratio is not
-     kept: a non-square image is squeezed, not cropped, so nothing is cut out of view.
+Preprocessing is the image-file rule of jaxcifar/image_files.py, the one a run trained on a
+folder of images used: EXIF orientation applied, RGB (transparency composited on white),
+resized to the run's image size (`data.image_size`, 32x32 for the CIFAR recipes) with
+Pillow's bilinear filter, squeezed rather than cropped.
 
 Each file is handled on its own: one that is missing or not a readable image gets an
 error line (an "error" field with --json) and the others are still classified. The exit
@@ -17,50 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
 from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image, ImageOps
 
+from jaxcifar.image_files import READ_ERRORS, describe_error, read_image
 from jaxcifar.runs import Run, add_run_arguments, load_run
-
-IMAGE_SIZE = (32, 32)
-BACKGROUND = (255, 255, 255)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB, with transparent pixels composited on white (plain
-    `convert('RGB')` would drop alpha and expose whatever colour hides under it, often black)."""
-    if image.has_transparency_data:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def preprocess(image: Image.Image) -> np.ndarray:
-    """A Pillow image -> uint8 (32, 32, 3) model input (see the module docstring)."""
-    image = to_rgb(ImageOps.exif_transpose(image))
-    return np.asarray(image.resize(IMAGE_SIZE, Image.Resampling.BILINEAR), np.uint8)
-
-
-def load_image(path: str | pathlib.Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return preprocess(image)
-
-
-def describe_error(error: Exception) -> str:
-    """A one-line reason a file could not be read, without a traceback."""
-    if isinstance(error, FileNotFoundError):
-        return "file not found"
-    if isinstance(error, IsADirectoryError):
-        return "is a directory, not an image file"
-    if isinstance(error, Image.UnidentifiedImageError):
-        return "not an image Pillow can read (unknown format or corrupt file)"
-    return f"could not read image: {error}"
 
 
 def top_k(probabilities: np.ndarray, class_names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
@@ -75,9 +36,9 @@ def predict_files(run: Run, paths: list[str], k: int = 3, tta: bool | None = Non
     images, results = {}, []
     for path in paths:
         try:
-            images[path] = load_image(path)
+            images[path] = read_image(path, run.image_size)
             results.append({"file": path})
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except READ_ERRORS as e:
             results.append({"file": path, "error": describe_error(e)})
     if images:
         logits = run.logits(np.stack(list(images.values())), tta=run.resolve_tta(tta))
@@ -104,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m jaxcifar.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Top-k classes of image files (any size, format and colour mode), by a trained run.",
         epilog="Preprocessing: each image is converted to RGB (transparency composited on white,\n"
-               "greyscale/palette converted), EXIF-rotated, and resized to 32x32 with Pillow's bilinear\n"
-               "filter without keeping the aspect ratio.\n"
+               "greyscale/palette converted), EXIF-rotated, and resized to the run's data.image_size\n"
+               "(32x32 for the CIFAR recipes) with Pillow's bilinear filter without keeping the aspect ratio.\n"
                "Exit status: 0 all files classified, 1 some file failed, 2 the run could not be opened.")
     add_run_arguments(parser)
     parser.add_argument("--top_k", type=int, default=3, help="classes to show per image (default 3)")

@@ -1,8 +1,9 @@
 """Open a trained run directory for inference: `load_run(workdir) -> Run`.
 
 The evaluate, predict and export CLIs all need the same four things from a workdir (the
-config it was trained with, its model, one checkpoint's weights, and the class names), and
-they must all turn uint8 pixels into logits exactly as the training loop's eval step does.
+config it was trained with, its model, one checkpoint's weights, and the class names, which
+the training loop recorded in classes.json), and they must all turn uint8 pixels into logits
+exactly as the training loop's eval step does.
 Keeping that in one place means a change to normalisation or the checkpoint layout cannot
 make the three tools disagree with each other or with `summary.json`.
 """
@@ -24,32 +25,20 @@ import numpy as np
 
 from jaxcifar import augment, checkpoint, models, steps
 from jaxcifar import config as config_lib
-from jaxcifar.data import NUM_CLASSES
-
-# TFDS `cifar10` label names, in label order (tensorflow_datasets/cifar10/*/label.labels.txt).
-CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from jaxcifar.workdir import read_class_names
 
 # Logits of uint8 NHWC images: (variables, images, tta) -> float32 (n, num_classes).
 ForwardFn = Callable[[dict, jax.Array, bool], jax.Array]
 
 
-def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Names of the run's output classes, in logit order: with a class subset
-    (`data.classes`), the chosen classes relabelled 0..k-1 in the order given. Other
-    datasets than cifar10 have no names here, so their classes are named by label id."""
-    ids = tuple(config.data.classes) or tuple(range(NUM_CLASSES))
-    if config.data.dataset != "cifar10":
-        return tuple(str(i) for i in ids)
-    return tuple(CIFAR10_CLASS_NAMES[i] for i in ids)
-
-
-def make_forward(model: nn.Module, normalization: str, tta_translate: bool = False) -> ForwardFn:
+def make_forward(model: nn.Module, normalization: str, image_size: int, tta_translate: bool = False) -> ForwardFn:
     """The eval step's input pipeline and model call (steps.make_eval_step), minus the
-    metrics: normalise uint8 pixels as the run was trained, then `predict_logits`."""
+    metrics: resize to the run's image size and normalise uint8 pixels as the run was
+    trained (`augment.model_input`), then `predict_logits`."""
 
     def forward(variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
-        return steps.predict_logits(model, variables, augment.normalize(images, normalization), tta=tta,
-                                    translate=tta_translate)
+        return steps.predict_logits(model, variables, augment.model_input(images, image_size, normalization),
+                                    tta=tta, translate=tta_translate)
 
     return forward
 
@@ -68,7 +57,8 @@ class Run:
     _jitted: Callable[..., jax.Array] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        forward = make_forward(self.model, self.config.augment.normalization, self.config.tta_translate)
+        forward = make_forward(self.model, self.config.augment.normalization, self.image_size,
+                               self.config.tta_translate)
         object.__setattr__(self, "forward", forward)
         object.__setattr__(self, "_jitted", jax.jit(forward, static_argnames="tta"))
 
@@ -76,15 +66,21 @@ class Run:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the model takes (`data.image_size`); predict resizes files to it."""
+        return self.config.data.image_size
+
     def resolve_tta(self, tta: bool | None) -> bool:
         """An explicit choice, else what the run itself evaluated with (`config.tta`), so that
         by default every tool reproduces the accuracy in summary.json."""
         return self.config.tta if tta is None else tta
 
     def logits(self, uint8_images: Any, tta: bool = False) -> jax.Array:
-        """float32 logits (n, num_classes) of uint8 NHWC 32x32 RGB images (see `uint8_pixels`
-        for what else is accepted). Each new batch size compiles once; callers with many
-        batches should keep their size fixed."""
+        """float32 logits (n, num_classes) of uint8 NHWC RGB images of the run's `image_size`
+        (another size is resized on the device, as in training; see `uint8_pixels` for what
+        else is accepted). Each new batch shape compiles once; callers with many batches
+        should keep it fixed."""
         images = uint8_images if isinstance(uint8_images, jax.Array) else np.asarray(uint8_images)
         return self._jitted(self.variables, uint8_pixels(images), tta=tta)
 
@@ -130,7 +126,7 @@ def load_run(workdir: str | pathlib.Path, which: str | int = "best") -> Run:
     """Open `workdir` at checkpoint `which` ('best', 'latest' or a step number)."""
     workdir = pathlib.Path(workdir).absolute()
     config = read_config(workdir)
-    names = class_names(config)
+    names = read_class_names(workdir)
     model = models.create_model(config.model, len(names), **config.model_kwargs.to_dict())
     variables, step = checkpoint.load_variables(workdir, which)
     return Run(workdir, config, model, jax.device_put(variables), int(step), names)

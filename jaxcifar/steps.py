@@ -21,7 +21,7 @@ from jaxcifar import augment
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array  # global optimizer step, across stages
+    step: jax.Array  # global optimizer step, across stages (an early stop skips its stage's remaining steps)
     params: Any
     batch_stats: Any  # BatchNorm running statistics ({} for models without BN)
     opt_state: Any
@@ -85,12 +85,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         run_key = jax.random.wrap_key_data(state.rng)
-        images = augment.augment(jax.random.fold_in(run_key, state.step), batch["image"], config.augment,
+        images = augment.augment(jax.random.fold_in(run_key, state.step),
+                                 augment.resize(batch["image"], config.data.image_size), config.augment,
                                  run_key=run_key, index=batch.get("index"), epoch=state.step // steps_per_epoch)
 
         def loss_fn(params):
             logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                          train=True, freeze_backbone=freeze_backbone, mutable=["batch_stats"])
+                                          train=True, freeze_backbone=freeze_backbone, mutable=["batch_stats"],
+                                          rngs={"dropout": dropout_key(run_key, state.step)})
             loss = cross_entropy(logits, batch["label"], config.label_smoothing)
             return loss.mean(), (logits, updates.get("batch_stats", {}), loss)
 
@@ -116,6 +118,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     return train_step
 
 
+# fold_in(key, i) is split(key, n)[i] (jax_threefry_partitionable), and augmentation splits the
+# step's key in 3: dropout draws from a stream index that no split of it reaches.
+DROPOUT_STREAM = 0x44524F50  # "DROP"
+
+
+def dropout_key(run_key: jax.Array, step: jax.Array) -> jax.Array:
+    """The step's dropout key: like augmentation's, a pure function of (seed, step), so a
+    resumed run replays it exactly."""
+    return jax.random.fold_in(jax.random.fold_in(run_key, step), DROPOUT_STREAM)
+
+
 def gather_batch(split: dict, idx: jax.Array) -> dict:
     """The batch of rows `idx` of a device-resident split (uint8 images, int labels)."""
     return {"image": split["image"][idx], "label": split["label"][idx], "index": idx}
@@ -138,8 +151,8 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Calla
     Uses the EMA weights when the recipe keeps them, and flip TTA when `config.tta`."""
 
     def eval_step(state: TrainState, batch: dict) -> dict:
-        logits = predict_logits(model, eval_variables(state), augment.normalize(batch["image"],
-                                config.augment.normalization), tta=config.tta, translate=config.tta_translate)
+        images = augment.model_input(batch["image"], config.data.image_size, config.augment.normalization)
+        logits = predict_logits(model, eval_variables(state), images, tta=config.tta, translate=config.tta_translate)
         loss = cross_entropy(logits, batch["label"])
         return _metric_sums(logits, batch["label"], loss, batch["mask"])
 

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, models, optim, parallel, steps
-from jaxcifar.checkpoint import Checkpointer
+from jaxcifar import augment, early_stopping, models, optim, parallel, steps
+from jaxcifar.checkpoint import STAGE_BEST, Checkpointer
 from jaxcifar.pretrained import load_pretrained_backbone
 from jaxcifar.workdir import Workdir
 
@@ -37,23 +37,35 @@ log = logging.getLogger("jaxcifar")
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-    """The train and eval splits of a run, in host memory."""
+    """The train and eval splits of a run, in host memory, and its classes. Every label must
+    be below `num_classes` (checked here, the one door all data comes through)."""
 
     train: data_lib.ArraySplit
     eval: data_lib.ArraySplit
     num_classes: int
     extra_evals: dict[str, data_lib.ArraySplit] = dataclasses.field(default_factory=dict)  # final eval only
+    class_names: tuple[str, ...] = ()  # in label order; () names the classes by label id: '0', '1', ...
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            object.__setattr__(self, "class_names", tuple(str(i) for i in range(self.num_classes)))
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names {list(self.class_names)} for "
+                             f"num_classes={self.num_classes}; give one name per class, in label order.")
+        for name, split in {"train": self.train, "eval": self.eval, **self.extra_evals}.items():
+            data_lib.check_labels(split, self.num_classes, name)
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> Data:
-    """The config's train/eval splits, restricted to its class subset and label budget."""
+    """The config's splits (TFDS `data.dataset` or `data.image_folder`), restricted to its
+    class subset, with its validation part held out of train and the label budget applied."""
     d = config.data
-    train = data_lib.load_split(d.train_split, data_dir, d.dataset)
-    train = data_lib.select_examples(train, tuple(d.classes), d.examples_per_class)
-    evals = {split: data_lib.select_examples(data_lib.load_split(split, data_dir, d.dataset), tuple(d.classes))
-             for split in (d.eval_split, *d.extra_eval_splits)}
-    num_classes = len(d.classes) or data_lib.NUM_CLASSES
-    return Data(train, evals.pop(d.eval_split), num_classes, evals)
+    whole_train = data_lib.read_split(d, d.train_split, data_dir)
+    train = data_lib.select_examples(data_lib.hold_out(whole_train, d.validation_fraction)[0],
+                                     examples_per_class=d.examples_per_class)
+    extra_evals = {split: data_lib.read_split(d, split, data_dir) for split in d.extra_eval_splits}
+    names = data_lib.class_names(d, data_dir)  # after reading: TFDS knows some names only once prepared
+    return Data(train, data_lib.load_eval_split(d, data_dir, whole_train), len(names), extra_evals, names)
 
 
 @dataclasses.dataclass
@@ -80,7 +92,8 @@ def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
 
 
 class StopRequested(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint has been written."""
+    """SIGTERM/SIGINT reached this process or, in a multi-process run, another one; every
+    process stopped at the same step and a checkpoint has been written."""
 
     def __init__(self, signum: int, step: int, workdir: pathlib.Path):
         super().__init__(f"Stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in {workdir}. "
@@ -105,7 +118,7 @@ class Trainer:
         self.config = config
         self.mesh = parallel.make_mesh()
         config_lib.validate(config, jax.device_count())
-        self.workdir = Workdir(workdir, config, overwrite=overwrite)
+        self.workdir = Workdir(workdir, config, overwrite=overwrite, class_names=data.class_names)
         self.data = data
         self.model = models.create_model(config.model, data.num_classes, **config.model_kwargs.to_dict())
         self.stages = plan_stages(config)
@@ -126,12 +139,14 @@ class Trainer:
     # ----- state -----
     def initial_state(self) -> steps.TrainState:
         rng = jax.random.key(self.config.seed)
-        create = lambda: steps.create_state(self.model, rng, ema=self.config.ema_decay > 0,  # noqa: E731
+        size = self.config.data.image_size
+        create = lambda: steps.create_state(self.model, rng, (1, size, size, 3),  # noqa: E731
+                                            ema=self.config.ema_decay > 0,
                                             lookahead=self.config.lookahead_every > 0)
         state = jax.jit(create, out_shardings=self.replicated)()
         data_init = models.DATA_DEPENDENT_INIT.get(self.config.model)
         if data_init is not None:  # e.g. airbench's whitening layer, from 5,000 training images
-            sample = augment.normalize(self.data.train.images[:5000], self.config.augment.normalization)
+            sample = augment.model_input(self.data.train.images[:5000], size, self.config.augment.normalization)
             state = state.replace(params=jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated))
         if self.init_from:
             state = load_pretrained_backbone(self.init_from, state, self.model)
@@ -229,15 +244,23 @@ class Trainer:
         wall_before = record["totals"]["wall_seconds"]
         history: list[dict] = record["history"]
         totals: dict[str, float] = record["totals"]  # cumulative over resumed invocations
+        stopped_early: list[dict] = record.get("stopped_early", [])  # absent from records before early stopping
+        stopper = self._stopper(record)
         state_stage = self.stages[record["stage_index"]]
         total_epochs = self.stages[-1].end_epoch
         partial_epoch = record.pop("partial_epoch", None)  # saved by a stop mid-epoch
         self._install_signal_handlers()
         try:
+            state = self._end_stage_if_over(state, stopper, stopped_early)  # the checkpoint may be a stage's end
             while (epoch := int(state.step) // self.steps_per_epoch) < total_epochs:
                 stage = stage_of_epoch(self.stages, epoch)
                 if stage.index != state_stage.index:
                     state, state_stage = self.with_fresh_opt_state(state, stage), stage
+                if stopper is not None and stopper.stage_index != stage.index:
+                    stopper = early_stopping.start(self.config, stage.index)
+                record = {"stage_index": stage.index, "history": history, "totals": totals,
+                          "early_stopping": None if stopper is None else early_stopping.to_json(stopper),
+                          "stopped_early": stopped_early}
                 state, sums, seconds, compile_s = self.train_epoch(state, stage, epoch, record, partial_epoch)
                 partial_epoch = None
                 totals["train_seconds"] += seconds
@@ -255,16 +278,24 @@ class Trainer:
                 if jax.process_index() == 0:
                     tqdm.write(epoch_line(entry, total_epochs))
                 totals["wall_seconds"] = wall_before + time.time() - start_time
-                self.checkpointer.save(state, {"stage_index": stage.index, "history": history, "totals": totals},
-                                       metrics={"eval_accuracy": eval_metrics["accuracy"]})
-                # A signal that arrived during a scanned epoch; after the last one, the run
-                # finishes instead (only the final evaluation is left).
-                if self._stop_signal is not None and int(state.step) < total_epochs * self.steps_per_epoch:
-                    self._stop(state)
+                metrics = {"eval_accuracy": eval_metrics["accuracy"]}
+                if stopper is not None:
+                    stopper = early_stopping.update(self.config, stopper, entry)
+                    record["early_stopping"] = early_stopping.to_json(stopper)
+                    metrics[STAGE_BEST] = stopper.has_improved  # kept for the stage's end to restore
+                self.checkpointer.save(state, record, metrics=metrics)
+                state = self._end_stage_if_over(state, stopper, stopped_early)
+                # A signal that arrived during a scanned epoch or the epoch's last step; after
+                # the last epoch the run finishes instead (only the final evaluation is left).
+                if int(state.step) < total_epochs * self.steps_per_epoch and (signum := self._agreed_stop_signal()):
+                    self._stop(signum, state)
         finally:
             self._restore_signal_handlers()
             self.checkpointer.wait()
         final = self.evaluate(state)
+        final_weights_epoch = history[-1]["epoch"] if history else None
+        if stopper is not None:  # the last stage ended on its best epoch's weights
+            final_weights_epoch = stopper.best_epoch
         summary = {
             "test_accuracy": final["accuracy"],
             "test_loss": final["loss"],
@@ -274,8 +305,11 @@ class Trainer:
                                     for name, split in self.data.extra_evals.items()},
             "best_eval_accuracy": max((h["eval_accuracy"] for h in history), default=None),
             "best_step": self.checkpointer.best_step(),
-            "epochs_completed": int(state.step) // self.steps_per_epoch,
-            "steps": int(state.step),
+            # Epochs trained; an early stop skips the rest of its stage (and state.step with it).
+            "epochs_completed": len(history),
+            "steps": len(history) * self.steps_per_epoch,
+            "stopped_early": stopped_early,
+            "final_weights_epoch": final_weights_epoch,  # whose weights the final evaluation is of
             "wall_seconds": wall_before + time.time() - start_time,
             "train_seconds": totals["train_seconds"],
             "compile_seconds": totals["compile_seconds"],
@@ -294,7 +328,8 @@ class Trainer:
         """One epoch (or its remainder after a resume, continuing the metric sums and seconds
         of its first part from `partial_epoch`, so a resumed epoch's metrics cover all of it).
         Metrics stay on the device and are pulled to the host only every `log_every_steps`
-        steps, for the progress bar."""
+        steps, for the progress bar. A stop signal saves a mid-epoch checkpoint, except in
+        the epoch's last step, where `run` stops once the epoch is evaluated and saved."""
         start_step = int(state.step) - epoch * self.steps_per_epoch
         if self.config.data.scan_epoch:
             return self._train_epoch_scanned(state, stage, epoch, start_step)
@@ -322,9 +357,10 @@ class Trainer:
                                 img_s=f"{float(window['count']) / (now - t_window):.0f}")
                 bar.update(self.config.log_every_steps)
                 window, t_window = None, now
-            if self._stop_signal is not None:
+            more_steps_in_epoch = start_step + i + 1 < self.steps_per_epoch
+            if more_steps_in_epoch and self._stop_check_due(i + 1) and (signum := self._agreed_stop_signal()):
                 partial = {"sums": steps.sums_to_host(sums), "seconds": seconds_before + time.time() - t0}
-                self._save_and_stop(state, dict(record, stage_index=stage.index, partial_epoch=partial))
+                self._save_and_stop(signum, state, dict(record, partial_epoch=partial))
         jax.block_until_ready(sums)
         seconds = seconds_before + time.time() - t0
         bar.close()
@@ -357,6 +393,39 @@ class Trainer:
         schedule = optim.make_schedule(stage.config, self.steps_per_epoch)
         return float(schedule(int(state.step) - stage.first_epoch * self.steps_per_epoch))
 
+    # ----- early stopping -----
+    def _stopper(self, record: dict) -> early_stopping.StageStopper | None:
+        """Early stopping's count for the checkpoint's stage, as saved with it (None when off)."""
+        if not early_stopping.is_enabled(self.config):
+            return None
+        saved = record.get("early_stopping")
+        if saved is None:
+            return early_stopping.start(self.config, record["stage_index"])
+        return early_stopping.from_json(self.config, saved)
+
+    def _end_stage_if_over(self, state: steps.TrainState, stopper: early_stopping.StageStopper | None,
+                           stopped_early: list[dict]) -> steps.TrainState:
+        """Once the stopper's stage is over (its patience ran out, or its epochs did): the
+        weights of its best epoch, restored from that epoch's checkpoint, at the next stage's
+        first step, so that stage keeps its planned schedule and data order. An early stop is
+        appended to `stopped_early`. Follows from the checkpoint's record alone, so a run
+        resumed from the checkpoint saved just before does the same."""
+        if stopper is None:
+            return state
+        stage = self.stages[stopper.stage_index]
+        end_step = stage.end_epoch * self.steps_per_epoch
+        if not stopper.should_stop and int(state.step) < end_step:
+            return state
+        if stopper.should_stop:
+            stopped_early.append(early_stopping.report(self.config, stopper, stage.name,
+                                                       int(state.step) // self.steps_per_epoch))
+            log.info("Stage %r stopped early after epoch %d: %s did not improve for %d epochs. Going on from its "
+                     "best epoch, %d.", stage.name, stopped_early[-1]["epoch"], self.config.early_stopping.metric,
+                     self.config.early_stopping.patience, stopper.best_epoch)
+        if stopper.best_step not in (None, int(state.step)):  # None: the stage trained no epoch
+            state, _ = self.checkpointer.restore(stopper.best_step, state)
+        return state.replace(step=jax.device_put(np.int32(end_step), self.replicated))
+
     # ----- failure handling -----
     def _check_finite(self, metrics: dict) -> None:
         """Stop before a non-finite state can be checkpointed; the last good checkpoint stays."""
@@ -376,14 +445,34 @@ class Trainer:
         for s, h in getattr(self, "_previous_handlers", {}).items():
             signal.signal(s, h)
 
-    def _save_and_stop(self, state: steps.TrainState, record: dict) -> None:
+    def _stop_check_due(self, steps_done: int) -> bool:
+        """Whether to act on a stop signal after this step. A lone process acts at once; several
+        must agree first, or one would enter Orbax's collective save while the others enter
+        the next step's all-reduce, and all would hang. Agreeing syncs the host with the
+        devices, so they agree where the loop syncs anyway, every `log_every_steps` steps."""
+        return jax.process_count() == 1 or steps_done % self.config.log_every_steps == 0
+
+    def _agreed_stop_signal(self) -> int | None:
+        """The stop signal that reached any process (the highest number if several), or None.
+        Every process must ask at the same point of the loop.
+
+        Why not JAX's preemption service (`multihost_utils.reached_preemption_sync_point`):
+        it does work with a plain SIGTERM on CPU with gloo in jax 0.10.2 (both processes met
+        at the same step), but its C++ SIGTERM notifier is silenced by any Python SIGTERM
+        handler, it never hears SIGINT, it cannot tell the other processes which signal came,
+        and it wants a call at every step with consecutive numbers, which a scanned epoch
+        does not make. One all-gathered scalar at a point where the loop syncs covers both
+        signals and both epoch paths, and a single process skips it."""
+        return parallel.max_over_processes(self._stop_signal or 0) or None
+
+    def _save_and_stop(self, signum: int, state: steps.TrainState, record: dict) -> None:
         """Mid-epoch checkpoint (no eval metrics, so it never counts as 'best'), then stop."""
         self.checkpointer.save(state, record)
-        self._stop(state)
+        self._stop(signum, state)
 
-    def _stop(self, state: steps.TrainState) -> None:
+    def _stop(self, signum: int, state: steps.TrainState) -> None:
         self.checkpointer.wait()
-        raise StopRequested(self._stop_signal, int(state.step), self.workdir.path)
+        raise StopRequested(signum, int(state.step), self.workdir.path)
 
 
 def epoch_line(entry: dict, total_epochs: int) -> str:

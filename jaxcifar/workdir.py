@@ -1,5 +1,9 @@
-"""A run directory: its config, per-epoch logs (metrics.jsonl + TensorBoard events) and
-summary.json. Only process 0 writes logs; every process sees the same directory.
+"""A run directory: its config, its class names (classes.json), per-epoch logs (metrics.jsonl
++ TensorBoard events) and summary.json. Only process 0 writes logs; every process sees the
+same directory.
+
+classes.json records the class names in logit order, so that evaluate, predict and export
+name the classes without reading the data (which an image folder's run may no longer have).
 
 A workdir belongs to one run. Reusing it with a config that would change the run's
 result is refused (resume would silently mix two runs); `--overwrite` moves the old
@@ -23,6 +27,7 @@ log = logging.getLogger("jaxcifar")
 
 # Fields that may change between the runs sharing a workdir without changing the result.
 RESUMABLE_CHANGES = ("log_every_steps", "keep_checkpoints", "eval_batch_size", "tta")
+CLASSES_FILE = "classes.json"
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -57,15 +62,32 @@ def with_defaults(stored: dict, defaults: dict) -> dict:
     return out
 
 
+def read_class_names(workdir: str | pathlib.Path) -> tuple[str, ...]:
+    """The class names a run was trained with, in logit order."""
+    path = pathlib.Path(workdir) / CLASSES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run in {workdir} was trained before jaxcifar recorded its "
+                                "classes. Run its training command once more: it resumes, finds the run complete, "
+                                f"and writes {CLASSES_FILE}.")
+    return tuple(json.loads(path.read_text())["class_names"])
+
+
 class Workdir:
-    def __init__(self, path: str | pathlib.Path, config: ml_collections.ConfigDict, overwrite: bool = False):
+    def __init__(self, path: str | pathlib.Path, config: ml_collections.ConfigDict, overwrite: bool = False,
+                 class_names: tuple[str, ...] | None = None):
+        """`class_names` (the data's, in label order) are recorded in classes.json; a workdir
+        whose run had other classes is refused like one with another config."""
         self.path = pathlib.Path(path).absolute()
         self.is_writer = jax.process_index() == 0
         new = config_json(config)
         config_file = self.path / "config.json"
+        classes_file = self.path / CLASSES_FILE
         if config_file.exists():
             stored = with_defaults(json.loads(config_file.read_text()), config_json(config_lib.default_config()))
             diff = incompatible_fields(stored, new)
+            recorded = read_class_names(self.path) if classes_file.exists() else None
+            if class_names is not None and recorded is not None and recorded != tuple(class_names):
+                diff.append(f"class names: {list(recorded)} -> {list(class_names)}")
             if diff and not overwrite:
                 raise FileExistsError(
                     f"Workdir {self.path} holds a run with a different config ({'; '.join(diff)}). "
@@ -77,6 +99,8 @@ class Workdir:
         if self.is_writer:
             self.path.mkdir(parents=True, exist_ok=True)
             config_file.write_text(json.dumps(new, indent=2))
+            if class_names is not None:
+                classes_file.write_text(json.dumps({"class_names": list(class_names)}, indent=2))
         self._tb = None
 
     def rewrite_log(self, history: list[dict]) -> None:

@@ -80,3 +80,11 @@ def crash_on_first_save(monkeypatch, fit):
         patch.setattr(Checkpointer, "save", save_then_crash)
         with pytest.raises(CrashAfterSave):
             fit()
+
+
+def fit_tiny_run(workdir):
+    """A trained run on synthetic data (1 epoch of tiny_config), opened at its latest checkpoint."""
+    from jaxcifar import runs, train
+
+    train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10))
+    return runs.load_run(workdir, "latest")

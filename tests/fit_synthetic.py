@@ -76,7 +76,11 @@ def main(argv: list[str]) -> None:
         if item.startswith("--config."):
             config_lib.override(cfg, *item[len("--config."):].split("=", 1))
     data = train.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
-    summary = train.fit(cfg, workdir, data=data)
+    try:
+        summary = train.fit(cfg, workdir, data=data)
+    except train.StopRequested as e:  # exit as the CLI does: 128 + the signal
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(e.exit_status)
     import jax
 
     digest = params_digest(workdir)  # an Orbax restore is collective: every process takes part

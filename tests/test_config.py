@@ -40,6 +40,8 @@ def test_wrong_type_is_rejected():
     ("batch_size", "100", "divisible by the 8 devices"),
     ("lr", "0.0", "lr=0.0 must be positive"),
     ("optimizer", "'rmsprop'", "use sgd, adam or adamw"),
+    ("early_stopping.patience", "-1", "early_stopping.patience=-1 and min_delta=0.0 must not be negative"),
+    ("model_kwargs.dropout", "1.0", r"model_kwargs.dropout=1.0 must be in \[0, 1\)"),
 ])
 def test_validation_errors_name_the_field(key, value, message):
     cfg = build_config("simple_cnn", [(key, value)])

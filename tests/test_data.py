@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from jaxcifar import augment, data as data_lib
-from tests.conftest import synthetic_split
+from jaxcifar import augment, data as data_lib, image_files, train
+from jaxcifar.runs import load_run
+from tests.conftest import synthetic_split, tiny_config
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
@@ -77,3 +78,74 @@ def test_real_cifar10_splits(shared_data_dir):
     np.testing.assert_allclose(mean, augment.CIFAR10_MEAN, atol=0.05)
     np.testing.assert_allclose(train.images.reshape(-1, 3).std(0), augment.CIFAR10_STD, atol=0.05)
     assert np.bincount(test.labels).tolist() == [103, 89, 100, 103, 90, 86, 112, 102, 106, 109]
+
+
+# ----- any TFDS image-classification dataset: class count, names and image size from its info -----
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def test_cifar10_class_names_come_from_its_tfds_info(shared_data_dir):
+    assert data_lib.tfds_class_names("cifar10", shared_data_dir) == CIFAR10_NAMES
+    config = tiny_config(data={"classes": (9, 3)})
+    assert data_lib.class_names(config.data, shared_data_dir) == ("truck", "cat")
+
+
+@pytest.mark.parametrize("dataset, num_classes, native_shape", [
+    ("cifar100", 100, (32, 32, 3)),
+    ("svhn_cropped", 10, (32, 32, 3)),
+    ("mnist", 10, (28, 28, 3)),  # greyscale made RGB on the host, resized to 32x32 on the device
+])
+def test_other_tfds_datasets_train_with_their_own_class_count(tmp_path, dataset, num_classes, native_shape):
+    import tensorflow_datasets as tfds
+
+    config = tiny_config(epochs=1, data={"dataset": dataset})
+    with tfds.testing.mock_data(num_examples=64):
+        data = train.load_data(config)
+        assert data.num_classes == num_classes and len(data.class_names) == num_classes
+        assert data.train.images.shape[1:] == native_shape
+        summary = train.fit(config, tmp_path, data=data)
+    if num_classes > 10:  # labels >= 10 exist and train (a 10-way head made them all-zero targets)
+        assert data.train.labels.max() >= 10
+    run = load_run(tmp_path, "latest")
+    assert run.class_names == data.class_names and run.variables["params"]["head"]["kernel"].shape[-1] == num_classes
+    logits = np.asarray(run.logits(data.eval.images))  # native size in, resized on the device as in training
+    accuracy = float(np.mean(logits.argmax(-1) == data.eval.labels))
+    assert logits.shape == (len(data.eval), num_classes) and accuracy == pytest.approx(summary["test_accuracy"])
+
+
+def test_a_tfds_dataset_of_varying_image_sizes_is_resized_by_the_image_file_rule():
+    import tensorflow_datasets as tfds
+
+    config = tiny_config(data={"dataset": "tf_flowers", "validation_fraction": 0.25, "image_size": 24})
+    with tfds.testing.mock_data(num_examples=20):
+        data = train.load_data(config)
+    assert data.class_names[:2] == ("dandelion", "daisy")  # tf_flowers names its classes in code
+    assert data.train.images.shape[1:] == (24, 24, 3) and len(data.train) + len(data.eval) == 20
+
+
+def test_device_resize_and_host_resize_are_the_same_filter():
+    """The two places images are resized (fixed-size TFDS images on the device, image files
+    on the host) agree within the host's rounding to whole grey levels, up and down."""
+    rng = np.random.default_rng(0)
+    for height, width in ((28, 28), (64, 64), (100, 37), (17, 50)):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        device = np.asarray(augment.resize(pixels[None], 32)[0])
+        np.testing.assert_allclose(device, image_files.array_to_model_image(pixels, 32), atol=1.0)
+    same_size = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    assert augment.resize(same_size, 32) is same_size  # the CIFAR path computes nothing extra
+
+
+def test_labels_beyond_the_class_count_are_refused():
+    split = synthetic_split(20)
+    with pytest.raises(ValueError, match=r"train split has labels from 1 to 12, but the run has 10 classes"):
+        train.Data(data_lib.ArraySplit(split.images, np.where(split.labels == 0, 12, split.labels)), split, 10)
+    with pytest.raises(ValueError, match="3 class names"):
+        train.Data(split, split, 10, class_names=("a", "b", "c"))
+    assert train.Data(split, split, 10).class_names == tuple(str(i) for i in range(10))
+
+
+def test_a_class_subset_beyond_the_dataset_is_refused(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=8), pytest.raises(ValueError, match=r"class ids \[10\].*has 10 classes"):
+        train.load_data(tiny_config(data={"dataset": "svhn_cropped", "classes": (1, 10)}))

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -113,3 +114,29 @@ def test_load_exported_refuses_other_shapes(exported, shape):
     _, out = exported
     with pytest.raises(ValueError, match=rf"shape \(b, 32, 32, 3\).*got shape {re.escape(str(shape))}.*images\[None\]"):
         export.load_exported(out)(np.zeros(shape, np.uint8))
+
+
+def test_a_run_with_another_image_size_exports_and_predicts_at_that_size(tmp_path):
+    """image_size=24 on 32x32 data: training resizes on the device; the artefact takes 24x24
+    and predict resizes files to 24x24 with the image-file rule."""
+    from PIL import Image
+
+    from jaxcifar import image_files, predict
+
+    data = train.Data(synthetic_split(64, 0), synthetic_split(20, 1), 10, class_names=tuple("abcdefghij"))
+    train.fit(tiny_config(epochs=1, data={"image_size": 24}), tmp_path / "run", data=data)
+    run = load_run(tmp_path / "run", "latest")
+    assert run.image_size == 24 and run.class_names == tuple("abcdefghij")
+    export.export_run(run, tmp_path / "out", "stablehlo", platforms=("cpu",))
+    meta = json.loads((tmp_path / "out" / export.SERVING_FILE).read_text())
+    assert meta["input"]["shape"] == ["b", 24, 24, 3] and meta["class_names"] == list("abcdefghij")
+    small = np.asarray(augment.resize(data.eval.images[:3], 24)).round().astype(np.uint8)
+    np.testing.assert_allclose(np.asarray(export.load_exported(tmp_path / "out")(small)),
+                               np.asarray(run.logits(small)), atol=1e-5)
+    with pytest.raises(ValueError, match=r"shape \(b, 24, 24, 3\).*resize other sizes to 24x24"):
+        export.load_exported(tmp_path / "out")(data.eval.images[:3])
+    Image.fromarray(data.eval.images[0]).save(tmp_path / "image.png")
+    [result] = predict.predict_files(run, [str(tmp_path / "image.png")], k=10)
+    expected = np.asarray(jax.nn.softmax(run.logits(image_files.read_image(tmp_path / "image.png", 24)[None])[0]))
+    got = {p["class"]: p["probability"] for p in result["predictions"]}
+    np.testing.assert_allclose([got[name] for name in run.class_names], expected, atol=1e-6)

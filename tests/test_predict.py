@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcifar import predict, train
+from jaxcifar import image_files, predict, train
 from jaxcifar.runs import load_run
 from tests.conftest import synthetic_split, tiny_config
 
@@ -40,15 +40,17 @@ GOOD = ("rgb.png", "photo.jpg", "grey.png", "rgba.png", "large.png")
 
 
 def test_preprocess_converts_modes_and_sizes():
+    preprocess = lambda image: image_files.to_model_image(image, 32)  # noqa: E731
     transparent_red = Image.new("RGBA", (10, 20), (255, 0, 0, 0))
-    assert (predict.preprocess(transparent_red) == 255).all()  # composited on white, not red or black
+    assert (preprocess(transparent_red) == 255).all()  # composited on white, not red or black
     half = Image.new("LA", (64, 64), (0, 128))
-    np.testing.assert_allclose(predict.preprocess(half), 127, atol=1)  # black at 50% alpha over white
-    grey = predict.preprocess(Image.new("L", (5, 5), 77))
+    np.testing.assert_allclose(preprocess(half), 127, atol=1)  # black at 50% alpha over white
+    grey = preprocess(Image.new("L", (5, 5), 77))
     assert grey.shape == (32, 32, 3) and (grey == 77).all()
     palette = Image.new("P", (40, 80), 3)
     palette.putpalette([0, 0, 0] * 3 + [10, 20, 30])
-    assert predict.preprocess(palette).shape == (32, 32, 3) and (predict.preprocess(palette) == (10, 20, 30)).all()
+    assert preprocess(palette).shape == (32, 32, 3) and (preprocess(palette) == (10, 20, 30)).all()
+    assert image_files.to_model_image(Image.new("RGB", (50, 10)), 24).shape == (24, 24, 3)
 
 
 def test_every_readable_image_gets_probabilities_that_match_run_logits(run, images):
@@ -57,7 +59,7 @@ def test_every_readable_image_gets_probabilities_that_match_run_logits(run, imag
         assert "error" not in result, result
         probs = {p["class"]: p["probability"] for p in result["predictions"]}
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
-        expected = np.asarray(jax.nn.softmax(run.logits(predict.load_image(images[name])[None])[0]))
+        expected = np.asarray(jax.nn.softmax(run.logits(image_files.read_image(images[name], 32)[None])[0]))
         np.testing.assert_allclose([probs[c] for c in run.class_names], expected, atol=1e-6)
         assert [p["probability"] for p in result["predictions"]] == sorted(probs.values(), reverse=True)
 

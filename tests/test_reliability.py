@@ -1,9 +1,10 @@
 """Crash safety: exact resume after SIGKILL, SIGTERM saves, restore on another device
-count, two-process data parallelism, and clear errors that lose nothing."""
+count, two-process data parallelism and stops, and clear errors that lose nothing."""
 
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -107,21 +108,93 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_two_processes(workdir, *args):
+    """Both processes of a jax.distributed run on this machine (CPU collectives through gloo)."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    return [start(workdir, *args, f"--distributed.coordinator={coordinator}", "--distributed.num_processes=2",
+                  f"--distributed.process_id={i}", env={"XLA_FLAGS": ""}) for i in range(2)]
+
+
+def finish(procs, timeout):
+    """[(stdout, stderr)] of every process once all have exited; fails (TimeoutExpired) if one
+    is still running `timeout` s later, and kills whatever is left."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def two_process_result(procs, timeout=300):
+    outs = finish(procs, timeout)
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert not any(l.startswith("RESULT ") for l in outs[1][0].splitlines())  # only process 0 reports
+    return json.loads(next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))[7:])
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     args = ("--config.epochs=2", "--config.eval_batch_size=40")
-    coordinator = f"127.0.0.1:{free_port()}"
-    procs = [start(tmp_path / "multi", *args, f"--distributed.coordinator={coordinator}",
-                   "--distributed.num_processes=2", f"--distributed.process_id={i}", env={"XLA_FLAGS": ""})
-             for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
-    multi = json.loads(next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))[7:])
-    assert not any(l.startswith("RESULT ") for l in outs[1][0].splitlines())  # only process 0 reports
+    multi = two_process_result(start_two_processes(tmp_path / "multi", *args))
     single = result(start(tmp_path / "single", *args,
                           env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
     assert multi["summary"]["processes"] == 2 and multi["summary"]["devices"] == 2
     # Two processes sum gradients through gloo in another order: rounding drift (conftest.TRAJECTORY_RTOL).
     np.testing.assert_allclose(multi["train_loss"], single["train_loss"], rtol=TRAJECTORY_RTOL)
+
+
+TWO_PROCESS_STOP_ARGS = {
+    "tf_data": ("--config.epochs=8", "--config.eval_batch_size=40"),  # tiny_config: log_every_steps=2
+    "scanned": ("--config.epochs=8", "--config.eval_batch_size=40", "--config.data.device_resident=True",
+                "--config.data.scan_epoch=True"),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_two_process_run(tmp_path_factory):
+    """epoch path -> process 0's RESULT of an uninterrupted two-process run (run once per path)."""
+    results = {}
+
+    def get(epoch_path):
+        if epoch_path not in results:
+            workdir = tmp_path_factory.mktemp(f"uninterrupted_{epoch_path}")
+            results[epoch_path] = two_process_result(start_two_processes(workdir, *TWO_PROCESS_STOP_ARGS[epoch_path]))
+        return results[epoch_path]
+
+    return get
+
+
+def wait_for_logged_epochs(workdir, n, procs, timeout=240):
+    deadline = time.time() + timeout
+    log = workdir / "metrics.jsonl"
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if log.exists() and len(log.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} epochs were not logged in {workdir}")
+
+
+@pytest.mark.parametrize("epoch_path,signalled", [("tf_data", (1,)), ("tf_data", (0, 1)), ("scanned", (0,))],
+                         ids=["one_process", "both_processes", "one_process_scanned_epochs"])
+def test_sigterm_to_any_process_stops_every_process_at_one_step_and_resume_is_bit_identical(
+        tmp_path, uninterrupted_two_process_run, epoch_path, signalled):
+    # A process that saved on its own would wait in Orbax's collective save while the other
+    # waits in the next step's all-reduce: both would hang until `finish` gives up.
+    args = TWO_PROCESS_STOP_ARGS[epoch_path]
+    workdir = tmp_path / "stopped"
+    procs = start_two_processes(workdir, *args)
+    wait_for_logged_epochs(workdir, 2, procs)  # compiled, in the training loop
+    for i in signalled:
+        procs[i].send_signal(signal.SIGTERM)
+    outs = finish(procs, timeout=60)
+    errs = [err for _, err in outs]
+    assert [p.returncode for p in procs] == [143, 143], errs[0][-2000:] + errs[1][-2000:]  # 128 + SIGTERM
+    stopped_at = {int(re.search(r"Stopped by SIGTERM at step (\d+); checkpoint saved", err).group(1)) for err in errs}
+    assert len(stopped_at) == 1 and Checkpointer(workdir).steps()[-1] == stopped_at.pop()
+    resumed = two_process_result(start_two_processes(workdir, *args))
+    straight = uninterrupted_two_process_run(epoch_path)
+    assert resumed["digest"] == straight["digest"]
+    assert resumed["train_loss"] == straight["train_loss"]
 
 
 def test_incompatible_workdir_is_refused_then_moved_aside_with_overwrite(tmp_path, tiny_data):

@@ -1,7 +1,9 @@
 """Model registry: every model has ``backbone`` and ``head`` submodules.
 
 Contract: ``model.apply(variables, x, train=..., freeze_backbone=...)`` takes
-normalised float32 NHWC images and returns float32 logits.
+normalised float32 NHWC images and returns float32 logits. Every model takes a
+``dropout`` rate for the features entering its head; with ``train=True`` and a rate
+above 0 it needs ``rngs={'dropout': key}``.
 """
 
 from collections.abc import Callable
@@ -31,7 +33,7 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a registered model; ``kwargs`` (``dtype``, ``input_size``) go to its constructor."""
+    """Build a registered model; ``kwargs`` (``dtype``, ``input_size``, ``dropout``) go to its constructor."""
     try:
         factory = _REGISTRY[name]
     except KeyError:

@@ -76,15 +76,18 @@ class Airbench(nn.Module):
     num_classes: int = 10
     dtype: jnp.dtype = jnp.float32
     scale: float = 1 / 9  # airbench's output scaling
+    dropout: float = 0.0  # on the pooled features entering the head, in training only (airbench has none)
 
     def setup(self) -> None:
         self.backbone = AirbenchBackbone(self.dtype)
+        self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_default_init, dtype=self.dtype)
 
     def __call__(self, x: jax.Array, *, train: bool, freeze_backbone: bool = False) -> jax.Array:
         features = self.backbone(x, use_running_average=(not train) or freeze_backbone)
         if freeze_backbone:
             features = jax.lax.stop_gradient(features)
+        features = self.head_dropout(features, deterministic=not train)
         return (self.head(features) * self.scale).astype(jnp.float32)
 
 

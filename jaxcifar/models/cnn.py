@@ -42,16 +42,18 @@ class SimpleCNN(nn.Module):
 
     num_classes: int = 10
     dtype: jnp.dtype = jnp.float32
+    dropout: float = 0.0  # on the features entering the head, in training only
 
     def setup(self) -> None:
         self.backbone = CNNBackbone(dtype=self.dtype)
+        self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, dtype=self.dtype)
 
     def __call__(self, x: jax.Array, *, train: bool, freeze_backbone: bool = False) -> jax.Array:
-        """``train`` is unused (no BatchNorm/dropout) but kept for the shared model contract."""
-        del train
+        """``train`` turns dropout on (it needs ``rngs={'dropout': key}`` then)."""
         features = self.backbone(x)
         if freeze_backbone:
             # No gradient is needed through a frozen backbone; this lets XLA drop its backward pass.
             features = jax.lax.stop_gradient(features)
+        features = self.head_dropout(features, deterministic=not train)
         return self.head(features).astype(jnp.float32)

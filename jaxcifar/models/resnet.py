@@ -142,11 +142,13 @@ class ResNet(nn.Module):
     width: int = 64  # smaller widths (with fewer stage_sizes) give toy ResNets for tests
     dtype: jnp.dtype = jnp.float32
     input_size: int | None = None
+    dropout: float = 0.0  # on the pooled features entering the head, in training only
 
     def setup(self) -> None:
         self.backbone = ResNetBackbone(
             self.stage_sizes, self.block_cls, stem=self.stem, width=self.width, dtype=self.dtype
         )
+        self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, dtype=self.dtype)
 
     def __call__(self, x: jax.Array, *, train: bool, freeze_backbone: bool = False) -> jax.Array:
@@ -157,4 +159,5 @@ class ResNet(nn.Module):
         features = self.backbone(x, use_running_average=(not train) or freeze_backbone)
         if freeze_backbone:
             features = jax.lax.stop_gradient(features)
+        features = self.head_dropout(features, deterministic=not train)
         return self.head(features).astype(jnp.float32)

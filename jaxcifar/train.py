@@ -299,7 +299,7 @@ class Trainer:
         summary = {
             "test_accuracy": final["accuracy"],
             "test_loss": final["loss"],
-            "eval_split": self.config.data.eval_split,
+            "eval_split": data_lib.eval_split_name(self.config.data),
             "eval_examples": len(self.data.eval),
             "extra_eval_accuracy": {name: self.evaluate(state, split)["accuracy"]
                                     for name, split in self.data.extra_evals.items()},
@@ -517,7 +517,8 @@ def help_epilog(argv: list[str]) -> str:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
     parser = argparse.ArgumentParser(
-        prog="python -m jaxcifar.train", description="Train a CIFAR-10 classifier with JAX.",
+        prog="python -m jaxcifar.train",
+        description="Train an image classifier (CIFAR-10, any TFDS dataset, or a folder of images) with JAX.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog(argv))
     parser.add_argument("--config", required=True, help="recipe name or path to a config file")
     parser.add_argument("--workdir", required=True, help="run directory: checkpoints, logs, summary.json")

@@ -221,3 +221,6 @@ def test_evaluate_names_a_held_out_split_after_the_train_split(folder, tmp_path)
     held_out = folder_config(folder, data={"image_folder": str(folder), "validation_fraction": 0.25})
     assert data_lib.eval_split_name(held_out.data) == "train-validation"
     assert data_lib.eval_split_name(folder_config(folder).data) == "test"
+    held_out.epochs = 1
+    summary = train.fit(held_out, tmp_path / "run", data=train.load_data(held_out))
+    assert summary["eval_split"] == "train-validation"  # summary.json names what was evaluated

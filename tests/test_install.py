@@ -24,3 +24,8 @@ def test_a_jaxcifar_folder_in_the_working_directory_does_not_shadow_the_package(
     out = subprocess.run([sys.executable, "-c", "from jaxcifar import runs; print(runs.__file__)"], cwd=tmp_path,
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(REPO / "jaxcifar" / "runs.py")
+
+
+def test_the_outputs_the_readme_commands_write_are_git_ignored():
+    for path in ("runs/cnn/summary.json", "exported/cnn/model.stablehlo"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0, f"{path} is not ignored"

@@ -10,7 +10,7 @@ import pytest
 
 from jaxcifar import augment, export, steps, train
 from jaxcifar.runs import load_run
-from tests.conftest import REPO, synthetic_split, tiny_config
+from tests.conftest import REPO, fit_tiny_run, synthetic_split, tiny_config
 
 # Runs in a fresh interpreter, so nothing of the exporting process (jit caches, the
 # in-memory model, its closures) can make a broken artefact look fine.
@@ -36,9 +36,7 @@ LOAD_AND_RUN = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("export_run")
-    train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10))
-    run = load_run(workdir, "latest")
+    run = fit_tiny_run(tmp_path_factory.mktemp("export_run"))
     out = tmp_path_factory.mktemp("exported")
     written, skipped = export.export_run(run, out, "both")
     assert written == ["stablehlo", "savedmodel"] and skipped is None

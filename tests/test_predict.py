@@ -5,16 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcifar import image_files, predict, train
-from jaxcifar.runs import load_run
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar import image_files, predict
+from tests.conftest import fit_tiny_run, synthetic_split
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("predict_run")
-    train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10))
-    return load_run(workdir, "latest")
+    return fit_tiny_run(tmp_path_factory.mktemp("predict_run"))
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def compile_step(spec: Spec) -> tuple[Callable, Any, dict, float]:
     import numpy as np
 
     from jaxcifar import config as config_lib
-    from jaxcifar import models, optim, parallel, steps
+    from jaxcifar import models, objectives, optim, parallel, steps
 
     if "pool" in spec.options:
         import pooling
@@ -70,7 +70,8 @@ def compile_step(spec: Spec) -> tuple[Callable, Any, dict, float]:
         "label": rng.integers(0, 10, (spec.batch,), dtype=np.int32),
         "index": np.arange(spec.batch, dtype=np.int32)}, mesh)
 
-    step_fn = steps.make_train_step(model, tx, config, freeze_backbone=False, steps_per_epoch=STEPS_PER_EPOCH)
+    step_fn = steps.make_train_step(objectives.Classification(config, 10, model).loss(False, STEPS_PER_EPOCH),
+                                   tx, config)
     scope = jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
     start = time.perf_counter()
     with scope:

@@ -53,7 +53,7 @@ def resize(images: jax.Array, size: int) -> jax.Array:
 
 def model_input(images: jax.Array, size: int, normalization: str) -> jax.Array:
     """Eval-time input: uint8 images of any one size -> normalised float32 (n, size, size, c).
-    The training loop's eval step and every inference path (runs.make_forward, export) use it."""
+    The one inference path (steps.make_forward: eval step, runs.Run, export, serve) uses it."""
     return normalize(resize(images, size), normalization)
 
 
@@ -117,3 +117,89 @@ def augment(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, r
         # Interpolated pixels leave uint8; normalise() only needs a 0..255 scale.
         x = random_rotate_zoom(k_affine, x, cfg.rotation, cfg.zoom)
     return normalize(x, cfg.normalization)
+
+
+# ----- self-supervised views (SimCLR's augmentation, as solo-learn and lightly use it on CIFAR) -----
+
+def _resize_matrix(start: jax.Array, length: jax.Array, in_size: int, out_size: int) -> jax.Array:
+    """(out_size, in_size) bilinear weights that resample the window [start, start + length)
+    of an axis of `in_size` pixels to `out_size` pixels (pixel centres at i + 0.5, edges
+    clamped). The window is never larger than the axis, so this only upsamples and needs
+    no antialiasing; written as a matrix so a batch of crops is two batched matmuls."""
+    centres = start + (jnp.arange(out_size) + 0.5) * length / out_size - 0.5
+    centres = jnp.clip(centres, 0.0, in_size - 1.0)
+    return jnp.maximum(0.0, 1.0 - jnp.abs(centres[:, None] - jnp.arange(in_size)[None, :]))
+
+
+def random_resized_crop(key: jax.Array, images: jax.Array, scale: tuple[float, float],
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+    """torchvision's RandomResizedCrop back to the input size: a window of a random area
+    fraction in `scale` and aspect ratio in `ratio` (log-uniform), at a random position,
+    resized bilinearly. A window that does not fit is clipped to the image (torchvision
+    retries ten times instead; clipping changes the area distribution only near scale 1).
+    Takes float images on the 0..255 scale."""
+    n, h, w, _ = images.shape
+    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+    area = jax.random.uniform(k_area, (n,), minval=scale[0], maxval=scale[1]) * h * w
+    log_ratio = jax.random.uniform(k_ratio, (n,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
+    crop_h = jnp.clip(jnp.sqrt(area / jnp.exp(log_ratio)), 1.0, h)
+    crop_w = jnp.clip(jnp.sqrt(area * jnp.exp(log_ratio)), 1.0, w)
+    y0 = jax.random.uniform(k_y, (n,)) * (h - crop_h)
+    x0 = jax.random.uniform(k_x, (n,)) * (w - crop_w)
+    rows = jax.vmap(lambda s, l: _resize_matrix(s, l, h, h))(y0, crop_h)
+    cols = jax.vmap(lambda s, l: _resize_matrix(s, l, w, w))(x0, crop_w)
+    return jnp.einsum("nyh,nhwc,nxw->nyxc", rows, images, cols)
+
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, torchvision's rgb_to_grayscale
+
+
+def _gray(x: jax.Array) -> jax.Array:
+    return jnp.sum(x * jnp.asarray(GRAY_WEIGHTS), axis=-1, keepdims=True)
+
+
+def _rotate_hue(x: jax.Array, turns: jax.Array) -> jax.Array:
+    """Hue shift by `turns` of a full turn, as a rotation about the grey axis in YIQ space:
+    one 3x3 matrix per image instead of torchvision's HSV round trip (the two agree to a
+    few grey levels at the small shifts used here, and this one is a batched matmul)."""
+    to_yiq = jnp.asarray([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    angle = turns * 2 * jnp.pi
+    cos, sin, zero, one = jnp.cos(angle), jnp.sin(angle), jnp.zeros_like(angle), jnp.ones_like(angle)
+    rotation = jnp.stack([jnp.stack([one, zero, zero], -1), jnp.stack([zero, cos, -sin], -1),
+                          jnp.stack([zero, sin, cos], -1)], -2)  # (n, 3, 3)
+    matrix = jnp.linalg.inv(to_yiq) @ rotation @ to_yiq
+    return jnp.einsum("nij,nhwj->nhwi", matrix, x)
+
+
+def color_jitter(key: jax.Array, images: jax.Array, brightness: float, contrast: float, saturation: float,
+                 hue: float, probability: float) -> jax.Array:
+    """torchvision's ColorJitter applied with `probability`, in its fixed order (brightness,
+    contrast, saturation, hue) rather than a random one. Images in [0, 1]; clipped after
+    each step, as torchvision clips."""
+    n = images.shape[0]
+    keys = jax.random.split(key, 5)
+    factor = lambda k, s: jax.random.uniform(k, (n, 1, 1, 1), minval=1 - s, maxval=1 + s)  # noqa: E731
+    x = jnp.clip(images * factor(keys[0], brightness), 0, 1)
+    mean_gray = jnp.mean(_gray(x), axis=(1, 2, 3), keepdims=True)
+    x = jnp.clip(mean_gray + (x - mean_gray) * factor(keys[1], contrast), 0, 1)
+    gray = _gray(x)
+    x = jnp.clip(gray + (x - gray) * factor(keys[2], saturation), 0, 1)
+    x = jnp.clip(_rotate_hue(x, jax.random.uniform(keys[3], (n,), minval=-hue, maxval=hue)), 0, 1)
+    apply = jax.random.bernoulli(keys[4], probability, (n, 1, 1, 1))
+    return jnp.where(apply, x, images)
+
+
+def random_grayscale(key: jax.Array, images: jax.Array, probability: float) -> jax.Array:
+    apply = jax.random.bernoulli(key, probability, (images.shape[0], 1, 1, 1))
+    return jnp.where(apply, jnp.broadcast_to(_gray(images), images.shape), images)
+
+
+def ssl_view(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, normalization: str) -> jax.Array:
+    """One self-supervised view of a uint8 batch: random resized crop, flip, colour jitter,
+    grayscale; normalised like every model input. `cfg` is the config's `ssl` block."""
+    k_crop, k_flip, k_jitter, k_gray = jax.random.split(key, 4)
+    x = random_resized_crop(k_crop, images.astype(jnp.float32), tuple(cfg.crop_scale))
+    x = random_flip(k_flip, x) / 255.0
+    x = color_jitter(k_jitter, x, *cfg.color_jitter, probability=cfg.color_jitter_probability)
+    x = random_grayscale(k_gray, x, cfg.grayscale_probability)
+    return normalize(x * 255.0, normalization)

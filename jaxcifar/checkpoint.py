@@ -2,7 +2,7 @@
 statistics, EMA, step, RNG) plus a small JSON record, in `WORKDIR/checkpoints`.
 
 Saves are asynchronous; `wait()` before exit surfaces their errors. Kept: the latest
-`keep` checkpoints, the best one by eval accuracy (a separate policy, so the latest is
+`keep` checkpoints, the best one by the objective's metric (eval accuracy, or kNN accuracy for SSL; a separate policy, so the latest is
 never deleted in favour of the best), and early stopping's best epoch of the current stage
 (which the stage's end restores, however many epochs later). Restores go into the
 *current* mesh's shardings, so a checkpoint written on 8 devices restores on 1 and vice versa.
@@ -23,9 +23,9 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
-from jaxcifar.steps import TrainState
+from jaxcifar.steps import TrainState, inference_variables
 
-METRIC = "eval_accuracy"
+METRIC = "selection"  # the objective's model-selection score (eval accuracy, kNN accuracy, ...): higher is better
 STAGE_BEST = "early_stopping_best"  # saved among a checkpoint's metrics: its epoch improved the stage's best
 
 
@@ -165,8 +165,7 @@ def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tup
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     finally:
         manager.close()
-    params = state.get("ema_params") or state["params"]
-    return {"params": params, "batch_stats": state.get("batch_stats") or {}}, step
+    return inference_variables(state), step
 
 
 def _open_for_reading(directory: pathlib.Path) -> ocp.CheckpointManager:

@@ -40,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field a recipe can set, with the values a recipe inherits. What each field
     means is in FIELD_DOCS (shown by --help), its allowed values in CHOICES."""
     c = ml_collections.ConfigDict()
+    c.objective = "classification"
     c.model = "simple_cnn"
     c.model_kwargs = ml_collections.ConfigDict()
     c.seed = 0
@@ -99,6 +100,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.log_every_steps = 25
 
+    # Self-supervised objectives (objective=simclr|vicreg); classification ignores this block.
+    c.ssl = ml_collections.ConfigDict()
+    c.ssl.projector_dims = (512, 128)
+    c.ssl.temperature = 0.2
+    c.ssl.vicreg_weights = (25.0, 25.0, 1.0)
+    c.ssl.crop_scale = (0.2, 1.0)
+    c.ssl.color_jitter = (0.4, 0.4, 0.2, 0.1)
+    c.ssl.color_jitter_probability = 0.8
+    c.ssl.grayscale_probability = 0.2
+    c.ssl.knn_k = 200
+    c.ssl.knn_temperature = 0.1
+
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.patience = 0
     c.early_stopping.min_delta = 0.0
@@ -107,12 +120,21 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # The eval metrics early stopping can watch, and whether it maximises (True) or minimises each.
-EARLY_STOPPING_MAXIMISES: dict[str, bool] = {"eval_accuracy": True, "eval_loss": False}
+EARLY_STOPPING_MAXIMISES: dict[str, bool] = {"eval_accuracy": True, "eval_loss": False, "eval_knn_accuracy": True}
 
+
+# Each objective's eval metrics, as history and early stopping name them (objectives.py
+# computes them; a test checks the two agree).
+OBJECTIVE_EVAL_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("eval_loss", "eval_accuracy"),
+    "simclr": ("eval_knn_accuracy",),
+    "vicreg": ("eval_knn_accuracy",),
+}
 
 # Allowed values of the fields that take one of a few names; `validate` checks them and
 # --help lists them.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "objective": tuple(OBJECTIVE_EVAL_METRICS),
     "augment.pad_mode": ("constant", "reflect"),
     "augment.normalization": ("cifar10", "imagenet", "unit"),
     "optimizer": ("sgd", "adam", "adamw"),
@@ -123,6 +145,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # What each field of `default_config` means, for --help (a test checks none is missing).
 FIELD_DOCS: dict[str, str] = {
+    "objective": "what the run learns: classification (labels), or self-supervised pretraining without "
+                 "labels, SimCLR (contrastive) or VICReg (non-contrastive); see jaxcifar/objectives.py",
+    "ssl.projector_dims": "self-supervised: widths of the projector MLP on the backbone (the last is the output)",
+    "ssl.temperature": "simclr: temperature of the NT-Xent loss",
+    "ssl.vicreg_weights": "vicreg: weights of the (invariance, variance, covariance) terms",
+    "ssl.crop_scale": "self-supervised views: area fraction range of the random resized crop",
+    "ssl.color_jitter": "self-supervised views: (brightness, contrast, saturation, hue) jitter strengths",
+    "ssl.color_jitter_probability": "self-supervised views: probability of colour jitter",
+    "ssl.grayscale_probability": "self-supervised views: probability of grayscale",
+    "ssl.knn_k": "self-supervised eval: neighbours of the weighted kNN monitor (solo-learn/lightly: 200)",
+    "ssl.knn_temperature": "self-supervised eval: temperature of the kNN's vote weights exp(sim / T)",
     "model": "network, see jaxcifar.models.MODEL_NAMES (simple_cnn, resnet18, resnet50, airbench, ...)",
     "model_kwargs": "keyword arguments of the model's constructor, e.g. {'width': 16}, {'input_size': 128}, or "
                     "{'dropout': 0.3} (dropout on the features entering the head, in training only)",
@@ -324,8 +357,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.early_stopping.patience < 0 or config.early_stopping.min_delta < 0:
         errors.append(f"early_stopping.patience={config.early_stopping.patience} and min_delta="
                       f"{config.early_stopping.min_delta} must not be negative.")
-    for field in ("augment.normalization", "augment.pad_mode", "early_stopping.metric"):
+    for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
+    watchable = OBJECTIVE_EVAL_METRICS.get(config.objective, ())
+    if config.early_stopping.patience and config.early_stopping.metric not in watchable:
+        errors.append(f"early_stopping.metric={config.early_stopping.metric!r}: objective {config.objective!r} "
+                      f"evaluates {' and '.join(watchable)}.")
     if config.data.image_size < 1:
         errors.append(f"data.image_size={config.data.image_size} must be a positive number of pixels.")
     if not 0.0 <= config.data.validation_fraction < 1.0:

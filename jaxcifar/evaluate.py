@@ -10,6 +10,11 @@ Writes to W/eval/SPLIT/ (or to --out DIR):
                           dashed line where the run switched stage
   misclassified.png       the most confidently misclassified images with true/predicted labels
 
+A self-supervised run (ssl_simclr, ssl_vicreg) has no classifier: its report.json holds the
+kNN accuracy (k, cosine, temperature of its config, the train split as the labelled bank) and
+the linear-probe accuracy (a softmax regression on frozen features of the whole train split,
+ssl.linear_probe) of its backbone on the split.
+
 One folder per split, so that evaluating another split (e.g. --split test_jpeg) keeps the
 first one's report. SPLIT is the split name with every character other than a letter, digit,
 '+', '-' or '_' replaced by '_', one for one so that different slices keep different folders
@@ -37,7 +42,10 @@ from typing import Any
 
 import numpy as np
 
+import jax
+
 from jaxcifar import data as data_lib
+from jaxcifar import objectives, ssl
 from jaxcifar.runs import Run, add_run_arguments, load_run
 
 REPORT = "report.json"
@@ -140,6 +148,30 @@ def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
     report = build_report(split.labels, logits, run.class_names)
     report.update(tta=tta, checkpoint_step=run.step)
     return Evaluation(split, logits, report)
+
+
+def backbone_features(run: Run, split: data_lib.ArraySplit, batch_size: int | None = None) -> np.ndarray:
+    """Backbone features of every image of `split`, in order (fixed-size padded batches)."""
+    features = jax.jit(objectives.make_features_fn(run.model, run.config))
+    return np.concatenate([np.asarray(features(run.variables, batch["image"]))[batch["mask"]]
+                           for batch in data_lib.eval_batches(split, batch_size or run.config.eval_batch_size)])
+
+
+def self_supervised_report(workdir: str | pathlib.Path, train_split: data_lib.ArraySplit,
+                           split: data_lib.ArraySplit, checkpoint: str | int = "best") -> dict:
+    """kNN and linear-probe accuracy on `split` of a self-supervised run's backbone, with
+    `train_split` (its images and labels) as the kNN bank and the probe's training set."""
+    run = load_run(workdir, checkpoint)
+    if run.is_classifier:
+        raise ValueError(f"{workdir} is a {run.config.objective} run, not a self-supervised one.")
+    bank, queries = backbone_features(run, train_split), backbone_features(run, split)
+    knn = ssl.knn_predict(bank, train_split.labels, queries, run.num_classes, run.config.ssl.knn_k,
+                          run.config.ssl.knn_temperature)
+    probe = ssl.linear_probe(bank, train_split.labels, queries, run.num_classes)
+    return {"objective": run.config.objective, "knn_accuracy": float(np.mean(knn == split.labels)),
+            "linear_probe_accuracy": float(np.mean(probe == split.labels)), "num_examples": len(split),
+            "train_examples": len(train_split), "knn_k": run.config.ssl.knn_k,
+            "knn_temperature": run.config.ssl.knn_temperature, "checkpoint_step": run.step}
 
 
 def load_eval_split(run: Run, split_name: str | None = None, data_dir: str | None = None) -> data_lib.ArraySplit:
@@ -252,22 +284,39 @@ def split_dir(workdir: pathlib.Path, split_name: str) -> pathlib.Path:
 def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best", tta: bool | None = None,
                      split_name: str | None = None, data_dir: str | None = None,
                      split: data_lib.ArraySplit | None = None,
-                     out: str | pathlib.Path | None = None) -> tuple[dict, dict[str, pathlib.Path]]:
+                     out: str | pathlib.Path | None = None,
+                     train_split: data_lib.ArraySplit | None = None) -> tuple[dict, dict[str, pathlib.Path]]:
     """Library form of the CLI: evaluate one checkpoint of `workdir` on a TFDS split (or on
     an in-memory `split`, named `split_name` or 'in-memory'), write the report and plots to
-    `out` (default WORKDIR/eval/SPLIT/); returns (report, {file name: path})."""
+    `out` (default WORKDIR/eval/SPLIT/); returns (report, {file name: path}). A
+    self-supervised run's kNN bank and probe data are its own train split, read as training
+    read it, or `train_split` when given."""
     run = load_run(workdir, checkpoint)
     if split is None:
         split = load_eval_split(run, split_name, data_dir)
         split_name = split_name or data_lib.eval_split_name(run.config.data)
     split_name = split_name or IN_MEMORY
+    out_dir = split_dir(run.workdir, split_name) if out is None else pathlib.Path(out)
+    if not run.is_classifier:
+        from jaxcifar.train import load_data  # the run's own train split: its bank and probe data
+
+        train_split = train_split or load_data(run.config, data_dir).train
+        report = self_supervised_report(workdir, train_split, split, checkpoint)
+        report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / REPORT).write_text(json.dumps(report, indent=2))
+        return report, {REPORT: out_dir / REPORT}
     evaluation = evaluate_run(run, split, tta)
     evaluation.report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name)
-    out_dir = split_dir(run.workdir, split_name) if out is None else pathlib.Path(out)
     return evaluation.report, write_outputs(run, evaluation, out_dir)
 
 
 def summary_text(report: dict) -> str:
+    if "knn_accuracy" in report:
+        return (f"self-supervised ({report['objective']}) backbone on {report['num_examples']} {report['split']} "
+                f"images: kNN accuracy {report['knn_accuracy']:.4f} (k={report['knn_k']}), linear probe "
+                f"{report['linear_probe_accuracy']:.4f} (fitted on {report['train_examples']} train images); "
+                f"checkpoint {report['checkpoint']} = step {report['checkpoint_step']}")
     per_class = sorted(report["per_class"], key=lambda c: c["recall"])
     lines = [
         (f"accuracy {report['accuracy']:.4f} (loss {report['loss']:.4f}) on {report['num_examples']} "

@@ -23,25 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcifar import augment, checkpoint, models, steps
+from jaxcifar import checkpoint, objectives, steps
 from jaxcifar import config as config_lib
 from jaxcifar.workdir import read_class_names
-
-# Logits of uint8 NHWC images: (variables, images, tta) -> float32 (n, num_classes).
-ForwardFn = Callable[[dict, jax.Array, bool], jax.Array]
-
-
-def make_forward(model: nn.Module, normalization: str, image_size: int, tta_translate: bool = False) -> ForwardFn:
-    """The eval step's input pipeline and model call (steps.make_eval_step), minus the
-    metrics: resize to the run's image size and normalise uint8 pixels as the run was
-    trained (`augment.model_input`), then `predict_logits`."""
-
-    def forward(variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
-        return steps.predict_logits(model, variables, augment.model_input(images, image_size, normalization),
-                                    tta=tta, translate=tta_translate)
-
-    return forward
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Run:
@@ -53,14 +37,19 @@ class Run:
     variables: dict[str, Any]  # {'params', 'batch_stats'} on the default device
     step: int
     class_names: tuple[str, ...]
-    forward: ForwardFn = dataclasses.field(init=False, repr=False)
+    forward: steps.ForwardFn = dataclasses.field(init=False, repr=False)
     _jitted: Callable[..., jax.Array] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        forward = make_forward(self.model, self.config.augment.normalization, self.image_size,
-                               self.config.tta_translate)
+        forward = steps.make_forward(self.model, self.image_size, self.config.augment.normalization,
+                                     self.config.tta_translate)
         object.__setattr__(self, "forward", forward)
         object.__setattr__(self, "_jitted", jax.jit(forward, static_argnames="tta"))
+
+    @property
+    def is_classifier(self) -> bool:
+        """False for a self-supervised run: its network ends in a projector, not in logits."""
+        return self.config.objective == "classification"
 
     @property
     def num_classes(self) -> int:
@@ -81,13 +70,24 @@ class Run:
         (another size is resized on the device, as in training; see `uint8_pixels` for what
         else is accepted). Each new batch shape compiles once; callers with many batches
         should keep it fixed."""
+        self.require_classifier()
         images = uint8_images if isinstance(uint8_images, jax.Array) else np.asarray(uint8_images)
         return self._jitted(self.variables, uint8_pixels(images), tta=tta)
 
     def serving_fn(self, tta: bool = False) -> Callable[[jax.Array], jax.Array]:
         """`images -> logits` with the weights closed over, so that exporting it bakes the
         weights and the normalisation into one self-contained module."""
+        self.require_classifier()
         return functools.partial(self.forward, self.variables, tta=tta)
+
+
+    def require_classifier(self) -> None:
+        if not self.is_classifier:
+            raise ValueError(
+                f"{self.workdir} is a self-supervised ({self.config.objective}) run: it has no classifier to predict, "
+                "export or serve with. Train one on its backbone with `python -m jaxcifar.train --config "
+                f"ssl_finetune --init_from {self.workdir} ...`; `python -m jaxcifar.evaluate` reports its kNN and "
+                "linear-probe accuracy.")
 
 
 def uint8_pixels(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
@@ -127,7 +127,7 @@ def load_run(workdir: str | pathlib.Path, which: str | int = "best") -> Run:
     workdir = pathlib.Path(workdir).absolute()
     config = read_config(workdir)
     names = read_class_names(workdir)
-    model = models.create_model(config.model, len(names), **config.model_kwargs.to_dict())
+    model = objectives.create(config, len(names)).model
     variables, step = checkpoint.load_variables(workdir, which)
     return Run(workdir, config, model, jax.device_put(variables), int(step), names)
 

@@ -72,31 +72,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                    freeze_backbone: bool, steps_per_epoch: int,
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                     stage_steps: tuple[int, int] | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """train_step(state, batch) -> (state, metric sums). `freeze_backbone` runs the
-    backbone's BatchNorm in inference mode (its statistics neither used from the batch nor
-    updated), as Keras does for `trainable=False`. `stage_steps` = (the stage's first global
-    step, its number of steps), which lookahead's schedule needs."""
+    """train_step(state, batch) -> (state, metric sums): one optimizer step on the objective's
+    `loss_fn` (objectives.LossFn: the augmentation, the model call and the loss), then the
+    weight averages the recipe keeps. `stage_steps` = (the stage's first global step, its
+    number of steps), which lookahead's schedule needs."""
     if config.lookahead_every and stage_steps is None:
         raise ValueError("lookahead_every > 0 needs stage_steps=(the stage's first step, its number of steps)")
     first_step, num_steps = stage_steps or (0, 0)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         run_key = jax.random.wrap_key_data(state.rng)
-        images = augment.augment(jax.random.fold_in(run_key, state.step),
-                                 augment.resize(batch["image"], config.data.image_size), config.augment,
-                                 run_key=run_key, index=batch.get("index"), epoch=state.step // steps_per_epoch)
-
-        def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                          train=True, freeze_backbone=freeze_backbone, mutable=["batch_stats"],
-                                          rngs={"dropout": dropout_key(run_key, state.step)})
-            loss = cross_entropy(logits, batch["label"], config.label_smoothing)
-            return loss.mean(), (logits, updates.get("batch_stats", {}), loss)
-
-        grads, (logits, batch_stats, loss) = jax.grad(loss_fn, has_aux=True)(state.params)
+        step_key = jax.random.fold_in(run_key, state.step)
+        grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, step_key, run_key, state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
@@ -110,9 +100,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
             params, batch_stats = fast["params"], fast["batch_stats"]
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state, ema_params=ema_params, slow=slow)
-        metrics = _metric_sums(logits, batch["label"], loss)
         # The first step whose loss is not finite, so a NaN can be reported exactly.
-        metrics["first_bad_step"] = jnp.where(jnp.isfinite(metrics["loss_sum"]), NO_BAD_STEP, state.step)
+        metrics = {**metrics, "first_bad_step": jnp.where(jnp.isfinite(metrics["loss_sum"]), NO_BAD_STEP, state.step)}
         return new_state, metrics
 
     return train_step
@@ -147,21 +136,44 @@ def make_epoch_scan(train_step: Callable) -> Callable[[TrainState, dict, jax.Arr
 
 
 def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[[TrainState, dict], dict]:
-    """eval_step(state, batch) -> metric sums over the rows where batch['mask'] is True.
-    Uses the EMA weights when the recipe keeps them, and flip TTA when `config.tta`."""
+    """eval_step(state, batch) -> metric sums over the rows where batch['mask'] is True, of
+    the logits every inference path computes (`make_forward`) from the weights it evaluates."""
+    forward = make_forward(model, config.data.image_size, config.augment.normalization, config.tta_translate)
 
     def eval_step(state: TrainState, batch: dict) -> dict:
-        images = augment.model_input(batch["image"], config.data.image_size, config.augment.normalization)
-        logits = predict_logits(model, eval_variables(state), images, tta=config.tta, translate=config.tta_translate)
-        loss = cross_entropy(logits, batch["label"])
-        return _metric_sums(logits, batch["label"], loss, batch["mask"])
+        logits = forward(eval_variables(state), batch["image"], config.tta)
+        return metric_sums(logits, batch["label"], cross_entropy(logits, batch["label"]), batch["mask"])
 
     return eval_step
 
 
 def eval_variables(state: TrainState) -> dict:
-    params = state.params if state.ema_params is None else state.ema_params
-    return {"params": params, "batch_stats": state.batch_stats}
+    """The weights a run evaluates: its EMA when it keeps one."""
+    return inference_variables({"params": state.params, "batch_stats": state.batch_stats,
+                                "ema_params": state.ema_params})
+
+
+def inference_variables(saved: dict) -> dict:
+    """{'params', 'batch_stats'} to run from a (saved) train state's fields: the EMA weights
+    when the run kept them (they are what it evaluated), else its params."""
+    return {"params": saved.get("ema_params") or saved["params"], "batch_stats": saved.get("batch_stats") or {}}
+
+
+# Logits of uint8 NHWC images: (variables, images, tta) -> float32 (n, num_classes).
+ForwardFn = Callable[[dict, jax.Array, bool], jax.Array]
+
+
+def make_forward(model: nn.Module, image_size: int, normalization: str, tta_translate: bool = False) -> ForwardFn:
+    """The one inference path, used by the eval step and by every tool that runs a trained
+    model (runs.Run: evaluate, predict, export, serve): resize to the run's image size and
+    normalise uint8 pixels as the run was trained (`augment.model_input`), then
+    `predict_logits`."""
+
+    def forward(variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
+        return predict_logits(model, variables, augment.model_input(images, image_size, normalization),
+                              tta=tta, translate=tta_translate)
+
+    return forward
 
 
 def predict_logits(model: nn.Module, variables: dict, images: jax.Array, tta: bool = False,
@@ -179,7 +191,7 @@ def predict_logits(model: nn.Module, variables: dict, images: jax.Array, tta: bo
     return 0.5 * with_flip(images) + 0.25 * sum(with_flip(x) for x in shifted)
 
 
-def _metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: jax.Array | None = None) -> dict:
+def metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: jax.Array | None = None) -> dict:
     weight = jnp.ones_like(loss) if mask is None else mask.astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return {"loss_sum": jnp.sum(loss * weight), "correct": jnp.sum(correct * weight), "count": jnp.sum(weight)}

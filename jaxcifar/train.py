@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, early_stopping, models, optim, parallel, steps
-from jaxcifar.checkpoint import STAGE_BEST, Checkpointer
+from jaxcifar import augment, early_stopping, models, objectives, optim, parallel, steps
+from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
 from jaxcifar.pretrained import load_pretrained_backbone
 from jaxcifar.workdir import Workdir
 
@@ -111,7 +111,9 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class Trainer:
-    """Holds what a run needs between epochs: mesh, model, data, compiled steps, writers."""
+    """Holds what a run needs between epochs: mesh, objective (with its model), data,
+    compiled steps, writers. Also the objective's `Evaluator`: it runs the objective's
+    eval functions over a split, across devices and processes."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: Data,
                  init_from: str | None = None, overwrite: bool = False):
@@ -120,7 +122,8 @@ class Trainer:
         config_lib.validate(config, jax.device_count())
         self.workdir = Workdir(workdir, config, overwrite=overwrite, class_names=data.class_names)
         self.data = data
-        self.model = models.create_model(config.model, data.num_classes, **config.model_kwargs.to_dict())
+        self.objective = objectives.create(config, data.num_classes)
+        self.model = self.objective.model
         self.stages = plan_stages(config)
         self.steps_per_epoch = data_lib.steps_per_epoch(len(data.train), config.batch_size)
         if self.steps_per_epoch == 0:
@@ -132,7 +135,6 @@ class Trainer:
         self._train_steps: dict[int, Any] = {}  # stage index -> jitted train step
         self._epoch_scans: dict[tuple[int, int], Any] = {}  # (stage index, steps) -> compiled epoch scan
         self._warm: set[int] = set()  # stages whose step has compiled in this process
-        self.eval_step = jax.jit(steps.make_eval_step(self.model, config))
         self._stop_signal: int | None = None
         self._resident: dict | None = None  # device-resident train split (data.device_resident)
 
@@ -196,7 +198,8 @@ class Trainer:
         tx, freeze_backbone = self.optimizer(stage, params)
         stage_steps = (stage.first_epoch * self.steps_per_epoch,
                        (stage.end_epoch - stage.first_epoch) * self.steps_per_epoch)
-        return steps.make_train_step(self.model, tx, self.config, freeze_backbone, self.steps_per_epoch, stage_steps)
+        return steps.make_train_step(self.objective.loss(freeze_backbone, self.steps_per_epoch), tx, self.config,
+                                     stage_steps)
 
     def train_step_fn(self, stage: Stage, params: Any):
         if stage.index not in self._train_steps:
@@ -230,12 +233,34 @@ class Trainer:
     _gather = staticmethod(jax.jit(steps.gather_batch))
 
     def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None = None) -> dict[str, float]:
+        """The objective's metrics of `state` on `split` (default: the eval split)."""
+        return self.objective.evaluate(self, state, self.data.eval if split is None else split)
+
+    # ----- objectives.Evaluator -----
+    @property
+    def train(self) -> data_lib.ArraySplit:
+        return self.data.train
+
+    def _eval_batches(self, split: data_lib.ArraySplit) -> Iterator[dict]:
+        """Global batches covering `split` once, padded and masked (this process feeds its rows)."""
+        for local in data_lib.eval_batches(split, self.config.eval_batch_size, jax.process_index(),
+                                           jax.process_count()):
+            yield parallel.to_global(local, self.mesh)
+
+    def sums(self, eval_step, state: steps.TrainState, split: data_lib.ArraySplit) -> dict:
+        """Metric sums of a jitted `eval_step(state, batch)` over `split`, kept on the device."""
         sums = None
-        for local in data_lib.eval_batches(split or self.data.eval, self.config.eval_batch_size,
-                                           jax.process_index(), jax.process_count()):
-            out = self.eval_step(state, parallel.to_global(local, self.mesh))
-            sums = steps.accumulate(sums, out)
-        return steps.summarize(sums)
+        for batch in self._eval_batches(split):
+            sums = steps.accumulate(sums, eval_step(state, batch))
+        return sums
+
+    def outputs(self, fn, state: steps.TrainState, split: data_lib.ArraySplit) -> np.ndarray:
+        """`fn(variables, images)` of every example of `split`, in order, on the host. The
+        outputs are replicated before they leave the devices, so every process gets them all."""
+        gathered = jax.jit(fn, out_shardings=self.replicated)
+        variables = steps.eval_variables(state)
+        out = [np.asarray(gathered(variables, batch["image"])) for batch in self._eval_batches(split)]
+        return np.concatenate(out)[:len(split)]
 
     def run(self) -> dict:
         """Train through every stage from wherever the workdir left off; returns the summary."""
@@ -270,15 +295,15 @@ class Trainer:
                 eval_metrics = self.evaluate(state)
                 entry = {"epoch": epoch + 1, "stage": stage.name, "step": int(state.step),
                          "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
-                         "eval_loss": eval_metrics["loss"], "eval_accuracy": eval_metrics["accuracy"],
+                         **{f"eval_{name}": value for name, value in eval_metrics.items()},
                          "epoch_train_seconds": seconds, "train_images_per_second": float(sums["count"]) / seconds,
                          "lr": self.current_lr(stage, state)}
                 history.append(entry)
                 self.workdir.log_epoch(entry)
                 if jax.process_index() == 0:
-                    tqdm.write(epoch_line(entry, total_epochs))
+                    tqdm.write(epoch_line(entry, total_epochs, self.objective.metrics))
                 totals["wall_seconds"] = wall_before + time.time() - start_time
-                metrics = {"eval_accuracy": eval_metrics["accuracy"]}
+                metrics = {METRIC: eval_metrics[self.objective.metric]}
                 if stopper is not None:
                     stopper = early_stopping.update(self.config, stopper, entry)
                     record["early_stopping"] = early_stopping.to_json(stopper)
@@ -296,14 +321,16 @@ class Trainer:
         final_weights_epoch = history[-1]["epoch"] if history else None
         if stopper is not None:  # the last stage ended on its best epoch's weights
             final_weights_epoch = stopper.best_epoch
+        metric = self.objective.metric
         summary = {
-            "test_accuracy": final["accuracy"],
-            "test_loss": final["loss"],
+            "objective": self.config.objective,
+            "metric": metric,  # the objective's headline: best_eval_<metric>, test_<metric>, extra_eval_<metric>
+            **{f"test_{name}": value for name, value in final.items()},  # test_accuracy, test_knn_accuracy, ...
             "eval_split": data_lib.eval_split_name(self.config.data),
             "eval_examples": len(self.data.eval),
-            "extra_eval_accuracy": {name: self.evaluate(state, split)["accuracy"]
-                                    for name, split in self.data.extra_evals.items()},
-            "best_eval_accuracy": max((h["eval_accuracy"] for h in history), default=None),
+            f"extra_eval_{metric}": {name: self.evaluate(state, split)[metric]
+                                     for name, split in self.data.extra_evals.items()},
+            f"best_eval_{metric}": max((h[f"eval_{metric}"] for h in history), default=None),
             "best_step": self.checkpointer.best_step(),
             # Epochs trained; an early stop skips the rest of its stage (and state.step with it).
             "epochs_completed": len(history),
@@ -475,11 +502,15 @@ class Trainer:
         raise StopRequested(signum, int(state.step), self.workdir.path)
 
 
-def epoch_line(entry: dict, total_epochs: int) -> str:
-    """The line printed after each epoch, as Keras prints one."""
+def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy")) -> str:
+    """The line printed after each epoch, as Keras prints one. `eval_metrics`: the
+    objective's, in order (accuracies as percentages)."""
+    shown = {"loss": "loss", "accuracy": "acc"}
+    evals = " ".join(f"{shown.get(name, name)} " + (f"{entry['eval_' + name]:.2%}" if "accuracy" in name
+                                                     else f"{entry['eval_' + name]:.4f}") for name in eval_metrics)
     return (f"epoch {entry['epoch']}/{total_epochs} [{entry['stage']}]  "
             f"train loss {entry['train_loss']:.4f} acc {entry['train_accuracy']:.2%}  |  "
-            f"eval loss {entry['eval_loss']:.4f} acc {entry['eval_accuracy']:.2%}  |  "
+            f"eval {evals}  |  "
             f"{entry['epoch_train_seconds']:.1f} s, {entry['train_images_per_second']:,.0f} img/s")
 
 
@@ -579,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:
-        print(f"test_accuracy={summary['test_accuracy']:.4f} on {summary['eval_examples']} "
+        metric = f"test_{summary['metric']}"
+        print(f"{metric}={summary[metric]:.4f} on {summary['eval_examples']} "
               f"{summary['eval_split']} images; epochs={summary['epochs_completed']}; "
               f"train images/s={summary['train_images_per_second'] or 0:.0f}; "
               f"results in {pathlib.Path(args.workdir).absolute()}/summary.json")

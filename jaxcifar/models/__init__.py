@@ -12,9 +12,10 @@ from functools import partial
 import flax.linen as nn
 
 from jaxcifar.models import airbench
-from jaxcifar.models.airbench import Airbench
-from jaxcifar.models.cnn import SimpleCNN
-from jaxcifar.models.resnet import BasicBlock, Bottleneck, ResNet
+from jaxcifar.models.airbench import Airbench, AirbenchBackbone
+from jaxcifar.models.cnn import CNNBackbone, SimpleCNN
+from jaxcifar.models.resnet import BasicBlock, Bottleneck, ResNet, ResNetBackbone
+from jaxcifar.models.self_supervised import SelfSupervisedNet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "simple_cnn": SimpleCNN,
@@ -24,6 +25,16 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     ),
     "resnet50": partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, stem="imagenet"),
     "airbench": Airbench,
+}
+
+# Each model's backbone alone (called as `backbone(x, use_running_average=...)` -> features),
+# for networks that put something else than a classification head on it.
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "simple_cnn": CNNBackbone,
+    "resnet18": partial(ResNetBackbone, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, stem="cifar"),
+    "resnet18_imagenet": partial(ResNetBackbone, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, stem="imagenet"),
+    "resnet50": partial(ResNetBackbone, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, stem="imagenet"),
+    "airbench": AirbenchBackbone,
 }
 
 # Models whose initial parameters depend on the training data: (params, normalised sample) -> params.
@@ -41,4 +52,17 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     return factory(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODEL_NAMES", "ResNet", "SimpleCNN", "create_model"]
+def create_self_supervised(name: str, projector_dims: tuple[int, ...], **kwargs) -> SelfSupervisedNet:
+    """Model `name`'s backbone (built from the same `kwargs` as its classifier, minus the
+    head's `dropout`) under a projector MLP of widths `projector_dims`."""
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    kwargs.pop("dropout", None)
+    try:
+        backbone = _BACKBONES[name](**kwargs)
+    except TypeError as e:
+        raise ValueError(f"model_kwargs {kwargs} do not fit the backbone of {name!r}: {e}") from None
+    return SelfSupervisedNet(backbone, tuple(projector_dims))
+
+
+__all__ = ["MODEL_NAMES", "ResNet", "SelfSupervisedNet", "SimpleCNN", "create_model", "create_self_supervised"]

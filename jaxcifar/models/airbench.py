@@ -63,11 +63,12 @@ class ConvGroup(nn.Module):
 
 class AirbenchBackbone(nn.Module):
     dtype: jnp.dtype = jnp.float32
+    widths: tuple[int, int, int] = WIDTHS
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
         x = gelu(nn.Conv(WHITEN_CHANNELS, (2, 2), padding="VALID", dtype=self.dtype, name="whiten")(x))
-        for i, width in enumerate(WIDTHS, start=1):
+        for i, width in enumerate(self.widths, start=1):
             x = ConvGroup(width, self.dtype, name=f"group{i}")(x, use_running_average=use_running_average)
         return jnp.max(x, axis=(1, 2))  # 3x3 maps -> global max-pool
 
@@ -77,9 +78,10 @@ class Airbench(nn.Module):
     dtype: jnp.dtype = jnp.float32
     scale: float = 1 / 9  # airbench's output scaling
     dropout: float = 0.0  # on the pooled features entering the head, in training only (airbench has none)
+    widths: tuple[int, int, int] = WIDTHS  # of the three conv groups; narrower ones cost less (ssl_* recipes)
 
     def setup(self) -> None:
-        self.backbone = AirbenchBackbone(self.dtype)
+        self.backbone = AirbenchBackbone(self.dtype, tuple(self.widths))
         self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_default_init, dtype=self.dtype)
 

@@ -19,7 +19,8 @@ class CNNBackbone(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, use_running_average: bool = True) -> jax.Array:
+        del use_running_average  # no BatchNorm; taken so every backbone is called the same way
         for i, features in enumerate((32, 64, 128), start=1):
             x = nn.Conv(
                 features,

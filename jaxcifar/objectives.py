@@ -5,14 +5,15 @@ are instances of it, chosen by `config.objective`.
 
 An objective holds its model and the config, and provides:
   - `loss(freeze_backbone, steps_per_epoch)`: a pure `LossFn` for steps.make_train_step;
-  - `evaluate(evaluator, state, split)`: metrics of `state` on a split (higher `metric` is better);
+  - `evaluate(evaluator, state, split)`: metrics of `state` on a split, computed through
+    an `Evaluator` (which owns the mesh and the processes);
   - `metric`: the eval metric that picks the best checkpoint and heads summary.json.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Union
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcifar import augment, models, ssl
+from jaxcifar import augment, models, parallel, ssl
+from jaxcifar import data as data_lib
 from jaxcifar import steps as steps_lib
 from jaxcifar.data import ArraySplit
 
@@ -29,17 +31,37 @@ from jaxcifar.data import ArraySplit
 LossFn = Callable[[Any, Any, dict, jax.Array, jax.Array, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 
 
-class Evaluator(Protocol):
-    """What an objective needs from the loop to evaluate: the loop owns the data, the mesh
-    and the processes (train.Trainer implements it)."""
+class Evaluator:
+    """Runs an objective's eval functions over a split on the run's mesh: global batches
+    covering the split once, padded and masked, each process feeding its own rows."""
 
-    train: ArraySplit  # the run's training split (the kNN monitor's labelled bank)
+    def __init__(self, mesh: jax.sharding.Mesh, batch_size: int, train: ArraySplit):
+        self.mesh, self.batch_size = mesh, batch_size
+        self.train = train  # the run's training split (the kNN monitor's labelled bank)
+        self._jitted: dict[Callable, Callable] = {}
 
-    def sums(self, step: Callable[[steps_lib.TrainState, dict], dict], state: steps_lib.TrainState,
-             split: ArraySplit) -> dict: ...
+    def _batches(self, split: ArraySplit) -> Iterator[dict]:
+        for local in data_lib.eval_batches(split, self.batch_size, jax.process_index(), jax.process_count()):
+            yield parallel.to_global(local, self.mesh)
+
+    def sums(self, eval_step: Callable[[steps_lib.TrainState, dict], dict], state: steps_lib.TrainState,
+             split: ArraySplit) -> dict:
+        """Metric sums of a jitted `eval_step(state, batch)` over `split`, kept on the device."""
+        sums = None
+        for batch in self._batches(split):
+            sums = steps_lib.accumulate(sums, eval_step(state, batch))
+        return sums
 
     def outputs(self, fn: Callable[[dict, jax.Array], jax.Array], state: steps_lib.TrainState,
-                split: ArraySplit) -> np.ndarray: ...
+                split: ArraySplit) -> np.ndarray:
+        """`fn(variables, images)` of every example of `split`, in order, on the host, from
+        the weights the run evaluates. Replicated before they leave the devices, so every
+        process gets all of them."""
+        if fn not in self._jitted:
+            self._jitted[fn] = jax.jit(fn, out_shardings=parallel.replicated(self.mesh))
+        variables = steps_lib.eval_variables(state)
+        return np.concatenate([np.asarray(self._jitted[fn](variables, batch["image"]))
+                               for batch in self._batches(split)])[:len(split)]
 
 
 class Classification:
@@ -90,7 +112,7 @@ class SelfSupervised:
         self.config, self.num_classes, self.pair_loss = config, num_classes, pair_loss
         self.model = models.create_self_supervised(config.model, tuple(config.ssl.projector_dims),
                                                    **config.model_kwargs.to_dict())
-        self._features = jax.jit(make_features_fn(self.model, config))
+        self._features = make_features_fn(self.model, config)
         self._bank: tuple[int, np.ndarray] | None = None  # (step, train features): one bank per evaluated state
 
     def loss(self, freeze_backbone: bool, steps_per_epoch: int) -> LossFn:
@@ -152,6 +174,9 @@ _OBJECTIVES: dict[str, Callable[[ml_collections.ConfigDict, int], Any]] = {
 NAMES = tuple(_OBJECTIVES)
 
 
-def create(config: ml_collections.ConfigDict, num_classes: int) -> Classification | SelfSupervised:
+Objective = Union[Classification, SelfSupervised]
+
+
+def create(config: ml_collections.ConfigDict, num_classes: int) -> Objective:
     """The objective `config.objective` names (validated against NAMES by config.validate)."""
     return _OBJECTIVES[config.objective](config, num_classes)

@@ -18,11 +18,13 @@ import pathlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 import ml_collections
+import optax
 from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
@@ -91,6 +93,23 @@ def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
     return next((s for s in stages if s.first_epoch <= epoch < s.end_epoch), stages[-1])
 
 
+@dataclasses.dataclass(frozen=True)
+class BuiltStage:
+    tx: optax.GradientTransformation
+    train_step: Callable[[steps.TrainState, dict], tuple[steps.TrainState, dict]]  # pure, not yet jitted
+
+
+def build_stage(objective: objectives.Objective, config: ml_collections.ConfigDict, stage: Stage, params: Any,
+                steps_per_epoch: int) -> BuiltStage:
+    """The one place a stage's step is built, for the loop and for benchmarks/: the stage's
+    optimizer over the parameter groups, the objective's loss (with a frozen `backbone`
+    group, its BatchNorm runs in inference mode), and lookahead's stage length."""
+    tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch)
+    loss = objective.loss(optim.is_subtree_frozen(labels, "backbone"), steps_per_epoch)
+    stage_steps = (stage.first_epoch * steps_per_epoch, (stage.end_epoch - stage.first_epoch) * steps_per_epoch)
+    return BuiltStage(tx, steps.make_train_step(loss, tx, config, stage_steps))
+
+
 class StopRequested(Exception):
     """SIGTERM/SIGINT reached this process or, in a multi-process run, another one; every
     process stopped at the same step and a checkpoint has been written."""
@@ -112,8 +131,7 @@ class NonFiniteLoss(FloatingPointError):
 
 class Trainer:
     """Holds what a run needs between epochs: mesh, objective (with its model), data,
-    compiled steps, writers. Also the objective's `Evaluator`: it runs the objective's
-    eval functions over a split, across devices and processes."""
+    compiled steps, writers."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: Data,
                  init_from: str | None = None, overwrite: bool = False):
@@ -131,7 +149,8 @@ class Trainer:
         self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
         self.init_from = init_from
         self.replicated = parallel.replicated(self.mesh)
-        self._optimizers: dict[int, tuple[Any, bool]] = {}  # stage index -> (tx, freeze_backbone)
+        self.evaluator = objectives.Evaluator(self.mesh, config.eval_batch_size, data.train)
+        self._built: dict[int, BuiltStage] = {}  # stage index -> its optimizer and step
         self._train_steps: dict[int, Any] = {}  # stage index -> jitted train step
         self._epoch_scans: dict[tuple[int, int], Any] = {}  # (stage index, steps) -> compiled epoch scan
         self._warm: set[int] = set()  # stages whose step has compiled in this process
@@ -154,18 +173,16 @@ class Trainer:
             state = load_pretrained_backbone(self.init_from, state, self.model)
         return steps.reset_averages(state)
 
-    def optimizer(self, stage: Stage, params: Any):
-        """(tx, freeze_backbone) of a stage, built once per stage."""
-        if stage.index not in self._optimizers:
-            tx, labels = optim.make_optimizer(stage.config, self.config.param_groups, params, self.steps_per_epoch)
-            self._optimizers[stage.index] = (tx, optim.is_subtree_frozen(labels, "backbone"))
-        return self._optimizers[stage.index]
+    def built(self, stage: Stage, params: Any) -> BuiltStage:
+        if stage.index not in self._built:
+            self._built[stage.index] = build_stage(self.objective, self.config, stage, params, self.steps_per_epoch)
+        return self._built[stage.index]
 
     def with_fresh_opt_state(self, state: steps.TrainState, stage: Stage) -> steps.TrainState:
         """Optimizer state is re-initialised at each stage switch (like recompiling a Keras
         model after unfreezing): moments of a frozen-stage head say nothing about the
         fine-tune stage's geometry, and a fresh state keeps every checkpoint restorable."""
-        tx, _ = self.optimizer(stage, state.params)
+        tx = self.built(stage, state.params).tx
         return state.replace(opt_state=jax.jit(tx.init, out_shardings=self.replicated)(state.params))
 
     def restore_or_init(self) -> tuple[steps.TrainState, dict]:
@@ -193,17 +210,9 @@ class Trainer:
         return make
 
     # ----- loop -----
-    def _train_step(self, stage: Stage, params: Any):
-        """The stage's pure (un-jitted) train step."""
-        tx, freeze_backbone = self.optimizer(stage, params)
-        stage_steps = (stage.first_epoch * self.steps_per_epoch,
-                       (stage.end_epoch - stage.first_epoch) * self.steps_per_epoch)
-        return steps.make_train_step(self.objective.loss(freeze_backbone, self.steps_per_epoch), tx, self.config,
-                                     stage_steps)
-
     def train_step_fn(self, stage: Stage, params: Any):
         if stage.index not in self._train_steps:
-            self._train_steps[stage.index] = jax.jit(self._train_step(stage, params), donate_argnums=0)
+            self._train_steps[stage.index] = jax.jit(self.built(stage, params).train_step, donate_argnums=0)
         return self._train_steps[stage.index]
 
     def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
@@ -234,33 +243,7 @@ class Trainer:
 
     def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None = None) -> dict[str, float]:
         """The objective's metrics of `state` on `split` (default: the eval split)."""
-        return self.objective.evaluate(self, state, self.data.eval if split is None else split)
-
-    # ----- objectives.Evaluator -----
-    @property
-    def train(self) -> data_lib.ArraySplit:
-        return self.data.train
-
-    def _eval_batches(self, split: data_lib.ArraySplit) -> Iterator[dict]:
-        """Global batches covering `split` once, padded and masked (this process feeds its rows)."""
-        for local in data_lib.eval_batches(split, self.config.eval_batch_size, jax.process_index(),
-                                           jax.process_count()):
-            yield parallel.to_global(local, self.mesh)
-
-    def sums(self, eval_step, state: steps.TrainState, split: data_lib.ArraySplit) -> dict:
-        """Metric sums of a jitted `eval_step(state, batch)` over `split`, kept on the device."""
-        sums = None
-        for batch in self._eval_batches(split):
-            sums = steps.accumulate(sums, eval_step(state, batch))
-        return sums
-
-    def outputs(self, fn, state: steps.TrainState, split: data_lib.ArraySplit) -> np.ndarray:
-        """`fn(variables, images)` of every example of `split`, in order, on the host. The
-        outputs are replicated before they leave the devices, so every process gets them all."""
-        gathered = jax.jit(fn, out_shardings=self.replicated)
-        variables = steps.eval_variables(state)
-        out = [np.asarray(gathered(variables, batch["image"])) for batch in self._eval_batches(split)]
-        return np.concatenate(out)[:len(split)]
+        return self.objective.evaluate(self.evaluator, state, self.data.eval if split is None else split)
 
     def run(self) -> dict:
         """Train through every stage from wherever the workdir left off; returns the summary."""
@@ -405,7 +388,7 @@ class Trainer:
         resident, key, compile_s = self._resident_train(), (stage.index, len(local_rows)), 0.0
         if key not in self._epoch_scans:
             t0 = time.time()
-            scan = jax.jit(steps.make_epoch_scan(self._train_step(stage, state.params)), donate_argnums=0,
+            scan = jax.jit(steps.make_epoch_scan(self.built(stage, state.params).train_step), donate_argnums=0,
                            out_shardings=self.replicated)
             self._epoch_scans[key] = scan.lower(state, resident, rows).compile()
             compile_s = time.time() - t0

@@ -113,7 +113,7 @@ class SelfSupervised:
         self.model = models.create_self_supervised(config.model, tuple(config.ssl.projector_dims),
                                                    **config.model_kwargs.to_dict())
         self._features = make_features_fn(self.model, config)
-        self._bank: tuple[int, np.ndarray] | None = None  # (step, train features): one bank per evaluated state
+        self._bank: tuple[jax.Array, np.ndarray] | None = None  # (a weight of the evaluated state, its bank)
 
     def loss(self, freeze_backbone: bool, steps_per_epoch: int) -> LossFn:
         del steps_per_epoch  # no epoch-dependent augmentation
@@ -139,9 +139,12 @@ class SelfSupervised:
         return loss_fn
 
     def evaluate(self, evaluator: Evaluator, state: steps_lib.TrainState, split: ArraySplit) -> dict[str, float]:
-        step = int(state.step)
-        if self._bank is None or self._bank[0] != step:
-            self._bank = (step, evaluator.outputs(self._features, state, evaluator.train))
+        # The bank is computed once per set of weights (the eval split and each extra split
+        # share it). Arrays are immutable, so the same first weight object means the same
+        # weights; the step would not do: early stopping restores other weights at a step.
+        weight = jax.tree_util.tree_leaves(steps_lib.eval_variables(state)["params"])[0]
+        if self._bank is None or self._bank[0] is not weight:
+            self._bank = (weight, evaluator.outputs(self._features, state, evaluator.train))
         queries = evaluator.outputs(self._features, state, split)
         predicted = ssl.knn_predict(self._bank[1], evaluator.train.labels, queries, self.num_classes,
                                     self.config.ssl.knn_k, self.config.ssl.knn_temperature)

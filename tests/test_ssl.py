@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import augment, checkpoint, objectives, ssl, train
+from jaxcifar import augment, checkpoint, objectives, parallel, ssl, train
+from jaxcifar import steps as steps_lib
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar import evaluate as evaluate_lib
@@ -189,6 +190,25 @@ def test_knn_monitor_learns_and_picks_the_best_checkpoint(tmp_path):
     best_epoch = max(history, key=lambda h: h["eval_knn_accuracy"])
     assert summary["best_step"] == best_epoch["step"]
     assert summary["best_eval_knn_accuracy"] > 0.3  # chance is 0.1
+
+
+def test_knn_bank_is_computed_once_per_set_of_weights():
+    """The eval split and the extra splits share one bank; other weights at the same step
+    (early stopping's restore of its best epoch) get their own."""
+    data = tiny_data()
+    config = tiny_ssl_config()
+    objective = objectives.create(config, 10)
+    state = steps_lib.create_state(objective.model, jax.random.key(0))
+    evaluator = objectives.Evaluator(parallel.make_mesh(), 20, data.train)
+    bank_reads = []
+    outputs = evaluator.outputs
+    evaluator.outputs = lambda fn, s, split: bank_reads.append(split is data.train) or outputs(fn, s, split)
+    first = objective.evaluate(evaluator, state, data.eval)
+    assert objective.evaluate(evaluator, state, data.eval) == first
+    assert bank_reads.count(True) == 1
+    other = state.replace(params=jax.tree_util.tree_map(lambda x: x * 1.5, state.params))  # same step
+    objective.evaluate(evaluator, other, data.eval)
+    assert bank_reads.count(True) == 2
 
 
 def test_ssl_run_resumes_exactly(tmp_path, monkeypatch):

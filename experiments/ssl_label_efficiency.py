@@ -12,11 +12,16 @@
    everything). The SSL run is shared by all seeds.
 
     python experiments/ssl_label_efficiency.py --data_dir ../shared/tensorflow_datasets
+
+Rerunning with the same --out_dir reuses what is done: finished runs are read back (a
+finished workdir resumes to its summary), an interrupted one resumes from its checkpoint,
+and the `fast` timing is read from OUT_DIR/fast_epoch_seconds.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import time
 
@@ -67,6 +72,8 @@ def main() -> None:
     parser.add_argument("--pretrain_epochs", type=int, default=10)
     parser.add_argument("--fast_steps", type=int, default=6, help="timed steps of the `fast` recipe")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds_at_100", type=int, default=None,
+                        help="run only the first N seeds at 100 labels per class (the costliest budget)")
     args = parser.parse_args()
     out = pathlib.Path(args.out_dir)
     train.configure_compilation_cache()
@@ -75,7 +82,10 @@ def main() -> None:
     ssl_config = config_lib.load_recipe(args.method)
     ssl_config.epochs = args.pretrain_epochs
     data = train.load_data(ssl_config, args.data_dir)
-    fast_epoch = fast_epoch_seconds(data, out / "fast_timing", args.fast_steps)
+    timing = out / "fast_epoch_seconds.json"
+    if not timing.exists():
+        timing.write_text(json.dumps(fast_epoch_seconds(data, out / "fast_timing", args.fast_steps)))
+    fast_epoch = json.loads(timing.read_text())
     print(f"fast epoch here: {fast_epoch:.0f} s -> pretraining budget {60 * fast_epoch / 150:.0f} min", flush=True)
 
     pretrain = train.fit(ssl_config, out / "ssl", data=data)
@@ -91,13 +101,14 @@ def main() -> None:
         results[str(labels_per_class)] = {}
         for way in ("scratch", "probe", "finetune"):
             accuracies, seconds = [], []
-            for seed in args.seeds:
+            seeds = args.seeds[:args.seeds_at_100] if labels_per_class == 100 else args.seeds
+            for seed in seeds:
                 summary = train.fit(transfer_config(way, labels_per_class, seed), out / f"{way}_{labels_per_class}_{seed}",
                                     data=budget, init_from=None if way == "scratch" else str(out / "ssl"))
                 accuracies.append(summary["test_accuracy"])
                 seconds.append(summary["train_seconds"])
                 print(f"{labels_per_class}/class {way} seed {seed}: {summary['test_accuracy']:.4f}", flush=True)
-            results[str(labels_per_class)][way] = {**stats(accuracies), "train_seconds": stats(seconds)}
+            results[str(labels_per_class)][way] = {**stats(accuracies), "seeds": seeds, "train_seconds": stats(seconds)}
 
     write_result("ssl_label_efficiency", {
         "method": args.method,

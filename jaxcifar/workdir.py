@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import time
 from typing import Any
@@ -33,6 +34,14 @@ CLASSES_FILE = "classes.json"
 def config_json(config: ml_collections.ConfigDict) -> dict:
     """The config as plain JSON values (tuples become lists), for storage and comparison."""
     return json.loads(json.dumps(config.to_dict()))
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never a
+    truncated one: the other processes of a run read config.json while process 0 rewrites it."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def incompatible_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -98,16 +107,16 @@ class Workdir:
                 log.warning("Moved the previous run in %s to %s.", self.path, aside)
         if self.is_writer:
             self.path.mkdir(parents=True, exist_ok=True)
-            config_file.write_text(json.dumps(new, indent=2))
+            write_atomically(config_file, json.dumps(new, indent=2))
             if class_names is not None:
-                classes_file.write_text(json.dumps({"class_names": list(class_names)}, indent=2))
+                write_atomically(classes_file, json.dumps({"class_names": list(class_names)}, indent=2))
         self._tb = None
 
     def rewrite_log(self, history: list[dict]) -> None:
         """On resume: metrics.jsonl = the checkpoint's history, dropping epochs logged after
         the checkpoint that the run is resuming from (they will be trained again)."""
         if self.is_writer:
-            (self.path / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+            write_atomically(self.path / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
     def log_epoch(self, entry: dict[str, Any]) -> None:
         if not self.is_writer:
@@ -138,7 +147,7 @@ class Workdir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.is_writer:
-            (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_atomically(self.path / "summary.json", json.dumps(summary, indent=2))
 
     def history(self) -> list[dict]:
         path = self.path / "metrics.jsonl"

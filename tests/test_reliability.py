@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -206,6 +207,26 @@ def test_incompatible_workdir_is_refused_then_moved_aside_with_overwrite(tmp_pat
     train.fit(tiny_config(epochs=1, lr=0.1), tmp_path / "run", data=tiny_data, overwrite=True)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
     assert len(aside) == 1 and sorted(p.name for p in (aside[0] / "checkpoints").iterdir()) == before
+
+
+def test_a_process_reading_the_config_while_process_0_rewrites_it_never_sees_a_partial_file(tmp_path):
+    # On resume every process reads config.json while process 0 writes it again; a truncating
+    # write let process 1 read an empty file (a CI failure of the two-process SIGTERM test).
+    config = tiny_config(epochs=1)
+    Workdir(tmp_path, config)
+    seen, done = [], threading.Event()
+
+    def read_until_done():
+        while not done.is_set():
+            seen.append((tmp_path / "config.json").read_text())
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    for _ in range(300):
+        Workdir(tmp_path, config)
+    done.set()
+    reader.join()
+    assert seen and all(json.loads(text) for text in seen)
 
 
 def test_run_written_before_a_field_existed_resumes_unless_the_field_leaves_its_default(tmp_path, tiny_data):

@@ -9,9 +9,9 @@ evaluated on `test`, and the best checkpoint is the best kNN accuracy (summary.j
 test_knn_accuracy).
 
 Backbone: the `fast` recipe's network (airbench) at half width, 32-128-128 channels, 128
-features. Why: on this project's 2-core AVX2 CPU a two-view step of 512 images takes 2.3 s
-at half width against 6.1 s at full width (226 against 591 s per epoch; measured with
-objectives.SelfSupervised's step), and an hour of pretraining is the budget. Its 2x2
+features. Why: on this project's 2-core AVX2 CPU a two-view step of 512 images takes 2.6 s
+at half width against 6.4 s at full width (253 against 621 s per epoch;
+benchmarks/ssl_step_width.py), and an hour of pretraining is the budget. Its 2x2
 whitening layer is set from the (unlabelled) training images and frozen, as in `fast`.
 Optimiser as lightly's CIFAR-10 benchmark: SGD momentum 0.9, lr 0.06 x batch/256, weight
 decay 5e-4, cosine.

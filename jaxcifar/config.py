@@ -22,6 +22,8 @@ from typing import Any
 
 import ml_collections
 
+from jaxcifar import peft
+
 RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 
 # Fields a stage may override; everything else is run-wide.
@@ -112,6 +114,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.ssl.knn_k = 200
     c.ssl.knn_temperature = 0.1
 
+    # Parameter-efficient fine-tuning (jaxcifar/peft.py): which parameters every stage may train.
+    c.peft = ml_collections.ConfigDict()
+    c.peft.mode = "full"
+    c.peft.rank = 8
+    c.peft.alpha = 8.0
+
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.patience = 0
     c.early_stopping.min_delta = 0.0
@@ -141,6 +149,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "weight_decay_on": ("kernels", "all"),
     "schedule": ("constant", "cosine", "onecycle", "linear"),
     "early_stopping.metric": tuple(EARLY_STOPPING_MAXIMISES),
+    "peft.mode": peft.MODES,
 }
 
 # What each field of `default_config` means, for --help (a test checks none is missing).
@@ -216,6 +225,10 @@ FIELD_DOCS: dict[str, str] = {
     "keep_checkpoints": "keep the latest N checkpoints; the best by eval accuracy is kept as well",
     "log_every_steps": "the progress bar pulls metrics from the device only this often; in a multi-process "
                        "run, stop signals are also agreed on this often",
+    "peft.mode": "parameters every stage may train: full = all; linear = the head; bitfit = the head, biases "
+                 "and BatchNorm; lora = the head and low-rank adapters on the 3x3/1x1 convs (see jaxcifar/peft.py)",
+    "peft.rank": "lora: rank of each conv's adapter",
+    "peft.alpha": "lora: the adapter's update is scaled by alpha / rank",
     "early_stopping.patience": "end a stage after this many epochs in a row without improvement of "
                                "early_stopping.metric, then go on to the next stage; while on, every stage "
                                "ends on the weights of its best epoch; 0 = off",
@@ -357,7 +370,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.early_stopping.patience < 0 or config.early_stopping.min_delta < 0:
         errors.append(f"early_stopping.patience={config.early_stopping.patience} and min_delta="
                       f"{config.early_stopping.min_delta} must not be negative.")
-    for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric"):
+    if config.peft.rank < 1:
+        errors.append(f"peft.rank={config.peft.rank} must be at least 1.")
+    for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
     watchable = OBJECTIVE_EVAL_METRICS.get(config.objective, ())
     if config.early_stopping.patience and config.early_stopping.metric not in watchable:

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxcifar import peft
+
 FROZEN = "__frozen__"
 
 
@@ -102,8 +104,9 @@ def group_schedule(schedule: Callable, multiplier: float, train_steps: int | Non
 
 
 def make_optimizer(stage: ml_collections.ConfigDict, param_groups: Mapping[str, str], params: Any,
-                   steps_per_epoch: int) -> tuple[optax.GradientTransformation, Any]:
-    """(multi_transform over the groups, the label tree). Groups with multiplier None are frozen."""
+                   steps_per_epoch: int, peft_mode: str = "full") -> tuple[optax.GradientTransformation, Any]:
+    """(multi_transform over the groups, the label tree). Groups with multiplier None are
+    frozen, and so is every parameter that `peft_mode` does not train (peft.is_trainable)."""
     schedule = make_schedule(stage, steps_per_epoch)
     transforms = {FROZEN: optax.set_to_zero()}
     group_of_label = {}
@@ -116,8 +119,21 @@ def make_optimizer(stage: ml_collections.ConfigDict, param_groups: Mapping[str, 
             weight_decay = stage.weight_decay * stage.weight_decay_multipliers.get(group, 1.0)
             transforms[group] = group_optimizer(stage, group_schedule(schedule, multiplier, train_steps), weight_decay)
             group_of_label[group] = group
-    labels = jax.tree_util.tree_map(lambda g: group_of_label[g], param_labels(params, param_groups))
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, group: group_of_label[group] if peft.is_trainable(peft_mode, path_str(path)) else FROZEN,
+        param_labels(params, param_groups))
     return optax.multi_transform(transforms, labels), labels
+
+
+def trainable_paths(labels: Any) -> set[str]:
+    """The '/'-joined paths of the parameters a label tree trains."""
+    return {path_str(path) for path, label in jax.tree_util.tree_leaves_with_path(labels) if label != FROZEN}
+
+
+def count_parameters(params: Any, paths: set[str] | None = None) -> int:
+    """Number of scalars in `params`, or in its leaves at `paths` only."""
+    return int(sum(leaf.size for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                   if paths is None or path_str(path) in paths))
 
 
 def is_subtree_frozen(labels: Any, prefix: str) -> bool:

@@ -16,6 +16,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
+
+from jaxcifar import peft
 from jaxcifar.checkpoint import load_variables
 from jaxcifar.optim import path_str
 from jaxcifar.steps import TrainState
@@ -44,15 +47,20 @@ def merge_pretrained(state: TrainState, pretrained: dict[str, Any], source: str)
             if part not in tree:
                 continue
             src = pretrained.get(collection, {}).get(part, {})
-            problems = shape_mismatches(tree[part], src)
+            # LoRA adapters (peft.mode=lora) are the run's own: no pretrained source has them.
+            own = peft.flat(tree[part])
+            adapters = {path: leaf for path, leaf in own.items() if peft.is_adapter_path(path)}
+            template = traverse_util.unflatten_dict({p: v for p, v in own.items() if p not in adapters}, sep="/")
+            problems = shape_mismatches(template, src)
             if problems and part == "backbone":
                 raise ValueError(f"--init_from {source}: the backbone does not fit this model:\n  "
                                  + "\n  ".join(problems))
             if problems:
                 log.info("init_from: head shapes differ (%s); keeping a freshly initialised head.", problems[0])
                 continue
-            new_tree[part] = jax.tree_util.tree_map(
-                lambda t, s: jax.device_put(np.asarray(s, t.dtype), t.sharding), tree[part], src)
+            loaded = jax.tree_util.tree_map(lambda t, s: jax.device_put(np.asarray(s, t.dtype), t.sharding),
+                                            template, src)
+            new_tree[part] = traverse_util.unflatten_dict({**peft.flat(loaded), **adapters}, sep="/")
         merged[collection] = new_tree
     return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])  # caller resets averages
 

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcifar import checkpoint, objectives, steps
+from jaxcifar import checkpoint, objectives, peft, steps
 from jaxcifar import config as config_lib
 from jaxcifar.workdir import read_class_names
 
@@ -123,13 +123,33 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def load_run(workdir: str | pathlib.Path, which: str | int = "best") -> Run:
-    """Open `workdir` at checkpoint `which` ('best', 'latest' or a step number)."""
+    """Open `workdir` at checkpoint `which` ('best', 'latest' or a step number). `workdir`
+    may be a PEFT run's adapter directory, which is resolved against its base run (and
+    holds one checkpoint). A LoRA run's adapters are merged into its kernels (`peft.merge_lora`),
+    so every tool runs the plain network, at the plain network's speed."""
     workdir = pathlib.Path(workdir).absolute()
     config = read_config(workdir)
     names = read_class_names(workdir)
     model = objectives.create(config, len(names)).model
-    variables, step = checkpoint.load_variables(workdir, which)
+    if peft.is_adapter(workdir):
+        variables, step = peft.load_adapter(workdir, _variable_shapes(model, config.data.image_size))
+        if which not in ("best", step):
+            raise ValueError(f"{workdir} is an adapter: it holds one checkpoint, step {step}, not {which!r}.")
+    else:
+        variables, step = checkpoint.load_variables(workdir, which)
+    if config.peft.mode == "lora":
+        variables = {**variables, "params": peft.merge_lora(variables["params"], peft.lora_of(config).scale)}
+        without_lora = config.copy_and_resolve_references()
+        without_lora.peft.mode = "full"
+        model = objectives.create(without_lora, len(names)).model
     return Run(workdir, config, model, jax.device_put(variables), int(step), names)
+
+
+def _variable_shapes(model: nn.Module, image_size: int) -> dict:
+    """The {'params', 'batch_stats'} shapes of `model`, without computing any weights."""
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
 
 
 def parse_checkpoint(text: str) -> str | int:

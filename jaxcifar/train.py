@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, early_stopping, models, objectives, optim, parallel, steps
+from jaxcifar import augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
-from jaxcifar.pretrained import load_pretrained_backbone
+from jaxcifar.pretrained import TORCH_SUFFIXES, load_pretrained_backbone
 from jaxcifar.workdir import Workdir
 
 log = logging.getLogger("jaxcifar")
@@ -97,17 +97,22 @@ def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
 class BuiltStage:
     tx: optax.GradientTransformation
     train_step: Callable[[steps.TrainState, dict], tuple[steps.TrainState, dict]]  # pure, not yet jitted
+    trainable: set[str]  # '/'-joined paths of the parameters the stage trains
+    frozen_backbone: bool  # no backbone parameter trains: its BatchNorm runs in inference mode
 
 
 def build_stage(objective: objectives.Objective, config: ml_collections.ConfigDict, stage: Stage, params: Any,
                 steps_per_epoch: int) -> BuiltStage:
     """The one place a stage's step is built, for the loop and for benchmarks/: the stage's
-    optimizer over the parameter groups, the objective's loss (with a frozen `backbone`
-    group, its BatchNorm runs in inference mode), and lookahead's stage length."""
-    tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch)
-    loss = objective.loss(optim.is_subtree_frozen(labels, "backbone"), steps_per_epoch)
+    optimizer over the parameter groups and `peft.mode`, the objective's loss (when no
+    backbone parameter trains, the backbone's BatchNorm runs in inference mode), and
+    lookahead's stage length."""
+    tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch, config.peft.mode)
+    frozen_backbone = optim.is_subtree_frozen(labels, "backbone")
+    loss = objective.loss(frozen_backbone, steps_per_epoch)
     stage_steps = (stage.first_epoch * steps_per_epoch, (stage.end_epoch - stage.first_epoch) * steps_per_epoch)
-    return BuiltStage(tx, steps.make_train_step(loss, tx, config, stage_steps))
+    return BuiltStage(tx, steps.make_train_step(loss, tx, config, stage_steps), optim.trainable_paths(labels),
+                      frozen_backbone)
 
 
 class StopRequested(Exception):
@@ -175,7 +180,11 @@ class Trainer:
 
     def built(self, stage: Stage, params: Any) -> BuiltStage:
         if stage.index not in self._built:
-            self._built[stage.index] = build_stage(self.objective, self.config, stage, params, self.steps_per_epoch)
+            built = build_stage(self.objective, self.config, stage, params, self.steps_per_epoch)
+            total, trained = optim.count_parameters(params), optim.count_parameters(params, built.trainable)
+            log.info("Stage %r trains %s of %s parameters (%.2f%%; peft.mode=%s).", stage.name, f"{trained:,}",
+                     f"{total:,}", 100 * trained / total, self.config.peft.mode)
+            self._built[stage.index] = built
         return self._built[stage.index]
 
     def with_fresh_opt_state(self, state: steps.TrainState, stage: Stage) -> steps.TrainState:
@@ -325,13 +334,39 @@ class Trainer:
             "compile_seconds": totals["compile_seconds"],
             "train_images_per_second": (totals["images_trained"] / totals["train_seconds"]
                                         if totals["train_seconds"] else None),
+            "parameters": optim.count_parameters(state.params),
+            "trainable_parameters": {stage.name: optim.count_parameters(
+                state.params, self.built(stage, state.params).trainable) for stage in self.stages},
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "platform": jax.devices()[0].platform,
             "config": self.config.to_dict(),
         }
+        summary["adapter"] = self.write_adapter()
         self.workdir.write_summary(summary)
         return summary
+
+    def write_adapter(self) -> dict | None:
+        """A PEFT run started from a jaxcifar workdir is also saved as an adapter (peft.py):
+        the best checkpoint's changed leaves, against the base run's best checkpoint. Returns
+        adapter.json's record (None for a run that trains everything or has no workdir base)."""
+        if (self.config.peft.mode == "full" or not self.init_from
+                or pathlib.Path(self.init_from).suffix in TORCH_SUFFIXES):
+            return None
+        variables, step = checkpoint.load_variables(self.workdir.path, "best")
+        base = pathlib.Path(self.init_from).absolute()
+        base_variables, base_step = checkpoint.load_variables(base, "best")
+        built = [self.built(stage, variables["params"]) for stage in self.stages]
+        leaves = peft.adapter_leaves(variables, set().union(*(b.trainable for b in built)),
+                                     batch_norm_trained=not all(b.frozen_backbone for b in built))
+        rebuilt = peft.apply_adapter(variables, base_variables, leaves, str(base))
+        if not self.workdir.is_writer:
+            return None
+        out = peft.write_adapter(self.workdir.path, variables, step, base, base_step, leaves, rebuilt)
+        record = peft.read_adapter(out)[0]
+        log.info("Adapter: %s (%s of %s bytes) against %s.", out, f"{record['adapter_bytes']:,}",
+                 f"{record['model_bytes']:,}", base)
+        return {"path": str(out), **record}
 
     def train_epoch(self, state: steps.TrainState, stage: Stage, epoch: int, record: dict,
                     partial_epoch: dict | None = None):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcifar.models.layers import max_pool_2x2
+from jaxcifar.models.layers import Conv, LoRA, max_pool_2x2
 
 WIDTHS = (64, 256, 256)
 WHITEN_CHANNELS = 24  # 2 x (2*2*3) eigenvectors
@@ -50,26 +50,28 @@ def dirac_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax
 class ConvGroup(nn.Module):
     features: int
     dtype: jnp.dtype = jnp.float32
+    lora: LoRA | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
-                    name="conv1")(x)
+        x = Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
+                 name="conv1", lora=self.lora)(x)
         x = gelu(batch_norm(use_running_average, "bn1")(max_pool_2x2(x)))
-        x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
-                    name="conv2")(x)
+        x = Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
+                 name="conv2", lora=self.lora)(x)
         return gelu(batch_norm(use_running_average, "bn2")(x))
 
 
 class AirbenchBackbone(nn.Module):
     dtype: jnp.dtype = jnp.float32
     widths: tuple[int, int, int] = WIDTHS
+    lora: LoRA | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
         x = gelu(nn.Conv(WHITEN_CHANNELS, (2, 2), padding="VALID", dtype=self.dtype, name="whiten")(x))
         for i, width in enumerate(self.widths, start=1):
-            x = ConvGroup(width, self.dtype, name=f"group{i}")(x, use_running_average=use_running_average)
+            x = ConvGroup(width, self.dtype, self.lora, name=f"group{i}")(x, use_running_average=use_running_average)
         return jnp.max(x, axis=(1, 2))  # 3x3 maps -> global max-pool
 
 
@@ -79,9 +81,10 @@ class Airbench(nn.Module):
     scale: float = 1 / 9  # airbench's output scaling
     dropout: float = 0.0  # on the pooled features entering the head, in training only (airbench has none)
     widths: tuple[int, int, int] = WIDTHS  # of the three conv groups; narrower ones cost less (ssl_* recipes)
+    lora: LoRA | None = None  # adapters on the 3x3 convs (peft.mode=lora); the whitening conv stays frozen
 
     def setup(self) -> None:
-        self.backbone = AirbenchBackbone(self.dtype, tuple(self.widths))
+        self.backbone = AirbenchBackbone(self.dtype, tuple(self.widths), self.lora)
         self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_default_init, dtype=self.dtype)
 

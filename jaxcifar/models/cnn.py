@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcifar.models.layers import max_pool_2x2
+from jaxcifar.models.layers import Conv, LoRA, max_pool_2x2
 
 # Keras' default initialisers, so training from scratch starts like the seed.
 _KERNEL_INIT = nn.initializers.glorot_uniform()
@@ -17,18 +17,20 @@ class CNNBackbone(nn.Module):
     """
 
     dtype: jnp.dtype = jnp.float32
+    lora: LoRA | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool = True) -> jax.Array:
         del use_running_average  # no BatchNorm; taken so every backbone is called the same way
         for i, features in enumerate((32, 64, 128), start=1):
-            x = nn.Conv(
+            x = Conv(
                 features,
                 (3, 3),
                 padding="VALID",
                 kernel_init=_KERNEL_INIT,
                 dtype=self.dtype,
                 name=f"conv{i}",
+                lora=self.lora,
             )(x)
             x = max_pool_2x2(nn.relu(x))
         return x.reshape(x.shape[0], -1)
@@ -44,9 +46,10 @@ class SimpleCNN(nn.Module):
     num_classes: int = 10
     dtype: jnp.dtype = jnp.float32
     dropout: float = 0.0  # on the features entering the head, in training only
+    lora: LoRA | None = None  # adapters on the backbone's convs (peft.mode=lora)
 
     def setup(self) -> None:
-        self.backbone = CNNBackbone(dtype=self.dtype)
+        self.backbone = CNNBackbone(dtype=self.dtype, lora=self.lora)
         self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, dtype=self.dtype)
 

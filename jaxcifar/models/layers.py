@@ -1,5 +1,8 @@
 """Small building blocks shared by the models."""
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -18,3 +21,42 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     h2, w2 = h // 2, w // 2
     x = x[:, : 2 * h2, : 2 * w2, :]
     return jnp.max(x.reshape(n, h2, 2, w2, 2, c), axis=(2, 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+    """Low-rank adapters on a model's convolutions (`peft.mode=lora`): rank and alpha; the
+    update is scaled by alpha / rank, as in LoRA and HF PEFT."""
+
+    rank: int
+    alpha: float
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+# LoRA's `A`: PyTorch's default conv init, as HF PEFT's `kaiming_uniform_(a=sqrt(5))`.
+_LORA_A_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+class Conv(nn.Conv):
+    """`nn.Conv` (same parameters, same paths), plus a LoRA adapter when `lora` is set and the
+    kernel is 3x3 or 1x1 (HF PEFT's conv LoRA): `lora_a`, a conv of the same size and stride
+    down to `rank` channels, then `lora_b`, a 1x1 conv back, initialised to zero so training
+    starts from the frozen network. Other kernels (airbench's 2x2 whitening, an ImageNet
+    stem's 7x7) stay as they are. A conv is linear in its kernel, so the adapter folds into
+    it exactly: `peft.merge_lora`."""
+
+    lora: LoRA | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = super().__call__(x)
+        if self.lora is None or tuple(self.kernel_size) not in ((3, 3), (1, 1)):
+            return y
+        down = nn.Conv(self.lora.rank, self.kernel_size, strides=self.strides, padding=self.padding, use_bias=False,
+                       kernel_init=_LORA_A_INIT, dtype=self.dtype, name="lora_a")(x)
+        up = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                     name="lora_b")(down)
+        return y + self.lora.scale * up

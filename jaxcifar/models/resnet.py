@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcifar.models.layers import Conv, LoRA
+
 Stem = Literal["cifar", "imagenet"]
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -22,10 +24,10 @@ _BN_EPSILON = 1e-5
 _BN_MOMENTUM = 0.9
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str, lora: LoRA | None) -> Conv:
     """Bias-free conv with PyTorch padding ``kernel // 2``."""
     pad = kernel // 2
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
@@ -34,6 +36,7 @@ def _conv(features: int, kernel: int, stride: int, dtype: jnp.dtype, name: str) 
         kernel_init=_CONV_INIT,
         dtype=dtype,
         name=name,
+        lora=lora,
     )
 
 
@@ -53,15 +56,16 @@ class BasicBlock(nn.Module):
     features: int
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    lora: LoRA | None = None
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
-        y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+        y = _conv(self.features, 3, self.stride, self.dtype, "conv1", self.lora)(x)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn1")(y))
-        y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
+        y = _conv(self.features, 3, 1, self.dtype, "conv2", self.lora)(y)
         y = _bn(use_running_average, self.dtype, "bn2")(y)
-        return nn.relu(y + _shortcut(x, y.shape[-1], self.stride, use_running_average, self.dtype))
+        return nn.relu(y + _shortcut(x, y.shape[-1], self.stride, use_running_average, self.dtype, self.lora))
 
 
 class Bottleneck(nn.Module):
@@ -70,21 +74,22 @@ class Bottleneck(nn.Module):
     features: int
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    lora: LoRA | None = None
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
-        y = _conv(self.features, 1, 1, self.dtype, "conv1")(x)
+        y = _conv(self.features, 1, 1, self.dtype, "conv1", self.lora)(x)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn1")(y))
-        y = _conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
+        y = _conv(self.features, 3, self.stride, self.dtype, "conv2", self.lora)(y)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn2")(y))
-        y = _conv(self.features * self.expansion, 1, 1, self.dtype, "conv3")(y)
+        y = _conv(self.features * self.expansion, 1, 1, self.dtype, "conv3", self.lora)(y)
         y = _bn(use_running_average, self.dtype, "bn3")(y)
-        return nn.relu(y + _shortcut(x, y.shape[-1], self.stride, use_running_average, self.dtype))
+        return nn.relu(y + _shortcut(x, y.shape[-1], self.stride, use_running_average, self.dtype, self.lora))
 
 
 def _shortcut(
-    x: jax.Array, features: int, stride: int, use_running_average: bool, dtype: jnp.dtype
+    x: jax.Array, features: int, stride: int, use_running_average: bool, dtype: jnp.dtype, lora: LoRA | None
 ) -> jax.Array:
     """Identity, or 1x1 conv + BN (torchvision's ``downsample``) when the shape changes.
 
@@ -93,7 +98,7 @@ def _shortcut(
     """
     if stride == 1 and x.shape[-1] == features:
         return x
-    x = _conv(features, 1, stride, dtype, "downsample_conv")(x)
+    x = _conv(features, 1, stride, dtype, "downsample_conv", lora)(x)
     return _bn(use_running_average, dtype, "downsample_bn")(x)
 
 
@@ -105,14 +110,15 @@ class ResNetBackbone(nn.Module):
     stem: Stem = "cifar"
     width: int = 64  # channels of the stem and first stage; doubles per stage
     dtype: jnp.dtype = jnp.float32
+    lora: LoRA | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
         if self.stem == "cifar":
-            x = _conv(self.width, 3, 1, self.dtype, "conv1")(x)
+            x = _conv(self.width, 3, 1, self.dtype, "conv1", self.lora)(x)
             x = nn.relu(_bn(use_running_average, self.dtype, "bn1")(x))
         elif self.stem == "imagenet":
-            x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
+            x = _conv(self.width, 7, 2, self.dtype, "conv1", self.lora)(x)
             x = nn.relu(_bn(use_running_average, self.dtype, "bn1")(x))
             # torchvision MaxPool2d(3, 2, padding=1): padding is -inf, as in nn.max_pool.
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -122,7 +128,7 @@ class ResNetBackbone(nn.Module):
             for j in range(num_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
                 x = self.block_cls(
-                    self.width * 2**i, stride=stride, dtype=self.dtype, name=f"layer{i + 1}_{j}"
+                    self.width * 2**i, stride=stride, dtype=self.dtype, lora=self.lora, name=f"layer{i + 1}_{j}"
                 )(x, use_running_average=use_running_average)
         return jnp.mean(x, axis=(1, 2))
 
@@ -143,10 +149,11 @@ class ResNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
     input_size: int | None = None
     dropout: float = 0.0  # on the pooled features entering the head, in training only
+    lora: LoRA | None = None  # adapters on the backbone's 3x3 and 1x1 convs (peft.mode=lora)
 
     def setup(self) -> None:
         self.backbone = ResNetBackbone(
-            self.stage_sizes, self.block_cls, stem=self.stem, width=self.width, dtype=self.dtype
+            self.stage_sizes, self.block_cls, stem=self.stem, width=self.width, dtype=self.dtype, lora=self.lora
         )
         self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, dtype=self.dtype)

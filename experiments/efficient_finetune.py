@@ -1,0 +1,151 @@
+"""Parameter-efficient fine-tuning against full fine-tuning, on two transfer tasks.
+
+1. Split-CIFAR (as experiments/split_cifar_transfer.py defines it): a width-16 ResNet-18
+   pretrained on classes 0-4, then classes 5-9 from 100 labels per class, evaluated on their
+   515 exact `test` images and their 5,000 `test_jpeg` copies.
+2. The SimCLR backbone of experiments/ssl_label_efficiency.py (half-width airbench, no
+   labels), then all 10 classes from 100 labels per class through `ssl_finetune`.
+
+Every mode runs the same two stages: the head alone on the frozen backbone, then a second
+stage in which `peft.mode` decides what trains (linear: still the head only; bitfit: the
+head, biases and BatchNorm; lora: the head and rank-8 conv adapters; full: everything).
+The second stage's learning rate is the recipe's fine-tuning rate for `full` (a fifth of
+the first stage's on split-CIFAR, a tenth on SSL), and the first stage's own for the PEFT
+modes. Why: they train few parameters, LoRA's B starts at zero, and a rate several times
+full fine-tuning's is what LoRA and BitFit use; no rate was tuned here.
+
+Recorded per mode and seed: `test` accuracy, trainable parameters of the second stage,
+the adapter's size on disk (WORKDIR/adapter/adapter.msgpack; for `full`, the whole
+float32 model), and the median seconds per epoch of the second stage.
+
+    python experiments/efficient_finetune.py --data_dir ../shared/tensorflow_datasets
+
+Rerunning with the same --out_dir reuses finished runs (a finished workdir resumes to its
+summary) and the pretraining runs of the two experiments it builds on, when --split_dir and
+--ssl_dir point at them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import time
+
+import jax
+import split_cifar_transfer
+from common import stats, write_result
+
+from jaxcifar import checkpoint, evaluate, train
+from jaxcifar import config as config_lib
+
+MODES = ("linear", "bitfit", "lora", "full")
+SSL_LABELS_PER_CLASS, SSL_EPOCHS = 100, 20  # ssl_label_efficiency's 100-label budget
+
+
+def with_mode(config: config_lib.ml_collections.ConfigDict, mode: str, finetune_lr: float):
+    """`config` (a frozen stage, then a fine-tuning stage) with `peft.mode` = `mode`."""
+    frozen, finetune = (dict(stage) for stage in config.stages)
+    peft_lr = frozen.get("lr", config.lr)
+    config.stages = (frozen, {**finetune, "lr": finetune_lr if mode == "full" else peft_lr})
+    config.peft.mode = mode
+    return config
+
+
+def split_cifar_config(mode: str, epochs: int, seed: int):
+    config = split_cifar_transfer.transfer_config("finetune", epochs, seed)
+    return with_mode(config, mode, dict(config.stages[1])["lr"])
+
+
+def ssl_config(mode: str, seed: int):
+    config = config_lib.load_recipe("ssl_finetune")
+    config.seed, config.batch_size, config.log_every_steps = seed, 50, 10
+    config.data.examples_per_class = SSL_LABELS_PER_CLASS
+    frozen, finetune = dict(config.stages[0]), dict(config.stages[1])
+    config.stages = ({**frozen, "epochs": SSL_EPOCHS // 4}, {**finetune, "epochs": SSL_EPOCHS - SSL_EPOCHS // 4})
+    return with_mode(config, mode, finetune["lr"])
+
+
+def measure(config, workdir: pathlib.Path, data: train.Data, base: pathlib.Path) -> dict:
+    summary = train.fit(config, workdir, data=data, init_from=str(base))
+    last_stage = config.stages[-1]["name"]
+    epoch_seconds = [h["epoch_train_seconds"] for h in evaluate.read_history(workdir) if h["stage"] == last_stage]
+    adapter = summary["adapter"]
+    return {"test_accuracy": summary["test_accuracy"],
+            "extra_eval_accuracy": summary["extra_eval_accuracy"],
+            "trainable_parameters": summary["trainable_parameters"][last_stage],
+            "parameters": summary["parameters"],
+            "saved_bytes": adapter["adapter_bytes"] if adapter else model_bytes(workdir),
+            "seconds_per_epoch": statistics.median(epoch_seconds)}
+
+
+def model_bytes(workdir: pathlib.Path) -> int:
+    """float32 bytes of the inference weights of a run saved whole."""
+    variables, _ = checkpoint.load_variables(workdir, "best")
+    return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(variables)))
+
+
+def table(runs: dict[str, list[dict]]) -> dict:
+    return {mode: {"test_accuracy": stats([r["test_accuracy"] for r in rs]),
+                   **({"test_jpeg_accuracy": stats([r["extra_eval_accuracy"]["test_jpeg"] for r in rs])}
+                      if "test_jpeg" in rs[0]["extra_eval_accuracy"] else {}),
+                   "trainable_parameters": rs[0]["trainable_parameters"], "parameters": rs[0]["parameters"],
+                   "trainable_fraction": rs[0]["trainable_parameters"] / rs[0]["parameters"],
+                   "saved_bytes": rs[0]["saved_bytes"],
+                   "seconds_per_epoch": stats([r["seconds_per_epoch"] for r in rs])}
+            for mode, rs in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--out_dir", default="runs/efficient_finetune")
+    parser.add_argument("--split_dir", default="runs/split_cifar",
+                        help="split_cifar_transfer.py's --out_dir: its `pretrain` run is reused or trained here")
+    parser.add_argument("--ssl_dir", default="runs/ssl_label_efficiency",
+                        help="ssl_label_efficiency.py's --out_dir, whose `ssl` run is the SSL backbone; "
+                             "the SSL table is skipped if it is absent")
+    parser.add_argument("--pretrain_epochs", type=int, default=8)
+    parser.add_argument("--transfer_epochs", type=int, default=40)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ssl_seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    out = pathlib.Path(args.out_dir)
+    train.configure_compilation_cache()
+    start = time.time()
+
+    split_base = pathlib.Path(args.split_dir) / "pretrain"
+    train.fit(split_cifar_transfer.pretrain_config(args.pretrain_epochs), split_base, data_dir=args.data_dir)
+    split_data = train.load_data(split_cifar_config("full", args.transfer_epochs, 0), args.data_dir)
+    results = {"split_cifar": {}, "ssl": {}}
+    for seed in args.seeds:
+        for mode in MODES:
+            run = measure(split_cifar_config(mode, args.transfer_epochs, seed), out / f"split_{mode}_{seed}",
+                          split_data, split_base)
+            results["split_cifar"].setdefault(mode, []).append(run)
+            print(f"split-CIFAR {mode} seed {seed}: {run['test_accuracy']:.4f}", flush=True)
+
+    ssl_base = pathlib.Path(args.ssl_dir) / "ssl"
+    if (ssl_base / "checkpoints").is_dir():
+        ssl_data = train.load_data(ssl_config("full", 0), args.data_dir)
+        for seed in args.ssl_seeds:
+            for mode in MODES:
+                run = measure(ssl_config(mode, seed), out / f"ssl_{mode}_{seed}", ssl_data, ssl_base)
+                results["ssl"].setdefault(mode, []).append(run)
+                print(f"SSL {mode} seed {seed}: {run['test_accuracy']:.4f}", flush=True)
+
+    write_result("efficient_finetune", {
+        "split_cifar": {"seeds": args.seeds, "epochs": args.transfer_epochs, "base": str(split_base),
+                        "network": "resnet18 (CIFAR stem) at width 16", "eval": "test classes 5-9 (515 exact "
+                        "images); test_jpeg: their 5,000 JPEG copies", "modes": table(results["split_cifar"])},
+        "ssl": {"seeds": args.ssl_seeds, "epochs": SSL_EPOCHS, "labels_per_class": SSL_LABELS_PER_CLASS,
+                "base": str(ssl_base), "network": "airbench at half width (ssl_finetune)", "eval": "test (1,000 images)",
+                "modes": table(results["ssl"]) if results["ssl"] else None},
+        "runs": results,
+        "peft": {field: split_cifar_config("lora", args.transfer_epochs, 0).peft[field] for field in ("rank", "alpha")},
+        "wall_seconds": time.time() - start,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,8 @@ and TensorFlow is only loaded by the tf.data path):
     jaxcifar.parallel    mesh, shardings, multi-process      jaxcifar.pretrained  --init_from
     jaxcifar.runs        open a trained workdir              jaxcifar.evaluate  report + plots
     jaxcifar.predict     classify image files                jaxcifar.export    StableHLO / SavedModel
+    jaxcifar.objectives  classification, SimCLR, VICReg      jaxcifar.ssl      SSL losses, kNN, probe
+    jaxcifar.peft        linear/bitfit/lora modes, adapters  jaxcifar.quantize  int8 (Qwix)
     jaxcifar.xla_cpu     XLA:CPU flags set on import (Eigen convolutions)
 """
 
@@ -20,8 +22,9 @@ from jaxcifar import xla_cpu
 xla_cpu.configure()  # before any JAX computation starts the CPU backend
 
 __version__ = "0.1.0"
-_SUBMODULES = ("augment", "checkpoint", "config", "data", "evaluate", "export", "models", "optim", "parallel",
-               "predict", "pretrained", "runs", "steps", "train", "workdir", "xla_cpu")
+_SUBMODULES = ("augment", "checkpoint", "config", "data", "evaluate", "export", "models", "objectives", "optim",
+               "parallel", "peft", "predict", "pretrained", "quantize", "runs", "ssl", "steps", "train", "workdir",
+               "xla_cpu")
 
 
 def __getattr__(name):

@@ -14,6 +14,9 @@ at the same speed).
 
 Weight decay is coupled (L2 added to the gradient, as in torch.optim.SGD) and applies to
 kernels only (ndim > 1) unless `weight_decay_on="all"`.
+
+`peft.mode` narrows every stage further: a parameter the mode does not train (see
+`peft.is_trainable`) is frozen like a frozen group, whatever its group's multiplier.
 """
 
 from __future__ import annotations

@@ -1,0 +1,221 @@
+"""int8 post-training quantization of a trained run, measured against its float32 self.
+
+    python -m jaxcifar.quantize --workdir runs/fast --out quantized/fast --data_dir ../shared/tensorflow_datasets
+
+1. **BatchNorm folded into the convs** (`fold_batch_norm`): each BatchNorm's per-channel
+   scale gamma / sqrt(var + eps) is multiplied into the kernel of the conv before it, and
+   what is left of the BatchNorm is its shift, an add after the int8 conv. airbench's
+   BatchNorm comes after a 2x2 max-pool; its scale is positive (it has no gamma), so it
+   commutes with the max and folds exactly. The folded float32 network is checked against
+   the run's on the calibration images before anything is quantized.
+2. **Static int8 quantization with Qwix** (google/qwix, pinned): every conv and dense layer
+   gets per-output-channel symmetric int8 weights (absmax) and a per-tensor symmetric int8
+   input whose scale is calibrated on `--calibration_images` images of the run's training
+   split (Qwix's static-range calibration: the mean of each image's absmax). The convs and
+   the head then run as int8 x int8 -> int32 `stablehlo.convolution` / `dot_general`, and
+   the result is rescaled to float32 for the shift, the activation and the pooling.
+   Why Qwix: it is the JAX ecosystem's maintained quantization library, it fits the pinned
+   JAX and Flax (AQT is in maintenance; jax2onnx for ONNX Runtime pins an older Orbax than
+   ours), and it intercepts the model's own Flax modules, so the int8 network is the run's
+   model and inference path (`runs.Run`), not a re-implementation.
+3. **Artefacts**: `DIR/int8/` and `DIR/float32/` are `jaxcifar.export` StableHLO exports of
+   the same `uint8 images -> logits` function (`load_exported` runs either, `jaxcifar.serve`
+   serves either); the int8 one stores int8 weights and computes in int8.
+4. **`DIR/report.json`**: accuracy on `test` and on `--extra_splits` (default `test_jpeg`)
+   under `float32_accuracy` / `int8_accuracy`, the artefacts' sizes, and their CPU latency
+   (batch 1) and throughput (batch 256), timed side by side in this process
+   (`--timing_repeats`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+
+import flax.linen
+import jax
+import jax.numpy as jnp
+import numpy as np
+import qwix
+from flax import traverse_util
+
+from jaxcifar import data as data_lib
+from jaxcifar import augment, evaluate, export, peft
+from jaxcifar.runs import Run, add_run_arguments, load_run
+
+log = logging.getLogger("jaxcifar")
+REPORT = "report.json"
+# The folded float32 network must give the run's logits to float rounding.
+FOLD_TOLERANCE = 1e-3
+SCHEME = ("BatchNorm folded; int8 weights per output channel (symmetric, absmax); int8 inputs of every conv and "
+          "dense layer per tensor (symmetric, static scale calibrated on training images); int32 accumulation")
+INT8_RULE = qwix.QuantizationRule(module_path=".*", weight_qtype=jnp.int8, act_qtype=jnp.int8, act_static_scale=True,
+                                  weight_calibration_method="absmax", act_calibration_method="absmax")
+
+
+def conv_of_batch_norm(bn_path: str, params: dict[str, np.ndarray]) -> str | None:
+    """The conv whose output a BatchNorm normalises, by the models' naming (models/): `bnK`
+    follows `convK` and `downsample_bn` follows `downsample_conv` in the same module."""
+    parent, _, name = bn_path.rpartition("/")
+    conv_name = name.replace("bn", "conv", 1) if name.startswith(("bn", "downsample_bn")) else None
+    conv = f"{parent}/{conv_name}" if parent else conv_name
+    return conv if conv_name and f"{conv}/kernel" in params and f"{conv}/bias" not in params else None
+
+
+def batch_norm_epsilons(model: flax.linen.Module, variables: dict, images: jax.Array) -> dict[str, float]:
+    """{'/'-joined BatchNorm path: its epsilon}: a module attribute, stored in no variable
+    (1e-5 in the ResNets, 1e-12 in airbench), read by intercepting one forward pass."""
+    epsilons = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, flax.linen.BatchNorm):
+            epsilons["/".join(context.module.path)] = context.module.epsilon
+        return next_fun(*args, **kwargs)
+
+    with flax.linen.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    return epsilons
+
+
+def fold_batch_norm(variables: dict, epsilons: dict[str, float]) -> dict:
+    """{'params', 'batch_stats'} of the same network with every BatchNorm that follows a
+    bias-free conv folded into it: the kernel scaled per output channel by gamma / sqrt(var
+    + eps), and the BatchNorm left as a pure shift (mean 0, variance 1 - eps so that its
+    division is by 1, gamma 1, beta the folded shift)."""
+    params, stats = peft.flat(variables["params"]), peft.flat(variables["batch_stats"])
+    for bn, eps in epsilons.items():
+        conv = conv_of_batch_norm(bn, params)
+        if conv is None or f"{bn}/bias" not in params:  # no conv to scale, or no bias to hold the shift
+            continue
+        mean, var = stats[f"{bn}/mean"], stats[f"{bn}/var"]
+        gamma = params.get(f"{bn}/scale", np.ones_like(mean))
+        scale = gamma / np.sqrt(var + eps)
+        params[f"{conv}/kernel"] = params[f"{conv}/kernel"] * scale
+        params[f"{bn}/bias"] = params[f"{bn}/bias"] - mean * scale
+        if f"{bn}/scale" in params:
+            params[f"{bn}/scale"] = np.ones_like(gamma)
+        stats[f"{bn}/mean"], stats[f"{bn}/var"] = np.zeros_like(mean), np.full_like(var, 1.0 - eps)
+    unflat = lambda tree: traverse_util.unflatten_dict(tree, sep="/")  # noqa: E731
+    return {"params": unflat(params), "batch_stats": unflat(stats)}
+
+
+def quantize_run(run: Run, calibration_images: np.ndarray, batch_size: int = 250) -> Run:
+    """The int8 version of `run` (same class names, image size, normalisation and inference
+    path): BatchNorm folded, then Qwix's static int8 quantization calibrated on
+    `calibration_images` (uint8, the run's image size), fed in batches of `batch_size`."""
+    run.require_classifier()
+    images = jnp.asarray(augment.model_input(calibration_images, run.image_size, run.config.augment.normalization))
+    folded = jax.device_put(fold_batch_norm(jax.tree_util.tree_map(np.asarray, run.variables),
+                                            batch_norm_epsilons(run.model, run.variables, images[:1])))
+    logits = jax.jit(lambda variables, x: run.model.apply(variables, x, train=False))
+    drift = float(jnp.abs(logits(folded, images[:batch_size]) - logits(run.variables, images[:batch_size])).max())
+    if drift > FOLD_TOLERANCE:
+        raise ValueError(f"Folding BatchNorm into the convs changed the logits by {drift:.2g} (> {FOLD_TOLERANCE}): "
+                         f"{run.config.model} has a BatchNorm that does not follow its conv directly.")
+    # Calibration: the float network with Qwix's quantization-statistics collection, over every image.
+    observed = qwix.quantize_model(run.model, qwix.QtProvider([INT8_RULE]))
+    quant_stats = None
+    for start in range(0, len(images), batch_size):
+        variables = folded if quant_stats is None else {**folded, "quant_stats": quant_stats}
+        _, updates = observed.apply(variables, images[start:start + batch_size], train=False, mutable=["quant_stats"])
+        quant_stats = updates["quant_stats"]
+    int8_model = qwix.quantize_model(run.model, qwix.PtqProvider([INT8_RULE]))
+    abstract = jax.eval_shape(lambda x: int8_model.init(jax.random.key(0), x, train=False), images[:1])["params"]
+    params = qwix.quantize_params(folded["params"], abstract, quant_stats)
+    return dataclasses.replace(run, model=int8_model, variables=jax.device_put({**folded, "params": params}))
+
+
+def time_artefacts(artefacts: dict[str, pathlib.Path], images: np.ndarray, batch_sizes: tuple[int, ...],
+                   repeats: int) -> dict[str, dict]:
+    """Median seconds per call of each exported artefact at each batch size, and images/s.
+    The artefacts take turns call by call, so a change in the machine's load falls on all."""
+    calls = {name: export.load_exported(path) for name, path in artefacts.items()}
+    seconds = {(name, b): [] for name in calls for b in batch_sizes}
+    for b in batch_sizes:
+        batch = images[:b]
+        for call in calls.values():
+            jax.block_until_ready(call(batch))  # compile this batch size
+        for _ in range(repeats):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                jax.block_until_ready(call(batch))
+                seconds[(name, b)].append(time.perf_counter() - start)
+    return {name: {f"batch_{b}": {"median_seconds": float(np.median(seconds[(name, b)])),
+                                  "images_per_second": b / float(np.median(seconds[(name, b)]))}
+                   for b in batch_sizes} for name in calls}
+
+
+def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, checkpoint: str | int = "best",
+                     data_dir: str | None = None, calibration_images: int = 1000,
+                     extra_splits: tuple[str, ...] = ("test_jpeg",), timing_repeats: int = 20,
+                     train_split: data_lib.ArraySplit | None = None,
+                     eval_splits: dict[str, data_lib.ArraySplit] | None = None) -> dict:
+    """Library form of the CLI; returns the report. `train_split` and `eval_splits` (name ->
+    split) replace reading the run's data, e.g. for synthetic runs in tests."""
+    from jaxcifar import train
+
+    out = pathlib.Path(out)
+    run = load_run(workdir, checkpoint)
+    run.require_classifier()
+    if train_split is None:
+        train_split = train.load_data(run.config, data_dir).train
+    if eval_splits is None:
+        eval_splits = {name: evaluate.load_eval_split(run, name, data_dir)
+                       for name in (run.config.data.eval_split, *extra_splits)}
+    calibration = train_split.images[:calibration_images]
+    int8_run = quantize_run(run, calibration)
+    report = {"workdir": str(run.workdir), "checkpoint_step": run.step, "model": run.config.model,
+              "calibration_images": len(calibration), "scheme": SCHEME, "tta": run.resolve_tta(None)}
+    for name, split in eval_splits.items():
+        for label, candidate in (("float32", run), ("int8", int8_run)):
+            report.setdefault(name, {})[f"{label}_accuracy"] = evaluate.evaluate_run(candidate, split).report["accuracy"]
+        report[name]["examples"] = len(split)
+    artefacts = {}
+    for label, candidate in (("float32", run), ("int8", int8_run)):
+        export.export_run(candidate, out / label, fmt="stablehlo", tta=run.resolve_tta(None), platforms=("cpu",))
+        artefacts[label] = out / label / export.STABLEHLO_FILE
+        report.setdefault("bytes", {})[label] = artefacts[label].stat().st_size
+    report["latency"] = time_artefacts(artefacts, next(iter(eval_splits.values())).images, (1, 256), timing_repeats)
+    report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxcifar.quantize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--out", required=True, help="directory for report.json and the float32/ and int8/ exports")
+    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
+    parser.add_argument("--calibration_images", type=int, default=1000,
+                        help="training images that calibrate the activation ranges")
+    parser.add_argument("--extra_splits", default="test_jpeg",
+                        help="comma-separated splits evaluated besides the run's eval split ('' = none)")
+    parser.add_argument("--timing_repeats", type=int, default=20, help="timed calls per artefact and batch size")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.calibration_images < 1:
+        parser.error(f"--calibration_images={args.calibration_images} must be at least 1.")
+    try:
+        report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
+                                  tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, row in report.items():
+        if isinstance(row, dict) and "int8_accuracy" in row:
+            print(f"{name}: float32 {row['float32_accuracy']:.4f}  int8 {row['int8_accuracy']:.4f}  ({row['examples']} images)")
+    print(f"size: float32 {report['bytes']['float32']:,} B, int8 {report['bytes']['int8']:,} B; "
+          f"report: {pathlib.Path(args.out) / REPORT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -120,6 +120,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.peft.rank = 8
     c.peft.alpha = 8.0
 
+    # Global magnitude pruning (jaxcifar/prune.py); sparsity 0 = off.
+    c.prune = ml_collections.ConfigDict()
+    c.prune.sparsity = 0.0
+    c.prune.ramp_fraction = 0.5
+    c.prune.every_steps = 10
+
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.patience = 0
     c.early_stopping.min_delta = 0.0
@@ -229,6 +235,10 @@ FIELD_DOCS: dict[str, str] = {
                  "and BatchNorm; lora = the head and low-rank adapters on the 3x3/1x1 convs (see jaxcifar/peft.py)",
     "peft.rank": "lora: rank of each conv's adapter",
     "peft.alpha": "lora: the adapter's update is scaled by alpha / rank",
+    "prune.sparsity": "global magnitude pruning: the fraction of the trained kernels' weights set to zero and kept "
+                      "there (reached along a cubic ramp in each stage); 0 = off",
+    "prune.ramp_fraction": "pruning: the fraction of each stage over which sparsity rises to prune.sparsity",
+    "prune.every_steps": "pruning: steps between recomputations of the mask",
     "early_stopping.patience": "end a stage after this many epochs in a row without improvement of "
                                "early_stopping.metric, then go on to the next stage; while on, every stage "
                                "ends on the weights of its best epoch; 0 = off",
@@ -370,6 +380,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.early_stopping.patience < 0 or config.early_stopping.min_delta < 0:
         errors.append(f"early_stopping.patience={config.early_stopping.patience} and min_delta="
                       f"{config.early_stopping.min_delta} must not be negative.")
+    if not 0.0 <= config.prune.sparsity < 1.0 or not 0.0 < config.prune.ramp_fraction <= 1.0:
+        errors.append(f"prune.sparsity={config.prune.sparsity} must be in [0, 1) and prune.ramp_fraction="
+                      f"{config.prune.ramp_fraction} in (0, 1].")
+    if config.prune.every_steps < 1:
+        errors.append(f"prune.every_steps={config.prune.every_steps} must be at least 1.")
+    if config.prune.sparsity and (config.lookahead_every or config.ema_decay):
+        errors.append("prune.sparsity > 0 cannot be combined with lookahead_every or ema_decay: their averaged "
+                      "weights would bring pruned weights back. Set them to 0 for a pruning run.")
     if config.peft.rank < 1:
         errors.append(f"peft.rank={config.peft.rank} must be at least 1.")
     for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode"):

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, steps
+from jaxcifar import augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, prune, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
 from jaxcifar.pretrained import TORCH_SUFFIXES, load_pretrained_backbone
 from jaxcifar.workdir import Workdir
@@ -108,11 +108,12 @@ def build_stage(objective: objectives.Objective, config: ml_collections.ConfigDi
     backbone parameter trains, the backbone's BatchNorm runs in inference mode), and
     lookahead's stage length."""
     tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch, config.peft.mode)
+    trainable = optim.trainable_paths(labels)
     frozen_backbone = optim.is_subtree_frozen(labels, "backbone")
     loss = objective.loss(frozen_backbone, steps_per_epoch)
     stage_steps = (stage.first_epoch * steps_per_epoch, (stage.end_epoch - stage.first_epoch) * steps_per_epoch)
-    return BuiltStage(tx, steps.make_train_step(loss, tx, config, stage_steps), optim.trainable_paths(labels),
-                      frozen_backbone)
+    tx = prune.wrap(tx, config, trainable, params, stage_steps[1])
+    return BuiltStage(tx, steps.make_train_step(loss, tx, config, stage_steps), trainable, frozen_backbone)
 
 
 class StopRequested(Exception):
@@ -335,6 +336,9 @@ class Trainer:
             "train_images_per_second": (totals["images_trained"] / totals["train_seconds"]
                                         if totals["train_seconds"] else None),
             "parameters": optim.count_parameters(state.params),
+            "sparsity": prune.sparsity_of(state.params, prune.prunable_leaves(
+                set().union(*(self.built(stage, state.params).trainable for stage in self.stages)), state.params))
+            if self.config.prune.sparsity else None,  # of the pruned kernels, as trained
             "trainable_parameters": {stage.name: optim.count_parameters(
                 state.params, self.built(stage, state.params).trainable) for stage in self.stages},
             "devices": jax.device_count(),

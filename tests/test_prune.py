@@ -1,0 +1,73 @@
+"""Global magnitude pruning through Optax (jaxcifar/prune.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcifar import checkpoint, prune, train
+from jaxcifar import config as config_lib
+from tests.conftest import crash_on_first_save, synthetic_split, tiny_config
+
+
+def test_the_mask_keeps_the_largest_magnitudes_across_all_leaves():
+    params = {"a": jnp.array([[0.1, -5.0], [0.3, 2.0]]), "b": jnp.array([[-0.2, 4.0, 0.05]]), "bias": jnp.array([0.0])}
+    prunable = {"a": True, "b": True, "bias": False}
+    mask = prune.global_magnitude_mask(params, prunable, jnp.float32(4 / 7))  # 4 of the 7 kernel weights
+    np.testing.assert_array_equal(mask["a"], [[False, True], [False, True]])
+    np.testing.assert_array_equal(mask["b"], [[False, True, False]])
+    assert bool(mask["bias"])  # not prunable: kept whatever its value
+
+
+def test_the_ramp_is_cubic_and_then_holds():
+    schedule = prune.sparsity_schedule(0.8, ramp_steps=10)
+    assert [float(schedule(t)) for t in (0, 5, 10, 20)] == pytest.approx([0.0, 0.8 * (1 - 0.5 ** 3), 0.8, 0.8])
+
+
+def test_pruned_weights_stay_zero_despite_momentum_and_weight_decay():
+    params = {"kernel": jax.random.normal(jax.random.key(0), (8, 16)), "bias": jnp.ones(16)}
+    prunable = {"kernel": True, "bias": False}
+    inner = optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1, momentum=0.9))
+    tx = prune.magnitude_pruning(inner, prunable, prune.sparsity_schedule(0.75, 6), every_steps=2)
+    state = tx.init(params)
+    grad = jax.grad(lambda p: jnp.sum((p["kernel"] - 3.0) ** 2) + jnp.sum(p["bias"] ** 2))
+    pruned_at = {}
+    for step in range(1, 13):
+        updates, state = tx.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+        zeros = np.asarray(params["kernel"]) == 0
+        for index in zip(*np.nonzero(zeros)):
+            pruned_at.setdefault(index, step)
+        assert all(zeros[i] for i in pruned_at), f"a pruned weight moved again at step {step}"
+    assert prune.sparsity_of(params, prunable) == 0.75  # 96 of 128, exactly, after the ramp
+    assert np.all(np.asarray(params["bias"]) != 0)
+
+
+def pruning_config(**fields):
+    return tiny_config(epochs=2, prune={"sparsity": 0.75, "ramp_fraction": 0.5, "every_steps": 2}, **fields)
+
+
+def data():
+    return train.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10)
+
+
+def test_a_pruning_run_reaches_its_sparsity_and_resumes_exactly(tmp_path, monkeypatch):
+    straight = train.fit(pruning_config(), tmp_path / "straight", data=data())
+    kernels = {path: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(
+        checkpoint.load_variables(tmp_path / "straight", "latest")[0]["params"]) if leaf.ndim > 1}
+    zeros = sum(int(np.sum(k == 0)) for k in kernels.values())
+    assert straight["sparsity"] == pytest.approx(0.75, abs=1e-4)
+    assert zeros == pytest.approx(0.75 * sum(k.size for k in kernels.values()), abs=1)
+    crash_on_first_save(monkeypatch, lambda: train.fit(pruning_config(), tmp_path / "resumed", data=data()))
+    resumed = train.fit(pruning_config(), tmp_path / "resumed", data=data())
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    for a, b in zip(jax.tree_util.tree_leaves(checkpoint.load_variables(tmp_path / "straight", "latest")[0]),
+                    jax.tree_util.tree_leaves(checkpoint.load_variables(tmp_path / "resumed", "latest")[0])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pruning_refuses_averaged_weights():
+    for fields in ({"lookahead_every": 5}, {"ema_decay": 0.99}):
+        with pytest.raises(ValueError, match="prune.sparsity > 0 cannot be combined"):
+            config_lib.validate(pruning_config(**fields), 1)

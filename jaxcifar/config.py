@@ -125,6 +125,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.prune.sparsity = 0.0
     c.prune.ramp_fraction = 0.5
     c.prune.every_steps = 10
+    c.prune.channels = 0.0
 
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.patience = 0
@@ -239,6 +240,8 @@ FIELD_DOCS: dict[str, str] = {
                       "there (reached along a cubic ramp in each stage); 0 = off",
     "prune.ramp_fraction": "pruning: the fraction of each stage over which sparsity rises to prune.sparsity",
     "prune.every_steps": "pruning: steps between recomputations of the mask",
+    "prune.channels": "structured pruning, with --init_from a trained ResNet: the fraction of its basic blocks' "
+                      "inner channels removed (smallest |BatchNorm scale| first); the model is built narrower",
     "early_stopping.patience": "end a stage after this many epochs in a row without improvement of "
                                "early_stopping.metric, then go on to the next stage; while on, every stage "
                                "ends on the weights of its best epoch; 0 = off",
@@ -383,6 +386,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if not 0.0 <= config.prune.sparsity < 1.0 or not 0.0 < config.prune.ramp_fraction <= 1.0:
         errors.append(f"prune.sparsity={config.prune.sparsity} must be in [0, 1) and prune.ramp_fraction="
                       f"{config.prune.ramp_fraction} in (0, 1].")
+    if not 0.0 <= config.prune.channels < 1.0:
+        errors.append(f"prune.channels={config.prune.channels} must be in [0, 1).")
     if config.prune.every_steps < 1:
         errors.append(f"prune.every_steps={config.prune.every_steps} must be at least 1.")
     if config.prune.sparsity and (config.lookahead_every or config.ema_decay):

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxcifar import peft
+from jaxcifar import peft, prune
 from jaxcifar.checkpoint import load_variables
 from jaxcifar.optim import path_str
 from jaxcifar.steps import TrainState
@@ -65,7 +65,10 @@ def merge_pretrained(state: TrainState, pretrained: dict[str, Any], source: str)
     return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])  # caller resets averages
 
 
-def load_pretrained_backbone(source: str, state: TrainState, model: nn.Module) -> TrainState:
+def load_pretrained_backbone(source: str, state: TrainState, model: nn.Module,
+                             remove_channels: float = 0.0) -> TrainState:
+    """`state` with the backbone (and the head, if it fits) of `source`; with
+    `remove_channels` > 0, the narrower backbone `prune.slimmed` cuts from it."""
     if pathlib.Path(source).suffix in TORCH_SUFFIXES:
         from jaxcifar.models.convert import convert_state_dict, read_torch_state_dict
 
@@ -76,4 +79,6 @@ def load_pretrained_backbone(source: str, state: TrainState, model: nn.Module) -
     else:
         pretrained, step = load_variables(source, "best")
         log.info("init_from: using step %d of %s", step, source)
+        if remove_channels:
+            pretrained = prune.slimmed(pretrained, remove_channels)[1]
     return merge_pretrained(state, pretrained, source)

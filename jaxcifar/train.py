@@ -176,7 +176,7 @@ class Trainer:
             sample = augment.model_input(self.data.train.images[:5000], size, self.config.augment.normalization)
             state = state.replace(params=jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated))
         if self.init_from:
-            state = load_pretrained_backbone(self.init_from, state, self.model)
+            state = load_pretrained_backbone(self.init_from, state, self.model, self.config.prune.channels)
         return steps.reset_averages(state)
 
     def built(self, stage: Stage, params: Any) -> BuiltStage:
@@ -540,6 +540,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
         data: Data | None = None, init_from: str | None = None, overwrite: bool = False) -> dict:
     """Library entry point: train (or resume) `config` in `workdir`; returns summary.json's content."""
     data = data or load_data(config, data_dir)
+    config = prune.with_block_widths(config, init_from)
     trainer = Trainer(config, workdir, data, init_from=init_from, overwrite=overwrite)
     try:
         return trainer.run()

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import checkpoint, prune, train
+from jaxcifar import checkpoint, models, optim, peft, prune, runs, train
 from jaxcifar import config as config_lib
 from tests.conftest import crash_on_first_save, synthetic_split, tiny_config
 
@@ -71,3 +71,40 @@ def test_pruning_refuses_averaged_weights():
     for fields in ({"lookahead_every": 5}, {"ema_decay": 0.99}):
         with pytest.raises(ValueError, match="prune.sparsity > 0 cannot be combined"):
             config_lib.validate(pruning_config(**fields), 1)
+
+
+def test_removing_channels_that_contribute_nothing_keeps_the_logits():
+    # Channels whose BatchNorm has gamma = beta = 0 output relu(0) = 0: removing them must
+    # leave the network's function unchanged, which checks every slice (conv1, bn1, conv2).
+    model = models.create_model("resnet18", 10, width=8)
+    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = jax.tree_util.tree_map(np.asarray, model.init(jax.random.key(1), images, train=False))
+    params = peft.flat(variables["params"])
+    rng = np.random.default_rng(0)
+    for block in [p.removesuffix("/bn1/scale") for p in params if p.endswith("/bn1/scale") and "layer" in p]:
+        gamma = rng.uniform(0.5, 2.0, params[f"{block}/bn1/scale"].shape).astype(np.float32)
+        dead = rng.random(gamma.shape) < 0.5
+        params[f"{block}/bn1/scale"] = np.where(dead, 0.0, gamma)
+        params[f"{block}/bn1/bias"] = np.where(dead, 0.0, rng.normal(size=gamma.shape)).astype(np.float32)
+    variables["params"] = peft.traverse_util.unflatten_dict(params, sep="/")
+    dead_fraction = np.mean(np.concatenate([params[p] == 0 for p in params if p.endswith("bn1/scale") and "layer" in p]))
+    widths, slim = prune.slimmed(variables, float(dead_fraction))
+    assert sum(widths) < sum(8 * 2 ** (i // 2) for i in range(8))
+    narrow = models.create_model("resnet18", 10, width=8, block_widths=widths)
+    np.testing.assert_allclose(narrow.apply(slim, images, train=False), model.apply(variables, images, train=False),
+                               atol=1e-5)
+
+
+def test_a_run_with_channels_removed_is_narrower_and_opens_like_any_run(tmp_path):
+    resnet = dict(model="resnet18", model_kwargs={"width": 8})
+    train.fit(tiny_config(**resnet, epochs=1), tmp_path / "dense", data=data())
+    summary = train.fit(tiny_config(**resnet, epochs=1, prune={"channels": 0.5}), tmp_path / "slim", data=data(),
+                        init_from=str(tmp_path / "dense"))
+    dense = runs.load_run(tmp_path / "dense")
+    slim = runs.load_run(tmp_path / "slim")
+    widths = slim.config.model_kwargs.block_widths
+    assert sum(widths) == sum(8 * 2 ** (i // 2) for i in range(8)) // 2
+    assert summary["parameters"] < 0.8 * optim.count_parameters(dense.variables["params"])
+    assert slim.logits(synthetic_split(8, 3).images).shape == (8, 10)
+    with pytest.raises(ValueError, match="pass --init_from"):
+        train.fit(tiny_config(**resnet, epochs=1, prune={"channels": 0.5}), tmp_path / "none", data=data())

@@ -51,17 +51,20 @@ def _bn(use_running_average: bool, dtype: jnp.dtype, name: str) -> nn.BatchNorm:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs (stride on the first) with identity/projection shortcut."""
+    """Two 3x3 convs (stride on the first) with identity/projection shortcut. `inner_features`
+    narrows the first conv (structured pruning removes those channels; the block's output
+    width, which the shortcut shares, is unchanged)."""
 
     features: int
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
     lora: LoRA | None = None
+    inner_features: int | None = None
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
-        y = _conv(self.features, 3, self.stride, self.dtype, "conv1", self.lora)(x)
+        y = _conv(self.inner_features or self.features, 3, self.stride, self.dtype, "conv1", self.lora)(x)
         y = nn.relu(_bn(use_running_average, self.dtype, "bn1")(y))
         y = _conv(self.features, 3, 1, self.dtype, "conv2", self.lora)(y)
         y = _bn(use_running_average, self.dtype, "bn2")(y)
@@ -111,9 +114,16 @@ class ResNetBackbone(nn.Module):
     width: int = 64  # channels of the stem and first stage; doubles per stage
     dtype: jnp.dtype = jnp.float32
     lora: LoRA | None = None
+    block_widths: tuple[int, ...] | None = None  # basic blocks' inner widths, in order (prune.channels)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
+        if self.block_widths is not None and (self.block_cls is not BasicBlock
+                                              or len(self.block_widths) != sum(self.stage_sizes)):
+            raise ValueError(f"block_widths={self.block_widths} needs basic blocks, one width per block "
+                             f"({sum(self.stage_sizes)}).")
+        inner = iter(self.block_widths or ())
+        extra = lambda: {"inner_features": next(inner)} if self.block_widths else {}  # noqa: E731
         if self.stem == "cifar":
             x = _conv(self.width, 3, 1, self.dtype, "conv1", self.lora)(x)
             x = nn.relu(_bn(use_running_average, self.dtype, "bn1")(x))
@@ -128,7 +138,8 @@ class ResNetBackbone(nn.Module):
             for j in range(num_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
                 x = self.block_cls(
-                    self.width * 2**i, stride=stride, dtype=self.dtype, lora=self.lora, name=f"layer{i + 1}_{j}"
+                    self.width * 2**i, stride=stride, dtype=self.dtype, lora=self.lora, name=f"layer{i + 1}_{j}",
+                    **extra()
                 )(x, use_running_average=use_running_average)
         return jnp.mean(x, axis=(1, 2))
 
@@ -150,10 +161,12 @@ class ResNet(nn.Module):
     input_size: int | None = None
     dropout: float = 0.0  # on the pooled features entering the head, in training only
     lora: LoRA | None = None  # adapters on the backbone's 3x3 and 1x1 convs (peft.mode=lora)
+    block_widths: tuple[int, ...] | None = None  # basic blocks' inner widths (structured pruning)
 
     def setup(self) -> None:
         self.backbone = ResNetBackbone(
-            self.stage_sizes, self.block_cls, stem=self.stem, width=self.width, dtype=self.dtype, lora=self.lora
+            self.stage_sizes, self.block_cls, stem=self.stem, width=self.width, dtype=self.dtype, lora=self.lora,
+            block_widths=None if self.block_widths is None else tuple(self.block_widths)
         )
         self.head_dropout = nn.Dropout(self.dropout)
         self.head = nn.Dense(self.num_classes, dtype=self.dtype)

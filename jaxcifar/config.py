@@ -388,6 +388,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f"{config.prune.ramp_fraction} in (0, 1].")
     if not 0.0 <= config.prune.channels < 1.0:
         errors.append(f"prune.channels={config.prune.channels} must be in [0, 1).")
+    if config.prune.channels and config.peft.mode != "full":
+        errors.append(f"prune.channels with peft.mode={config.peft.mode!r}: an adapter is saved against its base "
+                      "run's weights, which a narrowed network no longer has. Prune first, then adapt the pruned run.")
     if config.prune.every_steps < 1:
         errors.append(f"prune.every_steps={config.prune.every_steps} must be at least 1.")
     if config.prune.sparsity and (config.lookahead_every or config.ema_decay):

@@ -335,12 +335,7 @@ class Trainer:
             "compile_seconds": totals["compile_seconds"],
             "train_images_per_second": (totals["images_trained"] / totals["train_seconds"]
                                         if totals["train_seconds"] else None),
-            "parameters": optim.count_parameters(state.params),
-            "sparsity": prune.sparsity_of(state.params, prune.prunable_leaves(
-                set().union(*(self.built(stage, state.params).trainable for stage in self.stages)), state.params))
-            if self.config.prune.sparsity else None,  # of the pruned kernels, as trained
-            "trainable_parameters": {stage.name: optim.count_parameters(
-                state.params, self.built(stage, state.params).trainable) for stage in self.stages},
+            **self.parameter_summary(state.params),
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "platform": jax.devices()[0].platform,
@@ -349,6 +344,19 @@ class Trainer:
         summary["adapter"] = self.write_adapter()
         self.workdir.write_summary(summary)
         return summary
+
+    def trained_anywhere(self, params: Any) -> set[str]:
+        """Paths of the parameters some stage trains."""
+        return set().union(*(self.built(stage, params).trainable for stage in self.stages))
+
+    def parameter_summary(self, params: Any) -> dict:
+        """Parameter counts for summary.json: in all, trained per stage, and the sparsity of
+        the pruned kernels (None without pruning)."""
+        pruned = prune.prunable_leaves(self.trained_anywhere(params), params)
+        return {"parameters": optim.count_parameters(params),
+                "trainable_parameters": {stage.name: optim.count_parameters(params, self.built(stage, params).trainable)
+                                         for stage in self.stages},
+                "sparsity": prune.sparsity_of(params, pruned) if self.config.prune.sparsity else None}
 
     def write_adapter(self) -> dict | None:
         """A PEFT run started from a jaxcifar workdir is also saved as an adapter (peft.py):
@@ -360,9 +368,8 @@ class Trainer:
         variables, step = checkpoint.load_variables(self.workdir.path, "best")
         base = pathlib.Path(self.init_from).absolute()
         base_variables, base_step = checkpoint.load_variables(base, "best")
-        built = [self.built(stage, variables["params"]) for stage in self.stages]
-        leaves = peft.adapter_leaves(variables, set().union(*(b.trainable for b in built)),
-                                     batch_norm_trained=not all(b.frozen_backbone for b in built))
+        bn_trained = not all(self.built(stage, variables["params"]).frozen_backbone for stage in self.stages)
+        leaves = peft.adapter_leaves(variables, self.trained_anywhere(variables["params"]), bn_trained)
         rebuilt = peft.apply_adapter(variables, base_variables, leaves, str(base))
         if not self.workdir.is_writer:
             return None

@@ -41,7 +41,6 @@ def main() -> None:
         config = runs.read_config(args.base)
         config_lib.apply_dict(config, {"epochs": args.epochs, "lr": args.lr, "warmup_epochs": 0.0, "stages": (),
                                        "prune": {"channels": fraction}})
-        config.lr_multipliers = {group: 1.0 for group in config.param_groups}
         workdir = out / f"channels_{fraction}"
         summary = train.fit(config, workdir, data_dir=args.data_dir, init_from=args.base)
         run = runs.load_run(workdir)

@@ -89,7 +89,9 @@ def main() -> None:
             config.group_epochs = config_lib.ml_collections.ConfigDict()  # a recipe's first-epochs-only groups train throughout
             workdir = out / f"{name}_pruned_{sparsity}"
             summary = train.fit(config, workdir, data_dir=args.data_dir, init_from=str(workdirs[name]))
-            export.export_run(runs.load_run(workdir), workdir / "export", fmt="stablehlo", platforms=("cpu",))
+            # The final weights, at the target sparsity: `best` may be an epoch of the ramp.
+            export.export_run(runs.load_run(workdir, "latest"), workdir / "export", fmt="stablehlo",
+                              platforms=("cpu",))
             pruned.setdefault(name, []).append({
                 "target_sparsity": sparsity, "sparsity": summary["sparsity"], "epochs": epochs, "lr": config.lr,
                 "test_accuracy": summary["test_accuracy"],

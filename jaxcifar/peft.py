@@ -123,8 +123,9 @@ def write_adapter(run_dir: pathlib.Path, variables: Mapping, step: int, base: pa
     """Write `run_dir/adapter/`: `leaves` (from `adapter_leaves`) against the base run `base`
     at `base_step`. `rebuilt` is `apply_adapter`'s result from them, checked against the
     run's `variables` before anything is written, so an adapter always loads as the run."""
+    rebuilt_leaves = flat(rebuilt)
     mismatched = [path for path, value in flat(variables).items()
-                  if not np.allclose(np.asarray(value), flat(rebuilt)[path], rtol=1e-6, atol=0)]
+                  if not np.allclose(np.asarray(value), rebuilt_leaves[path], rtol=1e-6, atol=0)]
     if mismatched:
         raise ValueError(f"Not writing an adapter for {run_dir}: base {base} + adapter differs from the run at "
                          f"{mismatched[:5]}; the run changed parameters its peft.mode does not train.")

@@ -71,12 +71,24 @@ def run_on_cpu_in_fp32() -> None:
     torch.cuda.Event, torch.cuda.synchronize = WallClockEvent, lambda *args: None
 
 
-def write_airbench_data(data_dir: str, root: str) -> None:
-    """TFDS splits as `root/cifar10/{train,test}.pt`, where CifarLoader('cifar10') looks."""
+def record_printed_rows(module: types.ModuleType) -> list[dict]:
+    """A list that collects every row airbench's `module.print_training_details` prints
+    (its variables: epoch, accuracies, seconds), which it keeps printing."""
+    rows = []
+    print_row = module.print_training_details
+    module.print_training_details = lambda variables, is_final_entry: (rows.append(dict(variables)),
+                                                                       print_row(variables, is_final_entry))
+    return rows
+
+
+def write_airbench_data(data_dir: str, root: str, train_images: int | None = None) -> None:
+    """TFDS splits as `root/cifar10/{train,test}.pt`, where CifarLoader('cifar10') looks
+    (only the first `train_images` training images, when given: a smoke test)."""
     os.makedirs(os.path.join(root, "cifar10"))
-    for split, name in (("train", "train.pt"), ("test", "test.pt")):
+    for split, name, count in (("train", "train.pt", train_images), ("test", "test.pt", None)):
         arrays = data_lib.load_split(split, data_dir)
-        torch.save({"images": torch.from_numpy(arrays.images), "labels": torch.from_numpy(arrays.labels).long(),
+        images, labels = arrays.images[:count], arrays.labels[:count]
+        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels).long(),
                     "classes": list(data_lib.tfds_class_names("cifar10", data_dir))},
                    os.path.join(root, "cifar10", name))
 
@@ -95,10 +107,7 @@ def main() -> None:
 
     loader_init = utils.CifarLoader.__init__  # its last argument, `gpu=0`, is where it loads the data
     loader_init.__defaults__ = (*loader_init.__defaults__[:-1], "cpu")
-    rows = []
-    print_row = utils.print_training_details
-    utils.print_training_details = lambda variables, is_final_entry: (rows.append(dict(variables)),
-                                                                      print_row(variables, is_final_entry))
+    rows = record_printed_rows(utils)
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as root:
         write_airbench_data(data_dir, root)

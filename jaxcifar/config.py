@@ -30,7 +30,7 @@ RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 STAGE_FIELDS = (
     "epochs", "optimizer", "lr", "momentum", "nesterov", "b1", "b2", "weight_decay",
     "schedule", "warmup_epochs", "lr_start_factor", "lr_end_factor", "lr_multipliers", "group_epochs",
-    "weight_decay_on", "weight_decay_multipliers",
+    "weight_decay_on", "weight_decay_multipliers", "group_optimizers", "muon_momentum", "muon_ns_steps",
 )
 
 
@@ -90,6 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.lr_end_factor = 0.0
     c.lr_multipliers = ml_collections.ConfigDict({"all": 1.0})
     c.group_epochs = ml_collections.ConfigDict()
+    c.group_optimizers = ml_collections.ConfigDict()
+    c.muon_momentum = 0.95
+    c.muon_ns_steps = 5
 
     c.param_groups = ordered({"all": ".*"})
     c.stages = ()
@@ -152,7 +155,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "objective": tuple(OBJECTIVE_EVAL_METRICS),
     "augment.pad_mode": ("constant", "reflect"),
     "augment.normalization": ("cifar10", "imagenet", "unit"),
-    "optimizer": ("sgd", "adam", "adamw"),
+    "optimizer": ("sgd", "adam", "adamw", "muon"),
     "weight_decay_on": ("kernels", "all"),
     "schedule": ("constant", "cosine", "onecycle", "linear"),
     "early_stopping.metric": tuple(EARLY_STOPPING_MAXIMISES),
@@ -205,7 +208,10 @@ FIELD_DOCS: dict[str, str] = {
     "eval_batch_size": "global eval batch (the last one is padded and masked)",
     "label_smoothing": "in [0, 1)",
     "epochs": "epochs of the run (or of each stage that does not set its own)",
-    "optimizer": "Optax optimizer",
+    "optimizer": "Optax optimizer (muon: conv and dense kernels only; see group_optimizers)",
+    "group_optimizers": "group -> optimizer of that group instead of `optimizer`, e.g. {'filters': 'muon'}",
+    "muon_momentum": "muon: Nesterov momentum of the orthogonalised update",
+    "muon_ns_steps": "muon: Newton-Schulz iterations per step",
     "lr": "peak learning rate",
     "momentum": "sgd momentum",
     "nesterov": "sgd: Nesterov momentum",
@@ -313,7 +319,8 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
 
 
 # Dicts whose keys are chosen by the user rather than fixed by the schema.
-OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "group_epochs", "weight_decay_multipliers")
+OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "group_epochs", "weight_decay_multipliers",
+              "group_optimizers")
 
 
 def _stage_named(stages, name: str) -> dict:
@@ -420,7 +427,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             errors.append(f"{where}lr={stage.lr} must be positive.")
         for field in ("optimizer", "schedule", "weight_decay_on"):
             errors += _choice_error(field, stage[field], where)
-        for field in ("lr_multipliers", "group_epochs", "weight_decay_multipliers"):
+        for group, optimizer in stage.group_optimizers.items():
+            errors += _choice_error("optimizer", optimizer, f"{where}group_optimizers.{group}: ")
+        for group in muon_groups(stage):
+            if stage.weight_decay * stage.weight_decay_multipliers.get(group, 1.0):
+                errors.append(f"{where}group {group!r} uses muon, which renormalises its kernels every step and "
+                              f"takes no weight decay: set weight_decay_multipliers.{group}=0.")
+        for field in ("lr_multipliers", "group_epochs", "weight_decay_multipliers", "group_optimizers"):
             unknown = set(stage[field]) - set(config.param_groups)
             if unknown:
                 errors.append(f"{where}{field} names unknown groups {sorted(unknown)}; "
@@ -433,6 +446,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             errors.append(f"{where}lr_multipliers gives no multiplier (use None to freeze) for groups {sorted(missing)}.")
     if errors:
         raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def muon_groups(stage: ml_collections.ConfigDict) -> list[str]:
+    """The trainable groups of `stage` that Muon updates."""
+    return [group for group, multiplier in stage.lr_multipliers.items()
+            if multiplier is not None and stage.group_optimizers.get(group, stage.optimizer) == "muon"]
 
 
 def _choice_error(field: str, value: Any, where: str = "") -> list[str]:

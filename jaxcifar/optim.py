@@ -15,6 +15,9 @@ at the same speed).
 Weight decay is coupled (L2 added to the gradient, as in torch.optim.SGD) and applies to
 kernels only (ndim > 1) unless `weight_decay_on="all"`.
 
+A group can use another optimizer than the stage's (`group_optimizers[group]`), e.g.
+airbench94_muon's split: Muon on the conv filters, Nesterov SGD on everything else.
+
 `peft.mode` narrows every stage further: a parameter the mode does not train (see
 `peft.is_trainable`) is frozen like a frozen group, whatever its group's multiplier.
 """
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxcifar import config as config_lib
 from jaxcifar import peft
 
 FROZEN = "__frozen__"
@@ -82,21 +86,65 @@ def _decay_mask(stage: ml_collections.ConfigDict) -> Callable[[Any], Any] | None
     return lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def group_optimizer(stage: ml_collections.ConfigDict, schedule: Callable,
+def kernel_dimension_numbers(updates: Any) -> Any:
+    """Muon's view of each conv/dense kernel (..., in, out) as a (fan_in, fan_out) matrix:
+    every axis but the last is reduced over, as a conv reads a kh*kw*in patch per output."""
+    return jax.tree_util.tree_map(
+        lambda u: optax.contrib.MuonDimensionNumbers(reduction_axis=tuple(range(u.ndim - 1)), output_axis=u.ndim - 1),
+        updates)
+
+
+def renormalize_kernels() -> optax.GradientTransformation:
+    """Turns a step `u` into one that first rescales each kernel to Frobenius norm
+    sqrt(fan_out), then adds `u` (airbench94_muon's Muon, which normalises each filter
+    tensor before its step). Why: with BatchNorm after every conv the kernels' scale does
+    not change the function, but it sets the effective step size; holding it fixed makes
+    Muon's fixed-size orthogonal steps a fixed-size angular change."""
+
+    def update(updates, state, params):
+        if params is None:
+            raise ValueError("renormalize_kernels needs the parameters: call tx.update(grads, state, params).")
+        rescale = lambda p: p * (jnp.sqrt(p.shape[-1]) / jnp.linalg.norm(p) - 1.0)  # noqa: E731
+        return jax.tree_util.tree_map(lambda u, p: u + rescale(p), updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def muon(stage: ml_collections.ConfigDict, schedule: Callable) -> optax.GradientTransformation:
+    """Muon as airbench94_muon uses it: Nesterov momentum (`muon_momentum`), orthogonalised
+    by `muon_ns_steps` Newton-Schulz iterations, a step of `schedule`'s size, on kernels
+    renormalised to norm sqrt(fan_out). No weight decay: the renormalisation already fixes
+    the kernels' scale (config.validate refuses one).
+
+    The momentum is optax.trace, PyTorch's buffer (buf = m buf + g; g + m buf), and
+    optax.contrib.scale_by_muon only orthogonalises (its own momentum off, beta=0): its
+    momentum is a bias-corrected average whose Nesterov mix differs from airbench's in the
+    first steps, and this recipe is meant to be the record's, step for step."""
+    return optax.chain(
+        optax.trace(decay=stage.muon_momentum, nesterov=True),
+        optax.contrib.scale_by_muon(ns_steps=stage.muon_ns_steps, beta=0.0, nesterov=False, eps=1e-7,
+                                    weight_dimension_numbers=kernel_dimension_numbers),
+        optax.scale_by_learning_rate(schedule),
+        renormalize_kernels())
+
+
+def group_optimizer(stage: ml_collections.ConfigDict, optimizer: str, schedule: Callable,
                     weight_decay: float) -> optax.GradientTransformation:
-    """The update rule of one trainable group, with `schedule` and `weight_decay` already
-    scaled for the group."""
+    """The update rule of one trainable group (`optimizer`: the stage's, or the group's
+    `group_optimizers` entry), with `schedule` and `weight_decay` already scaled for it."""
     mask = _decay_mask(stage)
-    if stage.optimizer == "sgd":
+    if optimizer == "muon":
+        return muon(stage, schedule)
+    if optimizer == "sgd":
         return optax.chain(
             optax.add_decayed_weights(weight_decay, mask=mask),
             optax.sgd(schedule, momentum=stage.momentum or None, nesterov=stage.nesterov))
-    if stage.optimizer == "adam":  # coupled L2 as in torch.optim.Adam / Keras Adam
+    if optimizer == "adam":  # coupled L2 as in torch.optim.Adam / Keras Adam
         return optax.chain(optax.add_decayed_weights(weight_decay, mask=mask),
                            optax.adam(schedule, b1=stage.b1, b2=stage.b2))
-    if stage.optimizer == "adamw":
+    if optimizer == "adamw":
         return optax.adamw(schedule, b1=stage.b1, b2=stage.b2, weight_decay=weight_decay, mask=mask)
-    raise ValueError(f"Unknown optimizer {stage.optimizer!r}")
+    raise ValueError(f"Unknown optimizer {optimizer!r}")
 
 
 def group_schedule(schedule: Callable, multiplier: float, train_steps: int | None) -> Callable:
@@ -120,12 +168,27 @@ def make_optimizer(stage: ml_collections.ConfigDict, param_groups: Mapping[str, 
             epochs = stage.group_epochs.get(group)
             train_steps = None if epochs is None else round(epochs * steps_per_epoch)
             weight_decay = stage.weight_decay * stage.weight_decay_multipliers.get(group, 1.0)
-            transforms[group] = group_optimizer(stage, group_schedule(schedule, multiplier, train_steps), weight_decay)
+            transforms[group] = group_optimizer(stage, stage.group_optimizers.get(group, stage.optimizer),
+                                                group_schedule(schedule, multiplier, train_steps), weight_decay)
             group_of_label[group] = group
     labels = jax.tree_util.tree_map_with_path(
         lambda path, group: group_of_label[group] if peft.is_trainable(peft_mode, path_str(path)) else FROZEN,
         param_labels(params, param_groups))
+    check_muon_shapes(stage, labels, params)
     return optax.multi_transform(transforms, labels), labels
+
+
+def check_muon_shapes(stage: ml_collections.ConfigDict, labels: Any, params: Any) -> None:
+    """Muon orthogonalises matrices: a vector (a bias, a BatchNorm parameter) in a Muon group
+    is a config error, named here with the fix."""
+    muon_groups = set(config_lib.muon_groups(stage))
+    vectors = [f"{path_str(path)} {leaf.shape}" for (path, leaf), label in
+               zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(labels))
+               if label in muon_groups and leaf.ndim < 2]
+    if vectors:
+        raise ValueError(f"Muon updates matrices (conv and dense kernels) only, but its groups "
+                         f"{sorted(muon_groups)} hold {vectors}. Give biases and BatchNorm parameters their own "
+                         "param_groups rule, placed first, and an sgd/adam group_optimizers entry.")
 
 
 def trainable_paths(labels: Any) -> set[str]:

@@ -39,7 +39,7 @@ def test_wrong_type_is_rejected():
     ("epochs", "-1", "epochs=-1 must not be negative"),
     ("batch_size", "100", "divisible by the 8 devices"),
     ("lr", "0.0", "lr=0.0 must be positive"),
-    ("optimizer", "'rmsprop'", "use sgd, adam or adamw"),
+    ("optimizer", "'rmsprop'", "use sgd, adam, adamw or muon"),
     ("early_stopping.patience", "-1", "early_stopping.patience=-1 and min_delta=0.0 must not be negative"),
     ("model_kwargs.dropout", "1.0", r"model_kwargs.dropout=1.0 must be in \[0, 1\)"),
 ])
@@ -83,7 +83,7 @@ def test_help_shows_the_chosen_recipes_values_with_meaning_and_choices(capsys):
     # simple_cnn's own values, not the base defaults (sgd, 0.1, 256)
     assert "--config.optimizer='adam'" in text and "--config.batch_size=64" in text
     assert "--config.lr=0.002" in text
-    assert "(sgd | adam | adamw)" in text and "global train batch" in text
+    assert "(sgd | adam | adamw | muon)" in text and "global train batch" in text
 
 
 def test_help_without_a_loadable_recipe_shows_the_base_defaults(capsys):

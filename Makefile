@@ -21,7 +21,7 @@ $(VENV)/.installed-%: $(VENV)/.installed
 setup: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --durations=25
 
 train: setup
 	$(PY) -m jaxcifar.train --config simple_cnn --workdir $(WORKDIR) --data_dir $(DATA_DIR)

@@ -432,7 +432,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         for group in muon_groups(stage):
             if stage.weight_decay * stage.weight_decay_multipliers.get(group, 1.0):
                 errors.append(f"{where}group {group!r} uses muon, which renormalises its kernels every step and "
-                              f"takes no weight decay: set weight_decay_multipliers.{group}=0.")
+                              f"takes no weight decay: set weight_decay_multipliers.{group}=0 (or weight_decay=0).")
         for field in ("lr_multipliers", "group_epochs", "weight_decay_multipliers", "group_optimizers"):
             unknown = set(stage[field]) - set(config.param_groups)
             if unknown:

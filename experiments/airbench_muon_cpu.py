@@ -34,6 +34,7 @@ Writes experiments/results/airbench94_muon_cpu.json (`--result_name` for another
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import os
 import pathlib
@@ -96,7 +97,7 @@ def main() -> None:
     write_result(args.result_name, {
         "what": "airbench94_muon (PyTorch, fp32, on this CPU; see the script's docstring for the edits), "
                 "test = the shared 1,000-image split",
-        "script_sha256": __import__("hashlib").sha256(script.read_bytes()).hexdigest(),
+        "script_sha256": hashlib.sha256(script.read_bytes()).hexdigest(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "seed": args.seed,
         "train_images": args.train_images or 50000, "epochs": len(epochs),
         "test_accuracy": accuracies, "cumulative_train_seconds": seconds,

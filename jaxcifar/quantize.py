@@ -155,9 +155,10 @@ def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, check
                      data_dir: str | None = None, calibration_images: int = 1000,
                      extra_splits: tuple[str, ...] = ("test_jpeg",), timing_repeats: int = 20,
                      train_split: data_lib.ArraySplit | None = None,
-                     eval_splits: dict[str, data_lib.ArraySplit] | None = None) -> dict:
+                     eval_splits: dict[str, data_lib.ArraySplit] | None = None, tta: bool | None = None) -> dict:
     """Library form of the CLI; returns the report. `train_split` and `eval_splits` (name ->
-    split) replace reading the run's data, e.g. for synthetic runs in tests."""
+    split) replace reading the run's data, e.g. for synthetic runs in tests. `tta` (default:
+    the run's own) applies to both models' evaluations, exports and timings alike."""
     from jaxcifar import train
 
     out = pathlib.Path(out)
@@ -170,15 +171,17 @@ def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, check
                        for name in (run.config.data.eval_split, *extra_splits)}
     calibration = train_split.images[:calibration_images]
     int8_run = quantize_run(run, calibration)
+    tta = run.resolve_tta(tta)
     report = {"workdir": str(run.workdir), "checkpoint_step": run.step, "model": run.config.model,
-              "calibration_images": len(calibration), "scheme": SCHEME, "tta": run.resolve_tta(None)}
+              "calibration_images": len(calibration), "scheme": SCHEME, "tta": tta}
     for name, split in eval_splits.items():
         for label, candidate in (("float32", run), ("int8", int8_run)):
-            report.setdefault(name, {})[f"{label}_accuracy"] = evaluate.evaluate_run(candidate, split).report["accuracy"]
+            accuracy = evaluate.evaluate_run(candidate, split, tta).report["accuracy"]
+            report.setdefault(name, {})[f"{label}_accuracy"] = accuracy
         report[name]["examples"] = len(split)
     artefacts = {}
     for label, candidate in (("float32", run), ("int8", int8_run)):
-        export.export_run(candidate, out / label, fmt="stablehlo", tta=run.resolve_tta(None), platforms=("cpu",))
+        export.export_run(candidate, out / label, fmt="stablehlo", tta=tta, platforms=("cpu",))
         artefacts[label] = out / label / export.STABLEHLO_FILE
         report.setdefault("bytes", {})[label] = artefacts[label].stat().st_size
     report["latency"] = time_artefacts(artefacts, next(iter(eval_splits.values())).images, (1, 256), timing_repeats)
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--calibration_images={args.calibration_images} must be at least 1.")
     try:
         report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
-                                  tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats)
+                                  tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats,
+                                  tta=args.tta)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import export, models, peft, quantize, runs, train
+from jaxcifar import evaluate, export, models, peft, quantize, runs, train
 from tests.conftest import synthetic_split, tiny_config
 
 RESNET = dict(model="resnet18", model_kwargs={"width": 8})
@@ -108,3 +108,31 @@ def test_cli_refuses_what_it_cannot_quantize(quantized, tmp_path, capsys):
     assert "not a jaxcifar workdir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         quantize.main(["--workdir", str(root / "run"), "--out", str(tmp_path / "q"), "--calibration_images", "0"])
+
+
+def test_tta_is_the_callers_choice_for_every_evaluation_and_export(quantized, tmp_path):
+    root, report, test, train_split = quantized
+    assert report["tta"] is False  # the run's own setting
+    mirrored = quantize.quantize_workdir(root / "run", tmp_path / "out", train_split=train_split,
+                                         eval_splits={"test": test}, calibration_images=256, timing_repeats=1,
+                                         tta=True)
+    run = runs.load_run(root / "run")
+    assert mirrored["tta"] is True
+    assert mirrored["test"]["float32_accuracy"] == pytest.approx(
+        evaluate.evaluate_run(run, test, tta=True).report["accuracy"], abs=1e-9)
+    images = test.images[:16]
+    np.testing.assert_allclose(export.load_exported(tmp_path / "out" / "float32")(images),
+                               run.logits(images, tta=True), atol=1e-4)
+
+
+def test_cli_passes_tta_through(monkeypatch, tmp_path):
+    seen = {}
+
+    def record(*args, tta=None, **kwargs):
+        seen["tta"] = tta
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(quantize, "quantize_workdir", record)
+    for flag, expected in (("--tta", True), ("--no-tta", False)):
+        assert quantize.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "q"), flag]) == 2
+        assert seen["tta"] is expected

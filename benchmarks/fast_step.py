@@ -7,7 +7,12 @@ CIFAR-10's shape: one process per variant, since XLA flags are read at startup.
     .venv/bin/python benchmarks/fast_step.py --recipe fast_muon --variants 1dev
 
 Variants: `1dev` (the recipe as `python -m jaxcifar.train --config fast` runs it), `2dev`
-(the host split into 2 virtual devices, batch sharded), `no_lookahead`, `no_augment`.
+(the host split into 2 virtual devices, batch sharded), `no_lookahead`, `no_augment`, and
+the formulations of `benchmarks/formulations.py` swapped into the model: `winograd`,
+`nchw`, `tanh_gelu`. A formulation's worker builds the unchanged step and the swapped one
+side by side: their first steps, from the same state and batch, give `numerics` (how far
+apart the losses and the parameter updates are); then the two are timed in turns, and
+`speed_ratio` is the swapped step's median images/s over the recipe's.
 """
 
 from __future__ import annotations
@@ -24,11 +29,63 @@ VARIANTS = {
     "2dev": ({}, 2),
     "no_lookahead": ({"lookahead_every": 0}, 1),
     "no_augment": ({"augment": {"crop_padding": 0, "flip": False, "alternating_flip": False}}, 1),
+    "winograd": ({}, 1),
+    "nchw": ({}, 1),
+    "tanh_gelu": ({}, 1),
 }
 
 
-def measure(recipe: str, variant: str, steps: int) -> dict:
-    """In this process: compile, then time `steps` steps twice; images/s of the faster rep."""
+def formulation(variant: str):
+    """A context that swaps `variant`'s formulation into jaxcifar.models.airbench (whose
+    ConvGroup looks `Conv` and `gelu` up when traced), or None for the recipe as it is."""
+    import functools
+    from unittest import mock
+
+    import formulations
+    from jaxcifar.models import airbench, layers
+
+    convolutions = {"winograd": formulations.winograd_conv, "nchw": formulations.nchw_conv}
+    if variant in convolutions:
+        return mock.patch.object(airbench, "Conv", functools.partial(layers.Conv,
+                                                                     conv_general_dilated=convolutions[variant]))
+    if variant == "tanh_gelu":
+        return mock.patch.object(airbench, "gelu", formulations.tanh_gelu)
+    return None
+
+
+def prime(trainer) -> dict:
+    """`trainer`'s compiled first-stage step, primed by its first step (which compiles it):
+    the step, its state and batches, that first step's loss, parameter update and seconds."""
+    import jax
+    import numpy as np
+
+    flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64))  # noqa: E731
+                                        for x in jax.tree_util.tree_leaves(tree)])
+    state, _ = trainer.restore_or_init()
+    before = flat(state.params)
+    step = trainer.train_step_fn(trainer.stages[0], state.params)
+    batches = trainer.batches(0, 0)
+    t0 = time.time()
+    state, metrics = step(state, next(batches))
+    loss = float(metrics["loss_sum"] / metrics["count"])
+    return {"step": step, "state": state, "batches": batches, "loss": loss, "compile_s": time.time() - t0,
+            "update": flat(state.params) - before}  # copied now: the next step donates the state
+
+
+def images_per_second(primed: dict, steps: int, batch_size: int) -> float:
+    import jax
+
+    t0 = time.time()
+    for _ in range(steps):
+        primed["state"], metrics = primed["step"](primed["state"], next(primed["batches"]))
+    jax.block_until_ready(metrics)
+    return steps * batch_size / (time.time() - t0)
+
+
+def measure(recipe: str, variant: str, steps: int, reps: int) -> dict:
+    """In this process: the recipe's step (and, for a formulation, the same step with it
+    swapped in, from the same state and batches), compiled, then timed for `steps` steps
+    `reps` times, the two in turns so that both see the same machine."""
     import tempfile
 
     import jax
@@ -42,26 +99,33 @@ def measure(recipe: str, variant: str, steps: int) -> dict:
     rng = np.random.default_rng(0)
     split = lambda n: data_lib.ArraySplit(rng.integers(0, 256, (n, 32, 32, 3), np.uint8),  # noqa: E731
                                           rng.integers(0, 10, n).astype(np.int32))
-    with tempfile.TemporaryDirectory() as workdir:
-        trainer = train.Trainer(cfg, workdir, train.Data(split(50_000), split(1_000), 10))
-        state, _ = trainer.restore_or_init()
-        stage = trainer.stages[0]
-        step = trainer.train_step_fn(stage, state.params)
-        batches = trainer.batches(0, 0)
-        t0 = time.time()
-        state, metrics = step(state, next(batches))
-        jax.block_until_ready(metrics)
-        compile_s = time.time() - t0
-        rates = []
-        for _ in range(2):
-            t0 = time.time()
-            for _ in range(steps):
-                state, metrics = step(state, next(batches))
-            jax.block_until_ready(metrics)
-            rates.append(steps * cfg.batch_size / (time.time() - t0))
-        trainer.checkpointer.close()
-    return {"recipe": recipe, "variant": variant, "devices": jax.device_count(), "images_per_second": max(rates),
-            "rates": rates, "compile_s": compile_s}
+    data = train.Data(split(50_000), split(1_000), 10)
+    with tempfile.TemporaryDirectory() as root:
+        trainers = [train.Trainer(cfg, f"{root}/recipe", data)]
+        contenders = {"recipe": prime(trainers[0])}
+        patch = formulation(variant)
+        if patch is not None:
+            with patch:  # the swapped step is traced, hence built, inside
+                trainers.append(train.Trainer(cfg, f"{root}/{variant}", data))
+                contenders[variant] = prime(trainers[1])
+        rates = {name: [] for name in contenders}
+        for _ in range(reps):
+            for name, primed in contenders.items():
+                rates[name].append(images_per_second(primed, steps, cfg.batch_size))
+        for trainer in trainers:
+            trainer.checkpointer.close()
+    measured = list(contenders)[-1]
+    result = {"recipe": recipe, "variant": variant, "devices": jax.device_count(),
+              "images_per_second": max(rates[measured]), "rates": rates[measured],
+              "compile_s": contenders[measured]["compile_s"]}
+    if patch is not None:
+        reference, swapped = contenders["recipe"], contenders[variant]
+        result.update(
+            recipe_rates=rates["recipe"], speed_ratio=float(np.median(rates[variant]) / np.median(rates["recipe"])),
+            numerics={"loss": reference["loss"], "loss_difference": abs(swapped["loss"] - reference["loss"]),
+                      "update_relative_l2": float(np.linalg.norm(swapped["update"] - reference["update"])
+                                                  / np.linalg.norm(reference["update"]))})
+    return result
 
 
 def main() -> None:
@@ -69,17 +133,18 @@ def main() -> None:
     parser.add_argument("--recipe", default="fast", choices=("fast", "fast_muon"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--reps", type=int, default=2, help="timed rounds of --steps steps (images/s: the best)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.recipe, args.worker, args.steps)))
+        print(json.dumps(measure(args.recipe, args.worker, args.steps, args.reps)))
         return
     for variant in args.variants.split(","):
         devices = VARIANTS[variant][1]
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                    TF_CPP_MIN_LOG_LEVEL="2")
         out = subprocess.run([sys.executable, __file__, "--recipe", args.recipe, "--worker", variant,
-                              "--steps", str(args.steps)], env=env,
+                              "--steps", str(args.steps), "--reps", str(args.reps)], env=env,
                              capture_output=True, text=True)
         print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else f"{variant}: failed\n{out.stderr[-2000:]}",
               flush=True)

@@ -188,11 +188,14 @@ def test_epoch_scan_computes_what_the_step_loop_computes():
     assert steps.summarize(scan_sums) == pytest.approx(steps.summarize(loop_sums), rel=1e-4)
 
 
-def test_scan_epoch_runs_through_fit_like_the_step_loop(tmp_path, tiny_data):
-    results = {}
+def test_scan_epoch_runs_through_fit_like_the_step_loop(tmp_path, tiny_data, caplog):
+    results, warned = {}, {}
     for scan in (False, True):
         cfg = tiny_config(epochs=2, optimizer="sgd", lr=0.05, data={"device_resident": True, "scan_epoch": scan})
+        caplog.clear()
         results[scan] = train.fit(cfg, tmp_path / str(scan), data=tiny_data)
+        warned[scan] = "data.scan_epoch=True on a CPU" in caplog.text
+    assert warned == {False: False, True: True}  # the scan is slow on XLA:CPU (README)
     assert results[True]["steps"] == results[False]["steps"] == 2 * (256 // 32)
     history = {scan: [json.loads(line)["train_loss"] for line in (tmp_path / str(scan) / "metrics.jsonl").open()]
                for scan in (False, True)}

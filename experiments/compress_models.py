@@ -38,9 +38,9 @@ from jaxcifar import export, quantize, runs, train
 
 
 # The fast recipe evaluates with 6-view TTA, and its int8 export runs at about 2 images/s on a
-# 2-core CPU (benchmarks/int8_ops.py: XLA:CPU has no fast int8 convolution), so int8 on the
-# 10,000 test_jpeg images would take hours. It is measured on `test` only; pruning still
-# reports test_jpeg, since the pruned models evaluate in float32.
+# 2-core CPU (benchmarks/int8_ops.py: XLA:CPU routes int8 convolutions to its slow generic
+# path), so int8 on the 10,000 test_jpeg images would take about 1.5 hours. It is measured
+# on `test` only; pruning still reports test_jpeg, since the pruned models run in float32.
 INT8_EXTRA_SPLITS = {"fast": ()}
 
 

@@ -24,33 +24,45 @@ import subprocess
 import sys
 import time
 
+# name -> (config overrides, virtual devices, formulation swapped into the model or None:
+# (the attribute of jaxcifar.models.airbench it replaces, the function of formulations.py)).
 VARIANTS = {
-    "1dev": ({}, 1),
-    "2dev": ({}, 2),
-    "no_lookahead": ({"lookahead_every": 0}, 1),
-    "no_augment": ({"augment": {"crop_padding": 0, "flip": False, "alternating_flip": False}}, 1),
-    "winograd": ({}, 1),
-    "nchw": ({}, 1),
-    "tanh_gelu": ({}, 1),
+    "1dev": ({}, 1, None),
+    "2dev": ({}, 2, None),
+    "no_lookahead": ({"lookahead_every": 0}, 1, None),
+    "no_augment": ({"augment": {"crop_padding": 0, "flip": False, "alternating_flip": False}}, 1, None),
+    "winograd": ({}, 1, ("Conv", "winograd_conv")),
+    "nchw": ({}, 1, ("Conv", "nchw_conv")),
+    "tanh_gelu": ({}, 1, ("gelu", "tanh_gelu")),
 }
 
 
-def formulation(variant: str):
-    """A context that swaps `variant`'s formulation into jaxcifar.models.airbench (whose
-    ConvGroup looks `Conv` and `gelu` up when traced), or None for the recipe as it is."""
+def formulation(swap: tuple[str, str]):
+    """A context that swaps a formulation into jaxcifar.models.airbench, whose ConvGroup looks
+    `Conv` and `gelu` up when traced. A convolution goes in as Flax's `conv_general_dilated`."""
     import functools
     from unittest import mock
 
     import formulations
     from jaxcifar.models import airbench, layers
 
-    convolutions = {"winograd": formulations.winograd_conv, "nchw": formulations.nchw_conv}
-    if variant in convolutions:
-        return mock.patch.object(airbench, "Conv", functools.partial(layers.Conv,
-                                                                     conv_general_dilated=convolutions[variant]))
-    if variant == "tanh_gelu":
-        return mock.patch.object(airbench, "gelu", formulations.tanh_gelu)
-    return None
+    attribute, function = swap
+    replacement = getattr(formulations, function)
+    if attribute == "Conv":
+        replacement = functools.partial(layers.Conv, conv_general_dilated=replacement)
+    return mock.patch.object(airbench, attribute, replacement)
+
+
+def random_data(train_images: int):
+    """`train.Data` of random uint8 images and labels of CIFAR-10's shape (1,000 to evaluate)."""
+    import numpy as np
+
+    from jaxcifar import data as data_lib, train
+
+    rng = np.random.default_rng(0)
+    split = lambda n: data_lib.ArraySplit(rng.integers(0, 256, (n, 32, 32, 3), np.uint8),  # noqa: E731
+                                          rng.integers(0, 10, n).astype(np.int32))
+    return train.Data(split(train_images), split(1_000), 10)
 
 
 def prime(trainer) -> dict:
@@ -91,21 +103,17 @@ def measure(recipe: str, variant: str, steps: int, reps: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxcifar import config as config_lib, data as data_lib, train
+    from jaxcifar import config as config_lib, train
 
-    overrides, _ = VARIANTS[variant]
+    overrides, _, swap = VARIANTS[variant]
     cfg = config_lib.load_recipe(recipe)
     config_lib.apply_dict(cfg, overrides)
-    rng = np.random.default_rng(0)
-    split = lambda n: data_lib.ArraySplit(rng.integers(0, 256, (n, 32, 32, 3), np.uint8),  # noqa: E731
-                                          rng.integers(0, 10, n).astype(np.int32))
-    data = train.Data(split(50_000), split(1_000), 10)
+    data = random_data(50_000)
     with tempfile.TemporaryDirectory() as root:
         trainers = [train.Trainer(cfg, f"{root}/recipe", data)]
         contenders = {"recipe": prime(trainers[0])}
-        patch = formulation(variant)
-        if patch is not None:
-            with patch:  # the swapped step is traced, hence built, inside
+        if swap is not None:
+            with formulation(swap):  # the swapped step is traced, hence built, inside
                 trainers.append(train.Trainer(cfg, f"{root}/{variant}", data))
                 contenders[variant] = prime(trainers[1])
         rates = {name: [] for name in contenders}
@@ -118,7 +126,7 @@ def measure(recipe: str, variant: str, steps: int, reps: int) -> dict:
     result = {"recipe": recipe, "variant": variant, "devices": jax.device_count(),
               "images_per_second": max(rates[measured]), "rates": rates[measured],
               "compile_s": contenders[measured]["compile_s"]}
-    if patch is not None:
+    if swap is not None:
         reference, swapped = contenders["recipe"], contenders[variant]
         result.update(
             recipe_rates=rates["recipe"], speed_ratio=float(np.median(rates[variant]) / np.median(rates["recipe"])),

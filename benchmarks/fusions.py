@@ -19,9 +19,9 @@ import re
 import tempfile
 
 import jax
-import numpy as np
+from fast_step import random_data
 
-from jaxcifar import config as config_lib, data as data_lib, train
+from jaxcifar import config as config_lib, train
 
 NORMALISE = re.compile(r"/(group\d/bn\d)/(?:sub|mul|rsqrt|div|add)$")
 
@@ -30,11 +30,8 @@ def compiled_step_text(recipe: str, batch_size: int | None) -> str:
     cfg = config_lib.load_recipe(recipe)
     if batch_size:
         cfg.batch_size = batch_size
-    rng = np.random.default_rng(0)
-    split = lambda n: data_lib.ArraySplit(rng.integers(0, 256, (n, 32, 32, 3), np.uint8),  # noqa: E731
-                                          rng.integers(0, 10, n).astype(np.int32))
     with tempfile.TemporaryDirectory() as workdir:
-        trainer = train.Trainer(cfg, workdir, train.Data(split(2 * cfg.batch_size), split(100), 10))
+        trainer = train.Trainer(cfg, workdir, random_data(2 * cfg.batch_size))
         state, _ = trainer.restore_or_init()
         built = trainer.built(trainer.stages[0], state.params)
         text = jax.jit(built.train_step).lower(state, next(trainer.batches(0, 0))).compile().as_text()

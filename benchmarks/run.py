@@ -20,7 +20,8 @@ harness.py), and the table reports medians.
     .venv/bin/python benchmarks/run.py --nets resnet18 --frameworks jax,torch --reps 3
 
 Writes benchmarks/results/<date>-<host>.json and benchmarks/results/latest.md
-(``--quick`` runs write ``-quick`` files and leave latest.md alone).
+(``--quick`` runs write ``-quick`` files and leave latest.md alone;
+``--render results/<date>-<host>.json`` rewrites latest.md from a saved run).
 """
 
 from __future__ import annotations
@@ -88,8 +89,13 @@ def net_specs(net: str, frameworks: list[str], devices: int) -> list[Spec]:
     return [spec for fw in frameworks if fw in builders for spec in builders[fw]()]
 
 
-def markdown(results: dict[str, list[Result]], machine: dict) -> str:
-    """The latest.md report: machine, one table row per network x setting, then the legend."""
+PEERS = ("torch", "keras")
+
+
+def markdown(results: dict[str, list[dict]], machine: dict) -> str:
+    """The latest.md report from the saved summaries (`Result.summary()`): machine, one table row
+    per network x setting with its ratio to PyTorch's best row and to the fastest peer's, then
+    the legend."""
     v = machine["versions"]
     lines = [
         "# Train-step throughput on this machine",
@@ -100,22 +106,27 @@ def markdown(results: dict[str, list[Result]], machine: dict) -> str:
          f"tensorflow {v.get('tensorflow', v.get('tensorflow-cpu'))}, keras {v.get('keras')}."),
         f"Command: `{machine['command']}`",
         "",
-        "| network (batch) | framework / setting | img/s median | min–max | vs PyTorch best | compile s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| network (batch) | framework / setting | img/s median | min–max | vs PyTorch best | vs fastest peer | compile s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def best(rows: list[dict], frameworks: tuple[str, ...]) -> float:
+        return max((r["median"] or 0 for r in rows if r["framework"] in frameworks), default=0)
+
+    def ratio(s: dict, reference: float) -> str:
+        return f"{s['median'] / reference:.2f}x" if reference and s["framework"] != "pipeline" else ""
+
     for net, rows in results.items():
-        torch_best = max((r.summary()["median"] or 0 for r in rows if r.spec.framework == "torch"), default=0)
-        for result in rows:
-            s = result.summary()
+        torch_best, peer_best = best(rows, ("torch",)), best(rows, PEERS)
+        for s in rows:
             batch = f"{net} ({s['batch']})"
             if s["median"] is None:
-                lines.append(f"| {batch} | {s['label']} | failed | | | |")
+                lines.append(f"| {batch} | {s['label']} | failed | | | | |")
                 continue
-            label = s["label"] + (f" (aborted after {len(result.rates)} reps)" if s["error"] else "")
-            ratio = f"{s['median'] / torch_best:.2f}x" if torch_best and result.spec.framework != "pipeline" else ""
+            label = s["label"] + (f" (aborted after {len(s['images_per_s'])} reps)" if s["error"] else "")
             compile_s = "" if s["compile_s"] is None else f"{s['compile_s']:.1f}"
             lines.append(f"| {batch} | {label} | {s['median']:,.0f} | {s['min']:,.0f}–{s['max']:,.0f} "
-                         f"| {ratio} | {compile_s} |")
+                         f"| {ratio(s, torch_best)} | {ratio(s, peer_best)} | {compile_s} |")
     lines += [
         "",
         ("- `+aug`: jaxcifar's step with its on-device pad-4 crop + flip; `bare`: only the uint8 -> float "
@@ -125,11 +136,12 @@ def markdown(results: dict[str, list[Result]], machine: dict) -> str:
          "off, XLA's Eigen ones on; what `import jaxcifar` sets by default, jaxcifar/xla_cpu.py), alone and "
          "with the best measured device split; see benchmarks/NOTES.md. Rows without it: XLA's own defaults."),
         "- Repetitions (interleaved across all rows of a network): " + ", ".join(
-            f"{net} {max(len(r.rates) for r in rows)}" for net, rows in results.items()) + ".",
+            f"{net} {max(len(r['images_per_s']) for r in rows)}" for net, rows in results.items()) + ".",
         ("- compile s: jaxcifar's `jit(...).lower().compile()`; for Keras the first `train_on_batch` "
          "(tracing and one step). PyTorch is eager."),
         "- Optimizer everywhere: SGD, momentum 0.9, weight decay 5e-4, constant learning rate; float32.",
         "- `input pipeline`: `data.train_batches` + `parallel.to_global`, images/s with no training.",
+        "- `vs fastest peer`: against the best PyTorch or Keras row of that network.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -145,6 +157,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rep-seconds", type=float,
                         help="target length of one repetition (default 2, quick 1); at least one step")
     parser.add_argument("--quick", action="store_true", help="short run for development")
+    parser.add_argument("--render", metavar="JSON",
+                        help="run nothing; rewrite latest.md from a saved results/<date>-<host>.json")
     args = parser.parse_args()
     if args.quick:
         args.reps = args.reps or 2
@@ -154,6 +168,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        (RESULTS / "latest.md").write_text(markdown(saved["results"], saved["machine"]))
+        print(f"rendered {args.render} into {RESULTS / 'latest.md'}")
+        return
     machine = machine_info()
     frameworks = args.frameworks.split(",")
     nets = args.nets.split(",") if args.nets else (["simple_cnn"] if args.quick else available_nets())
@@ -178,10 +197,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     suffix = "-quick" if args.quick else ""
     stem = f"{time.strftime('%Y-%m-%d')}-{machine['host']}{suffix}"
-    payload = {"machine": machine, "args": vars(args),
-               "results": {net: [r.summary() for r in rows] for net, rows in results.items()}}
+    summaries = {net: [r.summary() for r in rows] for net, rows in results.items()}
+    payload = {"machine": machine, "args": vars(args), "results": summaries}
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    report = markdown(results, machine)
+    report = markdown(summaries, machine)
     (RESULTS / f"latest{suffix}.md").write_text(report)
     print("\n" + report)
     print(f"wrote {RESULTS / (stem + '.json')} and {RESULTS / f'latest{suffix}.md'} in {machine['wall_s']} s")

@@ -1,7 +1,10 @@
 """The seed tutorial's CNN (Conv 32/64/128 + max-pool, Dense 10), trained the jaxcifar way.
 
-Expected: >= 72% on `test` after 10 epochs on a 2-core CPU in about 10 minutes; see
-experiments/simple_cnn.sh and experiments/results/simple_cnn.json for the measured figure.
+Five epochs, because that is where this recipe beats the seed's own Keras run (10 epochs,
+batch 32) on accuracy in under half its wall time on a 2-core CPU: issue 13's target for
+`make train`. More epochs still help (80.7% at 10, README "Results"), and
+`--config.epochs=10` gives them. experiments/simple_cnn_vs_keras.py measures the recipe and
+the Keras run side by side and writes experiments/results/simple_cnn.json.
 
     python -m jaxcifar.train --config simple_cnn --workdir runs/simple_cnn \
         --data_dir ../shared/tensorflow_datasets
@@ -13,7 +16,7 @@ from jaxcifar.config import recipe
 def get_config():
     return recipe(
         model="simple_cnn",
-        epochs=10,
+        epochs=5,
         batch_size=64,
         optimizer="adam",
         lr=2e-3,

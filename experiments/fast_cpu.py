@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (for a quick look)")
     parser.add_argument("--out_dir", default=None, help="default: runs/RECIPE_cpu")
+    parser.add_argument("--result_name", default=None,
+                        help="experiments/results/NAME.json (default RECIPE_cpu); a separate name keeps a second "
+                             "sitting from overwriting the first")
     parser.add_argument("--collect_only", action="store_true",
                         help="write the JSON from the workdirs as they are (e.g. while runs are unfinished)")
     parser.add_argument("--note", help="recorded in the JSON, e.g. how the runs were scheduled")
@@ -94,7 +97,7 @@ def main() -> None:
             train.fit(recipe_config(args.recipe, seed, args.epochs), workdir, data=data)
     per_seed = [collect(workdir, seed, data) for seed, workdir in workdirs.items()]
     reached = lambda key: [r[key] for r in per_seed if r[key] is not None]  # noqa: E731
-    write_result(f"{args.recipe}_cpu", {
+    write_result(args.result_name or f"{args.recipe}_cpu", {
         "runs": per_seed,
         "means": {"final_accuracy": stats([r["final_accuracy"] for r in per_seed]),
                   "final_accuracy_tta": stats([r["final_accuracy_tta"] for r in per_seed]),

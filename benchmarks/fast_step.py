@@ -9,7 +9,7 @@ CIFAR-10's shape: one process per variant, since XLA flags are read at startup.
 Variants: `1dev` (the recipe as `python -m jaxcifar.train --config fast` runs it), `2dev`
 (the host split into 2 virtual devices, batch sharded), `no_lookahead`, `no_augment`, and
 the formulations of `benchmarks/formulations.py` swapped into the model: `winograd`,
-`nchw`, `tanh_gelu`. A formulation's worker builds the unchanged step and the swapped one
+`nchw`, `tanh_gelu`, `recompute_gelu`. A formulation's worker builds the unchanged step and the swapped one
 side by side: their first steps, from the same state and batch, give `numerics` (how far
 apart the losses and the parameter updates are); then the two are timed in turns, and
 `speed_ratio` is the swapped step's median images/s over the recipe's.
@@ -34,6 +34,7 @@ VARIANTS = {
     "winograd": ({}, 1, ("Conv", "winograd_conv")),
     "nchw": ({}, 1, ("Conv", "nchw_conv")),
     "tanh_gelu": ({}, 1, ("gelu", "tanh_gelu")),
+    "recompute_gelu": ({}, 1, ("gelu", "recompute_gelu")),
 }
 
 

@@ -14,6 +14,11 @@ replaces: `lax.conv_general_dilated` as Flax's `nn.Conv` calls it, or `airbench.
 - `nchw_conv`: the same convolution with channels-first operands (NCHW / OIHW), to see
   whether XLA:CPU lays the weight-gradient out without the NHWC->CHWN transposes.
 - `tanh_gelu`: the tanh approximation of GELU in place of the exact erf one.
+- `recompute_gelu`: the exact GELU with a custom VJP that keeps only its input for the
+  backward pass and recomputes the derivative there. Autodiff keeps the input and the
+  derivative's pieces (the erfc and exp values) as activation-sized residuals written in
+  the forward pass and read back in the backward one (NOTES section 8); recomputing trades
+  that memory traffic for one more erfc and exp per element.
 """
 
 from __future__ import annotations
@@ -84,3 +89,21 @@ def nchw_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, **kwargs)
 
 def tanh_gelu(x: jax.Array) -> jax.Array:
     return nn.gelu(x, approximate=True)
+
+
+@jax.custom_vjp
+def recompute_gelu(x: jax.Array) -> jax.Array:
+    return nn.gelu(x, approximate=False)
+
+
+def _recompute_gelu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return recompute_gelu(x), x  # the input is the only residual
+
+
+def _recompute_gelu_backward(x: jax.Array, cotangent: jax.Array) -> tuple[jax.Array]:
+    cdf = 0.5 * lax.erfc(-x * (1 / jnp.sqrt(2.0)).astype(x.dtype))
+    pdf = jnp.exp(-0.5 * x * x) * (1 / jnp.sqrt(2 * jnp.pi)).astype(x.dtype)
+    return (cotangent * (cdf + x * pdf),)  # d/dx x*Phi(x) = Phi(x) + x*phi(x)
+
+
+recompute_gelu.defvjp(_recompute_gelu_forward, _recompute_gelu_backward)

@@ -2,8 +2,9 @@
 statistics, EMA, step, RNG) plus a small JSON record, in `WORKDIR/checkpoints`.
 
 Saves are asynchronous; `wait()` before exit surfaces their errors. Kept: the latest
-`keep` checkpoints, the best one by the objective's metric (eval accuracy, or kNN accuracy for SSL; a separate policy, so the latest is
-never deleted in favour of the best), and early stopping's best epoch of the current stage
+`keep` checkpoints, the best one by the objective's metric on the validation split (accuracy,
+or kNN accuracy for SSL; a separate policy, so the latest is never deleted in favour of the
+best; a run without a validation split has no best), and early stopping's best epoch of the current stage
 (which the stage's end restores, however many epochs later). Restores go into the
 *current* mesh's shardings, so a checkpoint written on 8 devices restores on 1 and vice versa.
 """
@@ -25,7 +26,9 @@ from jax.experimental import multihost_utils
 
 from jaxcifar.steps import TrainState, inference_variables
 
-METRIC = "selection"  # the objective's model-selection score (eval accuracy, kNN accuracy, ...): higher is better
+# The model-selection score, higher is better: the objective's validation metric (accuracy, kNN
+# accuracy, ...), or with early stopping on, the step of its newest best epoch (train.py).
+METRIC = "selection"
 STAGE_BEST = "early_stopping_best"  # saved among a checkpoint's metrics: its epoch improved the stage's best
 
 
@@ -158,7 +161,7 @@ def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tup
         raise FileNotFoundError(f"No jaxcifar run or checkpoint at {source}.")
     manager = _open_for_reading(path)
     try:
-        step = {"best": manager.best_step, "latest": manager.latest_step}.get(which, lambda: int(which))()
+        step = resolve_step(manager, which)
         if step is None or step not in manager.all_steps():
             raise FileNotFoundError(f"No checkpoint {which!r} in {path}; saved steps: {list(manager.all_steps())}.")
         target = _on_one_device(manager.item_metadata(step).state)
@@ -166,6 +169,18 @@ def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tup
     finally:
         manager.close()
     return inference_variables(state), step
+
+
+def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int | None:
+    """The step `which` names. 'best' is the checkpoint chosen on the validation split; a run
+    that held out none chose nothing, so its 'best' is its final checkpoint, the weights its
+    summary.json reports."""
+    if which == "latest":
+        return manager.latest_step()
+    if which == "best":
+        best = manager.best_step()
+        return manager.latest_step() if best is None else best
+    return int(which)
 
 
 def _open_for_reading(directory: pathlib.Path) -> ocp.CheckpointManager:

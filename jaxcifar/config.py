@@ -133,20 +133,21 @@ def default_config() -> ml_collections.ConfigDict:
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.patience = 0
     c.early_stopping.min_delta = 0.0
-    c.early_stopping.metric = "eval_accuracy"
+    c.early_stopping.metric = "val_accuracy"
     return c
 
 
-# The eval metrics early stopping can watch, and whether it maximises (True) or minimises each.
-EARLY_STOPPING_MAXIMISES: dict[str, bool] = {"eval_accuracy": True, "eval_loss": False, "eval_knn_accuracy": True}
+# The validation metrics early stopping can watch, and whether it maximises (True) or minimises
+# each. Only `val_` metrics: selection never reads the test split (data.eval_split).
+EARLY_STOPPING_MAXIMISES: dict[str, bool] = {"val_accuracy": True, "val_loss": False, "val_knn_accuracy": True}
 
 
-# Each objective's eval metrics, as history and early stopping name them (objectives.py
-# computes them; a test checks the two agree).
+# Each objective's eval metrics (objectives.py computes them; a test checks the two agree).
+# History names them `eval_<metric>` on the test split and `val_<metric>` on the validation split.
 OBJECTIVE_EVAL_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("eval_loss", "eval_accuracy"),
-    "simclr": ("eval_knn_accuracy",),
-    "vicreg": ("eval_knn_accuracy",),
+    "classification": ("loss", "accuracy"),
+    "simclr": ("knn_accuracy",),
+    "vicreg": ("knn_accuracy",),
 }
 
 # Allowed values of the fields that take one of a few names; `validate` checks them and
@@ -186,12 +187,15 @@ FIELD_DOCS: dict[str, str] = {
     "data.image_size": "side of the square images the model takes; other sizes are resized to it (bilinear, "
                        "antialiased: on the device for a TFDS dataset, on the host for image files)",
     "data.train_split": "split to train on (a TFDS split, or a subfolder of data.image_folder)",
-    "data.eval_split": "split evaluated after every epoch; `test` holds the 1,000 exact test images here",
+    "data.eval_split": "the test split, evaluated after every epoch for monitoring and at the end for the report, "
+                       "never for selection; `test` holds the 1,000 exact test images here; '' = none",
     "data.extra_eval_splits": "splits evaluated once at the end, e.g. ('test_jpeg',) for robustness",
     "data.classes": "a subset of class ids, relabelled 0..k-1 in this order; () = all",
     "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all",
-    "data.validation_fraction": "> 0: evaluate on this fraction of each class held out of train_split "
-                                "(fixed seed, the same for every run) instead of eval_split",
+    "data.validation_fraction": "> 0: hold this fraction of each class out of train_split (stratified, fixed "
+                                "seed, the same for every run) as the validation split, on which the best "
+                                "checkpoint and early stopping are chosen; 0 = no selection: the run's result is "
+                                "its final weights",
     "data.device_resident": "keep the uint8 train split on the device and gather batches there "
                             "(the `fast` recipe's path; 150 MB per device)",
     "data.scan_epoch": "with device_resident: run each epoch as one lax.scan (progress and signals "
@@ -235,7 +239,7 @@ FIELD_DOCS: dict[str, str] = {
     "lookahead_decay": "lookahead: slow += (1 - decay * progress^3) * (fast - slow)",
     "tta": "flip test-time augmentation at evaluation",
     "tta_translate": "with tta: also average views shifted by one pixel (airbench's level 2)",
-    "keep_checkpoints": "keep the latest N checkpoints; the best by eval accuracy is kept as well",
+    "keep_checkpoints": "keep the latest N checkpoints; the best on the validation split is kept as well",
     "log_every_steps": "the progress bar pulls metrics from the device only this often; in a multi-process "
                        "run, stop signals are also agreed on this often",
     "peft.mode": "parameters every stage may train: full = all; linear = the head; bitfit = the head, biases "
@@ -252,7 +256,8 @@ FIELD_DOCS: dict[str, str] = {
                                "early_stopping.metric, then go on to the next stage; while on, every stage "
                                "ends on the weights of its best epoch; 0 = off",
     "early_stopping.min_delta": "the smallest change of the metric that counts as an improvement",
-    "early_stopping.metric": "the eval metric early stopping watches (accuracy is maximised, loss minimised)",
+    "early_stopping.metric": "the validation metric early stopping watches (accuracy is maximised, loss "
+                             "minimised); needs data.validation_fraction > 0",
 }
 
 
@@ -301,6 +306,7 @@ def ordered(d: dict) -> ml_collections.ConfigDict:
 
 def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> None:
     """Apply one `--config.a.b.c=TEXT` override."""
+    _refuse_shadowed_stage_default(config, dotted_key)
     *parents, leaf = dotted_key.split(".")
     node, path = config, ()
     for part in parents:
@@ -316,6 +322,19 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
         node[leaf] = parse_value(text)
     except TypeError as e:
         raise ValueError(f"Bad value for --config.{dotted_key}={text}: {e}") from None
+
+
+def _refuse_shadowed_stage_default(config: ml_collections.ConfigDict, dotted_key: str) -> None:
+    """A top-level stage field that every stage of the recipe sets for itself would change
+    nothing (`ssl_finetune --config.epochs=1` once trained 40 epochs): refuse it, naming the
+    per-stage overrides that do what was meant."""
+    stages = [dict(stage) for stage in config.stages]
+    if dotted_key not in STAGE_FIELDS or not stages or not all(dotted_key in stage for stage in stages):
+        return
+    per_stage = " ".join(f"--config.stages.{s['name']}.{dotted_key}=..." for s in stages)
+    current = ", ".join(f"{s['name']} {s[dotted_key]!r}" for s in stages)
+    raise ValueError(f"--config.{dotted_key} changes nothing here: every stage of this recipe sets its own "
+                     f"{dotted_key} ({current}). Set it per stage: {per_stage}")
 
 
 # Dicts whose keys are chosen by the user rather than fixed by the schema.
@@ -407,10 +426,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         errors.append(f"peft.rank={config.peft.rank} must be at least 1.")
     for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
-    watchable = OBJECTIVE_EVAL_METRICS.get(config.objective, ())
+    watchable = tuple(f"val_{name}" for name in OBJECTIVE_EVAL_METRICS.get(config.objective, ()))
     if config.early_stopping.patience and config.early_stopping.metric not in watchable:
         errors.append(f"early_stopping.metric={config.early_stopping.metric!r}: objective {config.objective!r} "
                       f"evaluates {' and '.join(watchable)}.")
+    if config.early_stopping.patience and not config.data.validation_fraction:
+        errors.append("early_stopping.patience > 0 picks epochs on a validation split held out of the training "
+                      "images, never on the test split: add --config.data.validation_fraction=0.1.")
+    if not config.data.eval_split and not config.data.validation_fraction:
+        errors.append("data.eval_split='' and data.validation_fraction=0: the run would be evaluated on nothing. "
+                      "Name a test split or hold out a validation split (--config.data.validation_fraction=0.1).")
     if config.data.image_size < 1:
         errors.append(f"data.image_size={config.data.image_size} must be a positive number of pixels.")
     if not 0.0 <= config.data.validation_fraction < 1.0:

@@ -152,21 +152,25 @@ def class_names(d: ml_collections.ConfigDict, data_dir: str | None = None) -> tu
     return tuple(names[c] for c in d.classes) or names
 
 
-def load_eval_split(d: ml_collections.ConfigDict, data_dir: str | None = None,
-                    whole_train: ArraySplit | None = None) -> ArraySplit:
-    """The split evaluated after every epoch: `data.eval_split`, or with
-    `data.validation_fraction` the part held out of the train split (`whole_train`, that
-    split as `read_split` returns it, when the caller has already read it)."""
+def load_eval_split(d: ml_collections.ConfigDict, data_dir: str | None = None) -> ArraySplit | None:
+    """The test split (`data.eval_split`): evaluated after every epoch for monitoring and at
+    the end for the report, never for model selection. None when eval_split is ''."""
+    return read_split(d, d.eval_split, data_dir) if d.eval_split else None
+
+
+def split_train(d: ml_collections.ConfigDict, whole_train: ArraySplit) -> tuple[ArraySplit, ArraySplit | None]:
+    """(train, validation): with `data.validation_fraction`, that part of each class held out
+    of the train split (as `read_split` returns it) for model selection, else no validation."""
     if not d.validation_fraction:
-        return read_split(d, d.eval_split, data_dir)
-    whole_train = read_split(d, d.train_split, data_dir) if whole_train is None else whole_train
-    return hold_out(whole_train, d.validation_fraction)[1]
+        return whole_train, None
+    return hold_out(whole_train, d.validation_fraction)
 
 
-def eval_split_name(d: ml_collections.ConfigDict) -> str:
-    """The name of the split evaluated after every epoch: `data.eval_split`, or for the part
-    held out of train (`data.validation_fraction`), TRAIN_SPLIT-validation."""
-    return f"{d.train_split}-validation" if d.validation_fraction else d.eval_split
+VALIDATION = "validation"  # how summaries and reports name the part held out of the train split
+
+
+def validation_split_name(d: ml_collections.ConfigDict) -> str:
+    return f"{d.train_split}-{VALIDATION}"
 
 
 def hold_out(split: ArraySplit, fraction: float) -> tuple[ArraySplit, ArraySplit]:

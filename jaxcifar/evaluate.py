@@ -44,6 +44,7 @@ import numpy as np
 
 import jax
 
+from jaxcifar.cli import reports_user_errors
 from jaxcifar import data as data_lib
 from jaxcifar import objectives, ssl
 from jaxcifar.runs import Run, add_run_arguments, load_run
@@ -174,12 +175,23 @@ def self_supervised_report(workdir: str | pathlib.Path, train_split: data_lib.Ar
             "knn_temperature": run.config.ssl.knn_temperature, "checkpoint_step": run.step}
 
 
+def default_split_name(run: Run) -> str:
+    """The split a run is reported on: its test split, or its validation split if it has none."""
+    return run.config.data.eval_split or data_lib.validation_split_name(run.config.data)
+
+
 def load_eval_split(run: Run, split_name: str | None = None, data_dir: str | None = None) -> data_lib.ArraySplit:
-    """A split of the run's source (TFDS or its image folder), by default the one it was
-    evaluated on, restricted and relabelled to the run's class subset, as training did."""
-    if split_name is None:
-        return data_lib.load_eval_split(run.config.data, data_dir)
-    return data_lib.read_split(run.config.data, split_name, data_dir)
+    """A split of the run's source (TFDS or its image folder), by default `default_split_name`,
+    restricted and relabelled to the run's class subset, as training did. The validation
+    split (`TRAIN-validation`) is the part training held out of its train split."""
+    d = run.config.data
+    split_name = split_name or default_split_name(run)
+    if split_name == data_lib.validation_split_name(d):
+        validation = data_lib.split_train(d, data_lib.read_split(d, d.train_split, data_dir))[1]
+        if validation is None:
+            raise ValueError(f"The run in {run.workdir} held out no validation split (data.validation_fraction=0).")
+        return validation
+    return data_lib.read_split(d, split_name, data_dir)
 
 
 # ----- plots (matplotlib's Figure API: the Agg canvas, no pyplot state or GUI backend) -----
@@ -293,8 +305,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best"
     read it, or `train_split` when given."""
     run = load_run(workdir, checkpoint)
     if split is None:
+        split_name = split_name or default_split_name(run)
         split = load_eval_split(run, split_name, data_dir)
-        split_name = split_name or data_lib.eval_split_name(run.config.data)
     split_name = split_name or IN_MEMORY
     out_dir = split_dir(run.workdir, split_name) if out is None else pathlib.Path(out)
     if not run.is_classifier:
@@ -329,6 +341,7 @@ def summary_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcifar.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -343,12 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for report.json and the plots (default: WORKDIR/eval/SPLIT/, "
                              "SPLIT with characters other than letters, digits and +-_ replaced by _)")
     args = parser.parse_args(argv)
-    try:
-        report, paths = evaluate_workdir(args.workdir, args.checkpoint, args.tta, args.split, args.data_dir,
-                                         out=args.out)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report, paths = evaluate_workdir(args.workdir, args.checkpoint, args.tta, args.split, args.data_dir, out=args.out)
     print(summary_text(report))
     print(f"wrote {', '.join(paths)} to {paths[REPORT].parent}")
     return 0

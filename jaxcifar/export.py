@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from jaxcifar.cli import USAGE_ERROR, reports_user_errors
 from jaxcifar.runs import Run, add_run_arguments, load_run, uint8_pixels
 
 STABLEHLO_FILE = "model.stablehlo"
@@ -178,6 +179,7 @@ def parse_platforms(text: str) -> tuple[str, ...]:
     return platforms
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcifar.export", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -191,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platforms", type=parse_platforms, default=PLATFORMS,
                         help=f"comma-separated platforms to lower for (default {','.join(PLATFORMS)})")
     args = parser.parse_args(argv)
+    run = load_run(args.workdir, args.checkpoint)
+    tta = run.resolve_tta(args.tta)
     try:
-        run = load_run(args.workdir, args.checkpoint)
-        tta = run.resolve_tta(args.tta)
         written, skipped = export_run(run, args.out, args.format, tta, args.platforms)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except ImportError as e:  # --format savedmodel without TensorFlow: export_run says what to do
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     paths = {"stablehlo": args.out / STABLEHLO_FILE, "savedmodel": args.out / SAVED_MODEL_DIR}
     for fmt in written:
         print(f"wrote {fmt}: {paths[fmt]}")

@@ -118,7 +118,8 @@ def _class_dirs(root: str | pathlib.Path, split: str) -> list[pathlib.Path]:
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise FileNotFoundError(f"{split_dir} does not exist (folders in {root}: {present}); expected "
                                 f"{split_dir}/<class>/*.jpg, one folder per class. A missing test folder can be "
-                                "replaced by --config.data.validation_fraction=0.1 (held out of train).")
+                                "replaced by a validation split held out of train: --config.data.validation_fraction=0.1 "
+                                "--config.data.eval_split=''.")
     loose = sorted(p.name for p in split_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if loose:
         raise ValueError(f"{split_dir} holds images outside class folders ({loose[:MAX_ERRORS_LISTED]}); "

@@ -20,12 +20,18 @@ a jaxcifar workdir) holds config.json, classes.json, adapter.json (the base run,
 and sizes) and adapter.msgpack (the trained leaves). `runs.load_run` resolves it against its
 base, so evaluate, predict, export and serve take it as a `--workdir`. It is one msgpack file
 written by process 0 rather than an Orbax checkpoint: it is an artefact to ship, small and
-never resumed from; the run's resumable state stays in its Orbax checkpoints.
+never resumed from; the run's resumable state stays in its Orbax checkpoints. The base is
+recorded relative to the adapter (and absolute, as a fallback), so the two can be moved
+together. Why not Hugging Face PEFT's `adapter_config.json` + `adapter_model.safetensors`:
+no PEFT library could load it anyway (its base is a jaxcifar run, not a hub model, and it
+carries BatchNorm statistics and a new head), so the familiar names would promise what the
+files cannot do.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 from typing import Any, Mapping
@@ -137,7 +143,9 @@ def write_adapter(run_dir: pathlib.Path, variables: Mapping, step: int, base: pa
     (out / WEIGHTS_FILE).write_bytes(weights)
     model_bytes = sum(np.asarray(v).nbytes for v in jax.tree_util.tree_leaves(variables))
     (out / ADAPTER_FILE).write_text(json.dumps({
-        "base": str(base), "base_step": base_step, "step": step,
+        # Relative to the adapter, so an adapter and its base can move or ship together;
+        # the absolute path is the fallback for an adapter copied away from its base.
+        "base": os.path.relpath(base, out), "base_absolute": str(base), "base_step": base_step, "step": step,
         "adapter_parameters": int(sum(np.size(v) for v in leaves.values())),
         "adapter_bytes": len(weights), "model_bytes": model_bytes}, indent=2))
     return out
@@ -155,6 +163,16 @@ def read_adapter(workdir: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
     return record, leaves
 
 
+def base_run(workdir: pathlib.Path, record: dict) -> pathlib.Path:
+    """The adapter's base run: where its relative path points from the adapter, if a run is
+    there, else its recorded absolute path (adapters written before relative paths hold only
+    an absolute `base`)."""
+    relative = (pathlib.Path(workdir) / record["base"]).resolve()
+    if (relative / "checkpoints").is_dir() or "base_absolute" not in record:
+        return relative
+    return pathlib.Path(record["base_absolute"])
+
+
 def load_adapter(workdir: pathlib.Path, template: Mapping) -> tuple[dict, int]:
     """(variables, step) of the PEFT run saved as the adapter in `workdir`: its base run's
     variables at the recorded step, with the adapter's leaves in place. `template` is the
@@ -162,7 +180,7 @@ def load_adapter(workdir: pathlib.Path, template: Mapping) -> tuple[dict, int]:
     from jaxcifar import checkpoint
 
     record, leaves = read_adapter(workdir)
-    base = pathlib.Path(record["base"])
+    base = base_run(workdir, record)
     try:
         base_variables, _ = checkpoint.load_variables(base, record["base_step"])
     except FileNotFoundError as e:

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcifar.cli import reports_user_errors
 from jaxcifar.image_files import READ_ERRORS, describe_error, read_image
 from jaxcifar.runs import Run, add_run_arguments, load_run
 
@@ -60,6 +61,7 @@ def format_text(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcifar.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -75,11 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top_k must be at least 1")
-    try:
-        run = load_run(args.workdir, args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run = load_run(args.workdir, args.checkpoint)
+    run.require_classifier()
     results = predict_files(run, args.images, args.top_k, args.tta)
     if args.json:
         print(json.dumps({"workdir": str(run.workdir), "checkpoint_step": run.step,

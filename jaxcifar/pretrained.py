@@ -37,6 +37,15 @@ def shape_mismatches(template: Any, source: Any) -> list[str]:
     return sorted(problems)
 
 
+def new_head_message(head: dict, source_head: dict) -> str:
+    """What happens to the head when the source's does not fit, in the user's terms."""
+    classes = jax.tree_util.tree_leaves(head)[-1].shape[-1] if jax.tree_util.tree_leaves(head) else 0
+    if not source_head:
+        return f"the source has no classification head (a self-supervised backbone); training a new head for {classes} classes."
+    source_classes = jax.tree_util.tree_leaves(source_head)[-1].shape[-1]
+    return f"the source's head is for {source_classes} classes; training a new head for {classes} classes."
+
+
 def merge_pretrained(state: TrainState, pretrained: dict[str, Any], source: str) -> TrainState:
     """Copy the pretrained backbone (and head, if it fits) into `state`, keeping shardings."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -56,7 +65,8 @@ def merge_pretrained(state: TrainState, pretrained: dict[str, Any], source: str)
                 raise ValueError(f"--init_from {source}: the backbone does not fit this model:\n  "
                                  + "\n  ".join(problems))
             if problems:
-                log.info("init_from: head shapes differ (%s); keeping a freshly initialised head.", problems[0])
+                if collection == "params":
+                    log.info("init_from: %s", new_head_message(template, src))
                 continue
             loaded = jax.tree_util.tree_map(lambda t, s: jax.device_put(np.asarray(s, t.dtype), t.sharding),
                                             template, src)

@@ -166,6 +166,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--workdir, --checkpoint and --tta, shared by every CLI that opens a trained run."""
     parser.add_argument("--workdir", required=True, help="run directory written by `python -m jaxcifar.train`")
     parser.add_argument("--checkpoint", type=parse_checkpoint, default="best",
-                        help="'best' (by eval accuracy, the default), 'latest', or a step number")
+                        help="'best' (the default): chosen on the run's validation split, or its final weights "
+                             "if it held out none (as summary.json reports); 'latest'; or a step number")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average logits with the horizontally mirrored image (default: the run's config.tta)")

@@ -31,6 +31,7 @@ from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar import augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, prune, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
+from jaxcifar.cli import USAGE_ERROR, reports_user_errors
 from jaxcifar.pretrained import TORCH_SUFFIXES, load_pretrained_backbone
 from jaxcifar.workdir import Workdir
 
@@ -39,14 +40,19 @@ log = logging.getLogger("jaxcifar")
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-    """The train and eval splits of a run, in host memory, and its classes. Every label must
-    be below `num_classes` (checked here, the one door all data comes through)."""
+    """The splits of a run, in host memory, and its classes. Every label must be below
+    `num_classes` (checked here, the one door all data comes through).
+
+    Model selection (the best checkpoint, early stopping) reads `validation` only, a part held
+    out of the training images; `eval` is the test split, evaluated after every epoch for
+    monitoring and at the end for the report, and never selects anything."""
 
     train: data_lib.ArraySplit
-    eval: data_lib.ArraySplit
+    eval: data_lib.ArraySplit | None  # the test split (data.eval_split); None when eval_split=''
     num_classes: int
     extra_evals: dict[str, data_lib.ArraySplit] = dataclasses.field(default_factory=dict)  # final eval only
     class_names: tuple[str, ...] = ()  # in label order; () names the classes by label id: '0', '1', ...
+    validation: data_lib.ArraySplit | None = None  # held out of train (data.validation_fraction); selects
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -54,20 +60,35 @@ class Data:
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names {list(self.class_names)} for "
                              f"num_classes={self.num_classes}; give one name per class, in label order.")
-        for name, split in {"train": self.train, "eval": self.eval, **self.extra_evals}.items():
-            data_lib.check_labels(split, self.num_classes, name)
+        if self.eval is None and self.validation is None:
+            raise ValueError("A run needs a test split (eval) or a validation split to be evaluated on.")
+        splits = {"train": self.train, "eval": self.eval, "validation": self.validation, **self.extra_evals}
+        for name, split in splits.items():
+            if split is not None:
+                data_lib.check_labels(split, self.num_classes, name)
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> Data:
     """The config's splits (TFDS `data.dataset` or `data.image_folder`), restricted to its
     class subset, with its validation part held out of train and the label budget applied."""
     d = config.data
-    whole_train = data_lib.read_split(d, d.train_split, data_dir)
-    train = data_lib.select_examples(data_lib.hold_out(whole_train, d.validation_fraction)[0],
-                                     examples_per_class=d.examples_per_class)
+    train, validation = data_lib.split_train(d, data_lib.read_split(d, d.train_split, data_dir))
+    train = data_lib.select_examples(train, examples_per_class=d.examples_per_class)
     extra_evals = {split: data_lib.read_split(d, split, data_dir) for split in d.extra_eval_splits}
     names = data_lib.class_names(d, data_dir)  # after reading: TFDS knows some names only once prepared
-    return Data(train, data_lib.load_eval_split(d, data_dir, whole_train), len(names), extra_evals, names)
+    return Data(train, data_lib.load_eval_split(d, data_dir), len(names), extra_evals, names, validation)
+
+
+def check_data_fits(config: ml_collections.ConfigDict, data: Data) -> None:
+    """Refuse a config that cannot train on `data`, saying which flag to change."""
+    n = len(data.train)
+    if config.batch_size > n:
+        fits = max(jax.device_count(), 2 ** (n.bit_length() - 1) // jax.device_count() * jax.device_count())
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {n} training examples: pass "
+                         f"--config.batch_size=N with N at most {n}, e.g. --config.batch_size={fits}.")
+    if early_stopping.is_enabled(config) and data.validation is None:
+        raise ValueError("early stopping picks epochs on a validation split, and this data has none: hold one out "
+                         "with --config.data.validation_fraction=0.1 (or pass Data(validation=...)).")
 
 
 @dataclasses.dataclass
@@ -144,6 +165,7 @@ class Trainer:
         self.config = config
         self.mesh = parallel.make_mesh()
         config_lib.validate(config, jax.device_count())
+        check_data_fits(config, data)  # before the workdir is touched: a refused start leaves nothing behind
         self.workdir = Workdir(workdir, config, overwrite=overwrite, class_names=data.class_names)
         self.data = data
         self.objective = objectives.create(config, data.num_classes)
@@ -153,8 +175,6 @@ class Trainer:
             log.warning("data.scan_epoch=True on a CPU: measured 25x slower than per-step dispatch for simple_cnn "
                         "(README, 'An epoch can run as one lax.scan'). It is meant for accelerators.")
         self.steps_per_epoch = data_lib.steps_per_epoch(len(data.train), config.batch_size)
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train)} training examples.")
         self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
         self.init_from = init_from
         self.replicated = parallel.replicated(self.mesh)
@@ -254,9 +274,15 @@ class Trainer:
 
     _gather = staticmethod(jax.jit(steps.gather_batch))
 
-    def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None = None) -> dict[str, float]:
-        """The objective's metrics of `state` on `split` (default: the eval split)."""
-        return self.objective.evaluate(self.evaluator, state, self.data.eval if split is None else split)
+    def evaluate(self, state: steps.TrainState, split: data_lib.ArraySplit | None) -> dict[str, float]:
+        """The objective's metrics of `state` on `split`; {} for a run without that split."""
+        return {} if split is None else self.objective.evaluate(self.evaluator, state, split)
+
+    def epoch_evaluation(self, state: steps.TrainState) -> dict[str, float]:
+        """History's eval metrics: `eval_<metric>` on the test split (monitoring only) and
+        `val_<metric>` on the validation split (the only ones that select)."""
+        return {**{f"eval_{k}": v for k, v in self.evaluate(state, self.data.eval).items()},
+                **{f"val_{k}": v for k, v in self.evaluate(state, self.data.validation).items()}}
 
     def run(self) -> dict:
         """Train through every stage from wherever the workdir left off; returns the summary."""
@@ -282,28 +308,32 @@ class Trainer:
                 record = {"stage_index": stage.index, "history": history, "totals": totals,
                           "early_stopping": None if stopper is None else early_stopping.to_json(stopper),
                           "stopped_early": stopped_early}
-                state, sums, seconds, compile_s = self.train_epoch(state, stage, epoch, record, partial_epoch)
+                state, sums, seconds, timed_images, compile_s = self.train_epoch(state, stage, epoch, record,
+                                                                                 partial_epoch)
                 partial_epoch = None
                 totals["train_seconds"] += seconds
                 totals["compile_seconds"] += compile_s
-                totals["images_trained"] += float(sums["count"])
+                totals["images_trained"] += timed_images
                 train_metrics = steps.summarize(sums)
-                eval_metrics = self.evaluate(state)
                 entry = {"epoch": epoch + 1, "stage": stage.name, "step": int(state.step),
                          "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
-                         **{f"eval_{name}": value for name, value in eval_metrics.items()},
-                         "epoch_train_seconds": seconds, "train_images_per_second": float(sums["count"]) / seconds,
+                         **self.epoch_evaluation(state),
+                         "epoch_train_seconds": seconds, "train_images_per_second": images_per_second(timed_images, seconds),
                          "lr": self.current_lr(stage, state)}
                 history.append(entry)
                 self.workdir.log_epoch(entry)
                 if jax.process_index() == 0:
-                    tqdm.write(epoch_line(entry, total_epochs, self.objective.metrics))
+                    tqdm.write(epoch_line(entry, total_epochs, self.objective.metrics, self.config.data))
                 totals["wall_seconds"] = wall_before + time.time() - start_time
-                metrics = {METRIC: eval_metrics[self.objective.metric]}
-                if stopper is not None:
+                selection = entry.get(f"val_{self.objective.metric}")  # None: no validation split, no "best"
+                metrics = None if selection is None else {METRIC: selection}
+                if stopper is not None:  # early stopping needs a validation split (check_data_fits)
                     stopper = early_stopping.update(self.config, stopper, entry)
                     record["early_stopping"] = early_stopping.to_json(stopper)
-                    metrics[STAGE_BEST] = stopper.has_improved  # kept for the stage's end to restore
+                    # Early stopping decides which weights the run ends on (its newest best epoch, by
+                    # its metric and min_delta), so it decides "best" too: the newest improving epoch.
+                    metrics = {METRIC: float(entry["step"]) if stopper.has_improved else -1.0,
+                               STAGE_BEST: stopper.has_improved}  # kept for the stage's end to restore
                 self.checkpointer.save(state, record, metrics=metrics)
                 state = self._end_stage_if_over(state, stopper, stopped_early)
                 # A signal that arrived during a scanned epoch or the epoch's last step; after
@@ -313,31 +343,30 @@ class Trainer:
         finally:
             self._restore_signal_handlers()
             self.checkpointer.wait()
-        final = self.evaluate(state)
-        final_weights_epoch = history[-1]["epoch"] if history else None
-        if stopper is not None:  # the last stage ended on its best epoch's weights
-            final_weights_epoch = stopper.best_epoch
+        reported, selection = self.reported_weights(state, history)
         metric = self.objective.metric
         summary = {
             "objective": self.config.objective,
-            "metric": metric,  # the objective's headline: best_eval_<metric>, test_<metric>, extra_eval_<metric>
-            **{f"test_{name}": value for name, value in final.items()},  # test_accuracy, test_knn_accuracy, ...
-            "eval_split": data_lib.eval_split_name(self.config.data),
-            "eval_examples": len(self.data.eval),
-            f"extra_eval_{metric}": {name: self.evaluate(state, split)[metric]
+            "metric": metric,  # the objective's headline: test_<metric>, val_<metric>, extra_eval_<metric>
+            # Every test_/val_/extra_eval_ figure is of the reported weights: those evaluate, predict,
+            # export and serve open by default, so their numbers match these.
+            "selection": selection,
+            **{f"test_{name}": value for name, value in self.evaluate(reported, self.data.eval).items()},
+            **{f"val_{name}": value for name, value in self.evaluate(reported, self.data.validation).items()},
+            "eval_split": self.config.data.eval_split or None,
+            "eval_examples": len(self.data.eval) if self.data.eval is not None else 0,
+            "validation_split": selection["split"],
+            "validation_examples": len(self.data.validation) if self.data.validation is not None else 0,
+            f"extra_eval_{metric}": {name: self.evaluate(reported, split)[metric]
                                      for name, split in self.data.extra_evals.items()},
-            f"best_eval_{metric}": max((h[f"eval_{metric}"] for h in history), default=None),
-            "best_step": self.checkpointer.best_step(),
             # Epochs trained; an early stop skips the rest of its stage (and state.step with it).
             "epochs_completed": len(history),
             "steps": len(history) * self.steps_per_epoch,
             "stopped_early": stopped_early,
-            "final_weights_epoch": final_weights_epoch,  # whose weights the final evaluation is of
             "wall_seconds": wall_before + time.time() - start_time,
             "train_seconds": totals["train_seconds"],
             "compile_seconds": totals["compile_seconds"],
-            "train_images_per_second": (totals["images_trained"] / totals["train_seconds"]
-                                        if totals["train_seconds"] else None),
+            "train_images_per_second": images_per_second(totals["images_trained"], totals["train_seconds"]),
             **self.parameter_summary(state.params),
             "devices": jax.device_count(),
             "processes": jax.process_count(),
@@ -347,6 +376,19 @@ class Trainer:
         summary["adapter"] = self.write_adapter()
         self.workdir.write_summary(summary)
         return summary
+
+    def reported_weights(self, state: steps.TrainState, history: list[dict]) -> tuple[steps.TrainState, dict]:
+        """The weights a finished run reports, and how they were chosen: the checkpoint with the
+        best validation metric when the run holds out a validation split, else the final
+        weights (a run without one selects nothing). Never chosen on the test split."""
+        best_step = self.checkpointer.best_step()  # None: no checkpoint carries a validation metric
+        split = data_lib.validation_split_name(self.config.data) if self.data.validation is not None else None
+        if best_step is not None and best_step != int(state.step):
+            state, _ = self.checkpointer.restore(best_step, state)
+        step = int(state.step) if best_step is None else best_step
+        epoch = next((h["epoch"] for h in history if h["step"] == step), None)
+        return state, {"split": split, "metric": f"val_{self.objective.metric}" if split else None,
+                       "weights": "best" if split else "final", "step": step, "epoch": epoch}
 
     def trained_anywhere(self, params: Any) -> set[str]:
         """Paths of the parameters some stage trains."""
@@ -395,36 +437,43 @@ class Trainer:
         train_step = self.train_step_fn(stage, state.params)
         sums = None if partial_epoch is None else steps.sums_from_host(partial_epoch["sums"])
         seconds_before = 0.0 if partial_epoch is None else partial_epoch["seconds"]
+        # Images of the steps inside the timed seconds: a step that compiled is left out of both.
+        timed_images = 0.0 if partial_epoch is None else partial_epoch.get("timed_images", partial_epoch["sums"]["count"])
         window, compile_s = None, 0.0
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1} [{stage.name}]",
                    disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
         t0 = t_window = time.time()
-        for i, batch in enumerate(self.batches(epoch, start_step)):
-            state, metrics = train_step(state, batch)
-            if stage.index not in self._warm:
-                jax.block_until_ready(metrics)  # the first call compiles: keep it out of images/s
-                compile_s = time.time() - t0
-                t0 = t_window = time.time()
-                self._warm.add(stage.index)
-            sums = steps.accumulate(sums, metrics)
-            window = steps.accumulate(window, metrics)
-            if (i + 1) % self.config.log_every_steps == 0:
-                window_metrics = steps.summarize(window)  # the only host sync in the loop
-                self._check_finite(window_metrics)
-                now = time.time()
-                bar.set_postfix(loss=f"{window_metrics['loss']:.3f}", acc=f"{window_metrics['accuracy']:.3f}",
-                                img_s=f"{float(window['count']) / (now - t_window):.0f}")
-                bar.update(self.config.log_every_steps)
-                window, t_window = None, now
-            more_steps_in_epoch = start_step + i + 1 < self.steps_per_epoch
-            if more_steps_in_epoch and self._stop_check_due(i + 1) and (signum := self._agreed_stop_signal()):
-                partial = {"sums": steps.sums_to_host(sums), "seconds": seconds_before + time.time() - t0}
-                self._save_and_stop(signum, state, dict(record, partial_epoch=partial))
-        jax.block_until_ready(sums)
-        seconds = seconds_before + time.time() - t0
-        bar.close()
+        try:  # the bar is closed before anything else prints, a stop message included
+            for i, batch in enumerate(self.batches(epoch, start_step)):
+                state, metrics = train_step(state, batch)
+                if stage.index not in self._warm:
+                    jax.block_until_ready(metrics)  # the first call compiles: keep it out of images/s
+                    compile_s = time.time() - t0
+                    t0 = t_window = time.time()
+                    self._warm.add(stage.index)
+                else:
+                    timed_images += self.config.batch_size
+                sums = steps.accumulate(sums, metrics)
+                window = steps.accumulate(window, metrics)
+                if (i + 1) % self.config.log_every_steps == 0:
+                    window_metrics = steps.summarize(window)  # the only host sync in the loop
+                    self._check_finite(window_metrics)
+                    now = time.time()
+                    bar.set_postfix(loss=f"{window_metrics['loss']:.3f}", acc=f"{window_metrics['accuracy']:.3f}",
+                                    img_s=f"{float(window['count']) / (now - t_window):.0f}")
+                    bar.update(self.config.log_every_steps)
+                    window, t_window = None, now
+                more_steps_in_epoch = start_step + i + 1 < self.steps_per_epoch
+                if more_steps_in_epoch and self._stop_check_due(i + 1) and (signum := self._agreed_stop_signal()):
+                    partial = {"sums": steps.sums_to_host(sums), "seconds": seconds_before + time.time() - t0,
+                               "timed_images": timed_images}
+                    self._save_and_stop(signum, state, dict(record, partial_epoch=partial))
+            jax.block_until_ready(sums)
+            seconds = seconds_before + time.time() - t0
+        finally:
+            bar.close()
         self._check_finite(steps.summarize(sums))
-        return state, sums, seconds, compile_s
+        return state, sums, seconds, timed_images, compile_s
 
     def _train_epoch_scanned(self, state: steps.TrainState, stage: Stage, epoch: int, start_step: int):
         """`train_epoch` as one compiled `lax.scan` over the epoch's remaining steps. Same
@@ -446,7 +495,7 @@ class Trainer:
         jax.block_until_ready(sums)
         seconds = time.time() - t0
         self._check_finite(steps.summarize(sums))
-        return state, sums, seconds, compile_s
+        return state, sums, seconds, float(sums["count"]), compile_s
 
     def current_lr(self, stage: Stage, state: steps.TrainState) -> float:
         schedule = optim.make_schedule(stage.config, self.steps_per_epoch)
@@ -534,16 +583,42 @@ class Trainer:
         raise StopRequested(signum, int(state.step), self.workdir.path)
 
 
-def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy")) -> str:
+def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy"),
+               data_config: ml_collections.ConfigDict | None = None) -> str:
     """The line printed after each epoch, as Keras prints one. `eval_metrics`: the
-    objective's, in order (accuracies as percentages)."""
+    objective's, in order (accuracies as percentages), shown for each split evaluated, named
+    as the run names them (`test` is shown for monitoring; only `val` selects)."""
     shown = {"loss": "loss", "accuracy": "acc"}
-    evals = " ".join(f"{shown.get(name, name)} " + (f"{entry['eval_' + name]:.2%}" if "accuracy" in name
-                                                     else f"{entry['eval_' + name]:.4f}") for name in eval_metrics)
+    names = {"eval": data_config.eval_split if data_config else "eval",
+             "val": data_lib.validation_split_name(data_config) if data_config else "val"}
+
+    def split_metrics(prefix: str) -> str:
+        return " ".join(f"{shown.get(name, name)} " + (f"{entry[f'{prefix}_{name}']:.2%}" if "accuracy" in name
+                                                       else f"{entry[f'{prefix}_{name}']:.4f}") for name in eval_metrics)
+
+    evals = "  |  ".join(f"{names[prefix]} {split_metrics(prefix)}" for prefix in ("val", "eval")
+                         if f"{prefix}_{eval_metrics[0]}" in entry)
+    speed = entry["train_images_per_second"]
+    timing = (f"{entry['epoch_train_seconds']:.1f} s, {speed:,.0f} img/s" if speed is not None
+              else "speed not measured: every step of this epoch included compilation")
     return (f"epoch {entry['epoch']}/{total_epochs} [{entry['stage']}]  "
-            f"train loss {entry['train_loss']:.4f} acc {entry['train_accuracy']:.2%}  |  "
-            f"eval {evals}  |  "
-            f"{entry['epoch_train_seconds']:.1f} s, {entry['train_images_per_second']:,.0f} img/s")
+            f"train loss {entry['train_loss']:.4f} acc {entry['train_accuracy']:.2%}  |  {evals}  |  {timing}")
+
+
+def images_per_second(images: float, seconds: float) -> float | None:
+    """Training speed, or None when nothing was timed (a one-step epoch is all compilation)."""
+    return images / seconds if images and seconds > 0 else None
+
+
+def result_line(summary: dict) -> str:
+    """What a finished run reports: the test (else validation) metric of its reported weights,
+    and which weights those are."""
+    prefix, split, count = (("test", summary["eval_split"], summary["eval_examples"]) if summary["eval_split"]
+                            else ("val", summary["validation_split"], summary["validation_examples"]))
+    selection = summary["selection"]
+    chosen = (f"best on {selection['split']} (step {selection['step']})" if selection["weights"] == "best"
+              else f"final (step {selection['step']})")
+    return f"{prefix}_{summary['metric']}={summary[prefix + '_' + summary['metric']]:.4f} on {count} {split} images, weights {chosen}"
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
@@ -621,6 +696,7 @@ def configure_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     # Our own handler: absl (imported by TF/Orbax) may already have configured the root logger.
     handler = logging.StreamHandler()
@@ -639,13 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as e:
         log.info("%s", e)
         return e.exit_status
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as e:
+    except NonFiniteLoss as e:  # the run's own numbers, not a bug: reported as a user error is
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     if jax.process_index() == 0:
-        metric = f"test_{summary['metric']}"
-        print(f"{metric}={summary[metric]:.4f} on {summary['eval_examples']} "
-              f"{summary['eval_split']} images; epochs={summary['epochs_completed']}; "
+        print(f"{result_line(summary)}; epochs={summary['epochs_completed']}; "
               f"train images/s={summary['train_images_per_second'] or 0:.0f}; "
               f"results in {pathlib.Path(args.workdir).absolute()}/summary.json")
     return 0

@@ -7,7 +7,8 @@ name the classes without reading the data (which an image folder's run may no lo
 
 A workdir belongs to one run. Reusing it with a config that would change the run's
 result is refused (resume would silently mix two runs); `--overwrite` moves the old
-run aside to `WORKDIR.replaced-TIMESTAMP` - nothing is ever deleted.
+run aside to `WORKDIR.replaced-TIMESTAMP` - nothing is ever deleted. A workdir whose run
+never saved a checkpoint holds nothing to protect: a corrected command simply takes it over.
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def read_class_names(workdir: str | pathlib.Path) -> tuple[str, ...]:
     return tuple(json.loads(path.read_text())["class_names"])
 
 
+def has_trained(path: pathlib.Path) -> bool:
+    """Whether the run in `path` saved a checkpoint. One that did not (it was refused, or
+    stopped before its first save) has nothing to protect, so its corrected command may
+    reuse the workdir without --overwrite."""
+    checkpoints = path / "checkpoints"
+    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+
+
 class Workdir:
     def __init__(self, path: str | pathlib.Path, config: ml_collections.ConfigDict, overwrite: bool = False,
                  class_names: tuple[str, ...] | None = None):
@@ -97,6 +106,9 @@ class Workdir:
             recorded = read_class_names(self.path) if classes_file.exists() else None
             if class_names is not None and recorded is not None and recorded != tuple(class_names):
                 diff.append(f"class names: {list(recorded)} -> {list(class_names)}")
+            if diff and not has_trained(self.path):
+                log.info("Workdir %s held a run that never saved a step; starting it with this config.", self.path)
+                diff = []
             if diff and not overwrite:
                 raise FileExistsError(
                     f"Workdir {self.path} holds a run with a different config ({'; '.join(diff)}). "

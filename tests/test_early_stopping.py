@@ -16,7 +16,15 @@ from tests.conftest import synthetic_split, tiny_config
 # Accuracy lies in [0, 1], so with min_delta=1 no epoch after a stage's first counts as an
 # improvement, whatever training does: a plateau that needs no luck, while the weights (and
 # so the eval loss) still change every epoch.
-NEVER_IMPROVES = {"patience": 2, "min_delta": 1.0, "metric": "eval_accuracy"}
+NEVER_IMPROVES = {"patience": 2, "min_delta": 1.0, "metric": "val_accuracy"}
+# Early stopping watches a validation split held out of the training images, never the test split.
+WITH_VALIDATION = {"validation_fraction": 0.25}
+
+
+@pytest.fixture
+def tiny_data():
+    """The shared tiny splits plus a validation split, which early stopping selects on."""
+    return train.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10, validation=synthetic_split(64, 2))
 
 
 def history(workdir):
@@ -37,12 +45,12 @@ def run_stopper(config, values):
 
 
 def test_patience_counts_epochs_without_improvement_as_keras_does():
-    config = tiny_config(early_stopping={"patience": 2, "min_delta": 0.01, "metric": "eval_loss"})
+    config = tiny_config(early_stopping={"patience": 2, "min_delta": 0.01, "metric": "val_loss"})
     # Epoch 3 is better by less than min_delta, epoch 4 worse: two epochs without improvement.
     states = run_stopper(config, [1.0, 0.5, 0.495, 0.6])
     assert [s.should_stop for s in states] == [False, False, False, True]
     assert (states[-1].best_epoch, states[-1].best_step, early_stopping.best_value(config, states[-1])) == (2, 16, 0.5)
-    config.early_stopping.metric = "eval_accuracy"  # maximised
+    config.early_stopping.metric = "val_accuracy"  # maximised
     states = run_stopper(config, [0.1, 0.3, 0.2, 0.35, 0.34])
     assert not any(s.should_stop for s in states) and states[-1].best_epoch == 4
     assert early_stopping.best_value(config, states[-1]) == 0.35
@@ -52,30 +60,30 @@ def test_patience_counts_epochs_without_improvement_as_keras_does():
 
 def test_an_early_stop_ends_the_run_on_its_best_epochs_weights(tmp_path, tiny_data):
     # keep_checkpoints=1 would have deleted epoch 1's checkpoint by epoch 3: it is kept as the stage's best.
-    summary = train.fit(tiny_config(epochs=10, keep_checkpoints=1, early_stopping=NEVER_IMPROVES), tmp_path,
+    summary = train.fit(tiny_config(epochs=10, keep_checkpoints=1, early_stopping=NEVER_IMPROVES, data=WITH_VALIDATION), tmp_path,
                         data=tiny_data)
     logged = history(tmp_path)
     assert [h["epoch"] for h in logged] == [1, 2, 3]
-    assert summary["stopped_early"] == [{"stage": "train", "epoch": 3, "best_epoch": 1, "metric": "eval_accuracy",
-                                         "best_value": logged[0]["eval_accuracy"]}]
-    assert (summary["epochs_completed"], summary["steps"], summary["final_weights_epoch"]) == (3, 24, 1)
+    assert summary["stopped_early"] == [{"stage": "train", "epoch": 3, "best_epoch": 1, "metric": "val_accuracy",
+                                         "best_value": logged[0]["val_accuracy"]}]
+    assert (summary["epochs_completed"], summary["steps"], summary["selection"]["epoch"]) == (3, 24, 1)
     # The final evaluation is of epoch 1's weights, not of the last epoch's.
     assert summary["test_loss"] == logged[0]["eval_loss"] != logged[-1]["eval_loss"]
     assert json.loads((tmp_path / "summary.json").read_text())["stopped_early"] == summary["stopped_early"]
 
 
 def test_without_an_early_stop_the_run_still_ends_on_its_best_epoch(tmp_path, tiny_data):
-    config = tiny_config(epochs=3, early_stopping=dict(NEVER_IMPROVES, patience=5))
+    config = tiny_config(epochs=3, early_stopping=dict(NEVER_IMPROVES, patience=5), data=WITH_VALIDATION)
     summary = train.fit(config, tmp_path, data=tiny_data)
     logged = history(tmp_path)
-    assert len(logged) == 3 and summary["stopped_early"] == [] and summary["final_weights_epoch"] == 1
+    assert len(logged) == 3 and summary["stopped_early"] == [] and summary["selection"]["epoch"] == 1
     assert summary["test_loss"] == logged[0]["eval_loss"] != logged[-1]["eval_loss"]
 
 
 def test_an_early_stop_ends_only_its_stage_and_the_next_starts_from_its_best_weights(tmp_path, tiny_data):
     # The second stage freezes every parameter, so its evaluation shows which weights it was handed.
     stages = ({"name": "first", "epochs": 4}, {"name": "frozen", "epochs": 3, "lr_multipliers": {"all": None}})
-    config = tiny_config(stages=stages, early_stopping=dict(NEVER_IMPROVES, patience=1))
+    config = tiny_config(stages=stages, early_stopping=dict(NEVER_IMPROVES, patience=1), data=WITH_VALIDATION)
     summary = train.fit(config, tmp_path, data=tiny_data)
     logged = history(tmp_path)
     # Each stage counts its own patience; the second keeps its planned epochs (5..7), steps and schedule.
@@ -93,7 +101,7 @@ class CrashAfterSaves(Exception):
 
 @pytest.mark.parametrize("saves_before_crash", [2, 4], ids=["mid_patience", "at_the_stop"])
 def test_a_resumed_run_keeps_its_patience_count(tmp_path, tiny_data, monkeypatch, saves_before_crash):
-    config = tiny_config(epochs=10, early_stopping=dict(NEVER_IMPROVES, patience=3))
+    config = tiny_config(epochs=10, early_stopping=dict(NEVER_IMPROVES, patience=3), data=WITH_VALIDATION)
     straight = train.fit(config, tmp_path / "straight", data=tiny_data)
     original, saves = Checkpointer.save, []
 

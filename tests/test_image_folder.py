@@ -74,19 +74,20 @@ def test_image_size_sets_the_size_images_are_read_at(folder):
 def test_validation_fraction_holds_out_each_class_deterministically(folder, tmp_path):
     train_only = tmp_path / "train_only"
     shutil.copytree(folder / "train", train_only / "train")  # no test/ folder at all
-    held_out = {"image_folder": str(train_only), "validation_fraction": 0.25}
+    held_out = {"image_folder": str(train_only), "validation_fraction": 0.25, "eval_split": ""}
     config = folder_config(train_only, data=held_out)
     data = train.load_data(config)
-    assert np.bincount(data.eval.labels).tolist() == [6, 6, 6]  # stratified: a quarter of each class
+    assert data.eval is None  # eval_split='': no test split to read
+    assert np.bincount(data.validation.labels).tolist() == [6, 6, 6]  # stratified: a quarter of each class
     assert np.bincount(data.train.labels).tolist() == [18, 18, 18]
     whole = data_lib.read_split(config.data, "train")
-    together = np.concatenate([data.train.images, data.eval.images]).reshape(72, -1)
+    together = np.concatenate([data.train.images, data.validation.images]).reshape(72, -1)
     assert sorted(map(bytes, together)) == sorted(map(bytes, whole.images.reshape(72, -1)))  # a partition
     again = train.load_data(config)
-    np.testing.assert_array_equal(again.eval.images, data.eval.images)
+    np.testing.assert_array_equal(again.validation.images, data.validation.images)
     # The run's seed does not move it: every seed of a comparison validates on the same images.
-    np.testing.assert_array_equal(train.load_data(folder_config(train_only, seed=5, data=held_out)).eval.images,
-                                  data.eval.images)
+    np.testing.assert_array_equal(train.load_data(folder_config(train_only, seed=5, data=held_out)).validation.images,
+                                  data.validation.images)
 
 
 def test_hold_out_keeps_one_of_each_class_on_both_sides():
@@ -217,10 +218,11 @@ def test_transfer_from_a_cifar_like_run_onto_the_folder_gets_a_new_head(folder, 
         np.testing.assert_array_equal(got, want)  # taken over from the source, then frozen
 
 
-def test_evaluate_names_a_held_out_split_after_the_train_split(folder, tmp_path):
+def test_a_held_out_split_is_named_after_the_train_split_and_selects(folder, tmp_path):
     held_out = folder_config(folder, data={"image_folder": str(folder), "validation_fraction": 0.25})
-    assert data_lib.eval_split_name(held_out.data) == "train-validation"
-    assert data_lib.eval_split_name(folder_config(folder).data) == "test"
+    assert data_lib.validation_split_name(held_out.data) == "train-validation"
     held_out.epochs = 1
     summary = train.fit(held_out, tmp_path / "run", data=train.load_data(held_out))
-    assert summary["eval_split"] == "train-validation"  # summary.json names what was evaluated
+    # summary.json names what was evaluated, and what selected the reported weights
+    assert (summary["eval_split"], summary["validation_split"]) == ("test", "train-validation")
+    assert summary["selection"]["split"] == "train-validation" and summary["validation_examples"] == 6

@@ -110,7 +110,7 @@ def test_an_adapter_is_small_and_loads_as_its_run(peft_runs, tmp_path):
     for mode in ("linear", "bitfit", "lora"):
         adapter = summaries[mode]["adapter"]
         assert adapter["adapter_bytes"] < 0.1 * adapter["model_bytes"], (mode, adapter)
-        assert adapter["base"] == str(root / "base")
+        assert (adapter["base"], adapter["base_absolute"]) == ("../../base", str(root / "base"))
         whole, small = runs.load_run(root / mode), runs.load_run(adapter["path"])
         np.testing.assert_array_equal(whole.logits(images), small.logits(images))
     # Evaluate reads an adapter like any workdir, and reproduces the run's own accuracy.
@@ -123,11 +123,26 @@ def test_an_adapter_without_its_base_says_which_base_it_needs(peft_runs, tmp_pat
     copy = tmp_path / "adapter"
     shutil.copytree(root / "bitfit" / "adapter", copy)
     record = json.loads((copy / peft.ADAPTER_FILE).read_text())
-    (copy / peft.ADAPTER_FILE).write_text(json.dumps({**record, "base": str(tmp_path / "gone")}))
+    gone = str(tmp_path / "gone")
+    (copy / peft.ADAPTER_FILE).write_text(json.dumps({**record, "base": gone, "base_absolute": gone}))
     with pytest.raises(FileNotFoundError, match="needs its base run .*gone"):
         runs.load_run(copy)
     with pytest.raises(ValueError, match="holds one checkpoint"):
         runs.load_run(root / "bitfit" / "adapter", "latest")
+
+
+def test_an_adapter_moved_with_its_base_finds_it_by_its_relative_path(peft_runs, tmp_path):
+    root, _ = peft_runs
+    moved = tmp_path / "shipped"
+    shutil.copytree(root / "base", moved / "base")
+    shutil.copytree(root / "bitfit" / "adapter", moved / "bitfit" / "adapter")
+    record = json.loads((moved / "bitfit" / "adapter" / peft.ADAPTER_FILE).read_text())
+    # The original base is still there: point the absolute fallback elsewhere to see which is read.
+    (moved / "bitfit" / "adapter" / peft.ADAPTER_FILE).write_text(
+        json.dumps({**record, "base_absolute": str(tmp_path / "gone")}))
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), np.uint8)
+    np.testing.assert_array_equal(runs.load_run(moved / "bitfit" / "adapter").logits(images),
+                                  runs.load_run(root / "bitfit").logits(images))
 
 
 def test_peft_fields_are_validated():

@@ -1,6 +1,7 @@
 """Self-supervised pretraining: the views, the losses, the kNN monitor and linear probe,
 labels never read, resume, and handing the backbone to a classifier."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -156,11 +157,12 @@ def test_config_names_each_objective_and_its_metrics():
         config = tiny_ssl_config() if name != "classification" else config_lib.default_config()
         config.objective = name
         objective = objectives.create(config, 10)
-        assert tuple(f"eval_{m}" for m in objective.metrics) == tuple(config_lib.OBJECTIVE_EVAL_METRICS[name])
+        assert tuple(objective.metrics) == tuple(config_lib.OBJECTIVE_EVAL_METRICS[name])
         assert objective.metric in objective.metrics
-    with pytest.raises(ValueError, match="eval_knn_accuracy"):
-        config_lib.validate(tiny_ssl_config(early_stopping={"patience": 2, "metric": "eval_loss"}), 1)
-    config_lib.validate(tiny_ssl_config(early_stopping={"patience": 2, "metric": "eval_knn_accuracy"}), 1)
+    with_validation = {"validation_fraction": 0.1}
+    with pytest.raises(ValueError, match="val_knn_accuracy"):
+        config_lib.validate(tiny_ssl_config(data=with_validation, early_stopping={"patience": 2, "metric": "val_loss"}), 1)
+    config_lib.validate(tiny_ssl_config(data=with_validation, early_stopping={"patience": 2, "metric": "val_knn_accuracy"}), 1)
 
 
 @pytest.mark.parametrize("method", ["ssl_simclr", "ssl_vicreg"])
@@ -179,17 +181,18 @@ def test_pretraining_never_reads_labels(tmp_path, method):
     # The shuffled labels make a different kNN classifier out of the same features.
     history = [json.loads(line) for line in (tmp_path / "None" / "metrics.jsonl").read_text().splitlines()]
     assert [sorted(k for k in h if k.startswith("eval_")) for h in history] == [["eval_knn_accuracy"]] * 2
-    assert summary["best_eval_knn_accuracy"] == max(h["eval_knn_accuracy"] for h in history)
+    assert summary["selection"]["weights"] == "final"  # no validation split: nothing is selected
 
 
-def test_knn_monitor_learns_and_picks_the_best_checkpoint(tmp_path):
+def test_knn_monitor_learns_and_picks_the_best_checkpoint_on_validation(tmp_path):
     """On images whose brightness encodes the class, SSL features separate the classes well
-    above chance, and 'best' is the epoch with the best kNN accuracy."""
-    summary = train.fit(tiny_ssl_config(epochs=3), tmp_path, data=tiny_data())
+    above chance, and 'best' is the epoch with the best kNN accuracy on the validation split."""
+    data = dataclasses.replace(tiny_data(), validation=synthetic_split(60, 3))
+    summary = train.fit(tiny_ssl_config(epochs=3, data={"validation_fraction": 0.1}), tmp_path, data=data)
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    best_epoch = max(history, key=lambda h: h["eval_knn_accuracy"])
-    assert summary["best_step"] == best_epoch["step"]
-    assert summary["best_eval_knn_accuracy"] > 0.3  # chance is 0.1
+    best_epoch = max(history, key=lambda h: h["val_knn_accuracy"])
+    assert summary["selection"]["step"] == best_epoch["step"]
+    assert summary["val_knn_accuracy"] == best_epoch["val_knn_accuracy"] > 0.3  # chance is 0.1
 
 
 def test_knn_bank_is_computed_once_per_set_of_weights():

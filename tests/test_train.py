@@ -36,9 +36,10 @@ def test_fit_writes_summary_logs_and_checkpoints(tmp_path, tiny_data):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    # latest (keep_checkpoints=1) and best by eval accuracy are both kept
+    # keep_checkpoints=1 keeps the latest; with no validation split nothing is selected, so no best
     ckpt = Checkpointer(tmp_path)
-    assert ckpt.steps()[-1] == 16 and ckpt.best_step() in ckpt.steps()
+    assert ckpt.steps() == [16] and ckpt.best_step() is None
+    assert summary["selection"] == {"split": None, "metric": None, "weights": "final", "step": 16, "epoch": 2}
 
 
 def test_training_learns_the_synthetic_task(tmp_path, tiny_data):
@@ -177,7 +178,7 @@ def test_cli_prints_a_line_per_epoch_and_ctrl_c_exits_130_with_a_checkpoint(tmp_
     assert "Stopped by SIGINT" in err and "checkpoint saved" in err and "resume" in err
     assert "tracked_metric" not in err  # no warning that reads like a failure
     first = next(line for line in out.splitlines() if line.startswith("epoch 1/200 [train]"))
-    for part in ("train loss", "eval loss", "acc", "img/s"):
+    for part in ("train loss", "test loss", "acc", "img/s"):
         assert part in first
     assert Checkpointer(tmp_path / "w").steps()
 
@@ -187,3 +188,16 @@ def test_epoch_line_says_what_keras_says():
              "eval_accuracy": 0.615, "epoch_train_seconds": 12.34, "train_images_per_second": 4051.2}
     assert train.epoch_line(entry, 10) == ("epoch 3/10 [finetune]  train loss 1.2346 acc 50.00%  |  "
                                            "eval loss 0.9000 acc 61.50%  |  12.3 s, 4,051 img/s")
+    # The validation split comes first (it selects); each split is named as the run names it.
+    data = tiny_config(data={"validation_fraction": 0.1}).data
+    both = {**entry, "val_loss": 1.0, "val_accuracy": 0.5}
+    assert "[finetune]  train loss 1.2346 acc 50.00%  |  train-validation loss 1.0000 acc 50.00%  |  " \
+           "test loss 0.9000 acc 61.50%  |  12.3 s" in train.epoch_line(both, 10, data_config=data)
+
+
+def test_an_epoch_too_short_to_time_reports_no_speed(tmp_path, tiny_data):
+    """One step per epoch: the step compiles, so no images are timed (once: 183,061 img/s)."""
+    summary = train.fit(tiny_config(epochs=1, batch_size=256), tmp_path, data=tiny_data)
+    entry = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert entry["train_images_per_second"] is None and summary["train_images_per_second"] is None
+    assert "speed not measured" in train.epoch_line(entry, 1)

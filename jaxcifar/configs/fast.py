@@ -6,7 +6,8 @@ translate (reflect-pad 2) and an alternating flip run inside the jitted step; a 
 convs start as PyTorch-default + identity (models/airbench.py); BatchNorm without scale,
 eps 1e-12, running statistics 0.6 * running + 0.4 * batch; label smoothing 0.2; Nesterov
 SGD with BatchNorm biases at 64x the learning rate; triangular schedule 0.2 -> 1 (at 23%)
--> 0.07; lookahead every 5 steps; flip + translate test-time augmentation.
+-> 0.07; lookahead every 5 steps; flip + translate test-time augmentation. Selection: none,
+as in airbench: the result is the final (lookahead) weights; `test` is only monitored.
 
 Hyperparameters are airbench94's, converted from its summed loss to jaxcifar's mean loss:
 lr = 11.5 / (1024 * (1 + 1/(1-0.85))) * 1024 = 1.5; coupled weight decay = 0.0153 * 1024 /

@@ -5,8 +5,10 @@ with p=0.8, grayscale p=0.2; made on the device inside the jitted step), both th
 backbone and a 512-128 projector, NT-Xent loss at temperature 0.2 with the other 2n - 2
 views of the global batch as negatives. Labels are never read while training; each epoch a
 weighted kNN classifier (k=200, cosine, T=0.1) on backbone features of the train split is
-evaluated on `test`, and the best checkpoint is the best kNN accuracy (summary.json:
-test_knn_accuracy).
+evaluated on `test`, for monitoring only. Selection: none by default, so the run's result is
+its final weights (summary.json: test_knn_accuracy), as lightly and solo-learn report theirs;
+with --config.data.validation_fraction=0.1 the best kNN epoch on that held-out part is kept
+as `best`. Never chosen on `test`.
 
 Backbone: the `fast` recipe's network (airbench) at half width, 32-128-128 channels, 128
 features. Why: on this project's 2-core AVX2 CPU a two-view step of 512 images takes 2.6 s

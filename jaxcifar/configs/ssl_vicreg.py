@@ -8,7 +8,7 @@ Why VICReg rather than BYOL: it costs what SimCLR costs per step, while BYOL's m
 encoder adds a third forward pass (about 20% per step) and an EMA copy of the network;
 on a 2-core CPU with an hour's budget, that is two fewer epochs.
 
-Everything else (views, backbone, kNN monitor, optimiser) is `ssl_simclr`'s; see there.
+Everything else (views, backbone, kNN monitor, selection, optimiser) is `ssl_simclr`'s; see there.
 
     python -m jaxcifar.train --config ssl_vicreg --workdir runs/vicreg --data_dir ../shared/tensorflow_datasets
 """

@@ -1,0 +1,30 @@
+"""What every `python -m jaxcifar.*` tool shares at its edge: a user's mistake is reported as
+one `error:` line on stderr with exit status 2, never a traceback; tracebacks stay for bugs.
+
+The package raises ValueError (a bad value), FileNotFoundError (a missing run, split or file)
+and FileExistsError (a workdir holding another run) for what the user can fix, with a
+message that says how; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+USAGE_ERROR = 2  # argparse's status for a bad command line; ours for any other user mistake
+
+
+def reports_user_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a tool's `main(argv) -> status` so that a user error prints one line and returns 2."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return USAGE_ERROR
+
+    return wrapped

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/tensorflow_datasets
 WORKDIR ?= runs/simple_cnn
 
-.PHONY: setup test train bench clean
+.PHONY: setup test test-fast train bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ setup: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --durations=25
+
+# The edit loop: everything but the tests marked slow (real data, fresh processes, the browser).
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
 
 train: setup
 	$(PY) -m jaxcifar.train --config simple_cnn --workdir $(WORKDIR) --data_dir $(DATA_DIR)

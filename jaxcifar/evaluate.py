@@ -314,13 +314,19 @@ def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best"
 
         train_split = train_split or load_data(run.config, data_dir).train
         report = self_supervised_report(workdir, train_split, split, checkpoint)
-        report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name)
+        report.update(workdir=str(run.workdir), checkpoint=checkpoint_label(run, checkpoint), split=split_name)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / REPORT).write_text(json.dumps(report, indent=2))
         return report, {REPORT: out_dir / REPORT}
     evaluation = evaluate_run(run, split, tta)
-    evaluation.report.update(workdir=str(run.workdir), checkpoint=checkpoint, split=split_name)
+    evaluation.report.update(workdir=str(run.workdir), checkpoint=checkpoint_label(run, checkpoint), split=split_name)
     return evaluation.report, write_outputs(run, evaluation, out_dir)
+
+
+def checkpoint_label(run: Run, which: str | int) -> str | int:
+    """How a report names the weights it evaluated: 'best' only where the run selected on a
+    validation split; a run that held none out has only its final weights."""
+    return "final" if which == "best" and not run.config.data.validation_fraction else which
 
 
 def summary_text(report: dict) -> str:

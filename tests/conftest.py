@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -25,6 +26,29 @@ TRAJECTORY_RTOL = 5e-3
 EVAL_FLIPS = 2 / 77
 
 SHARED_DATA = REPO.parent / "shared" / "tensorflow_datasets"
+
+# One persistent XLA cache for the whole suite: both xdist workers and every subprocess they
+# start (fit_synthetic.py, the CLIs) compile the same tiny steps, and each compiled once
+# instead of in every fresh interpreter. A test that checks caching itself sets its own
+# JAXCIFAR_COMPILATION_CACHE. The cache is keyed by the program, flags and devices, so it
+# cannot hand a test another program's executable.
+TEST_COMPILATION_CACHE = pathlib.Path(tempfile.gettempdir()) / f"jaxcifar-tests-xla-{os.getuid()}"
+os.environ.setdefault("JAXCIFAR_COMPILATION_CACHE", str(TEST_COMPILATION_CACHE))
+
+
+def pytest_configure(config):
+    from jaxcifar import train
+
+    train.configure_compilation_cache()
+    config.addinivalue_line("markers", "slow: trains on the real data or in fresh processes; "
+                                       "`make test-fast` leaves these out")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that reads the real data is slow (its own @pytest.mark.slow not needed)."""
+    for item in items:
+        if "shared_data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def synthetic_split(n: int, seed: int = 0) -> data_lib.ArraySplit:
@@ -82,9 +106,21 @@ def crash_on_first_save(monkeypatch, fit):
             fit()
 
 
-def fit_tiny_run(workdir):
-    """A trained run on synthetic data (1 epoch of tiny_config), opened at its latest checkpoint."""
-    from jaxcifar import runs, train
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory):
+    """(workdir, eval split, summary) of one tiny run on synthetic data (1 epoch of
+    tiny_config), trained once per test process and shared by the evaluate, export, predict
+    and serve tests. Read it; copy it before changing anything in it."""
+    from jaxcifar import train
 
-    train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10))
-    return runs.load_run(workdir, "latest")
+    workdir, eval_split = tmp_path_factory.mktemp("tiny_run"), synthetic_split(77, 1)
+    summary = train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), eval_split, 10))
+    return workdir, eval_split, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_dir):
+    """The shared tiny run, opened at its final checkpoint."""
+    from jaxcifar import runs
+
+    return runs.load_run(tiny_run_dir[0], "latest")

@@ -62,17 +62,8 @@ def test_stage_boundaries_between_epochs_where_the_stage_changes():
     assert evaluate.stage_boundaries(history[:2]) == []
 
 
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    """A tiny run on synthetic data; its latest checkpoint is its final state."""
-    workdir = tmp_path_factory.mktemp("synthetic_run")
-    eval_split = synthetic_split(77, 1)
-    summary = train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), eval_split, 10))
-    return workdir, eval_split, summary
-
-
-def test_evaluate_in_memory_split_matches_summary_and_writes_files(synthetic_run):
-    workdir, eval_split, summary = synthetic_run
+def test_evaluate_in_memory_split_matches_summary_and_writes_files(tiny_run_dir):
+    workdir, eval_split, summary = tiny_run_dir
     report, paths = evaluate.evaluate_workdir(workdir, "latest", split=eval_split)
     assert report["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
     assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
@@ -84,8 +75,8 @@ def test_evaluate_in_memory_split_matches_summary_and_writes_files(synthetic_run
         assert paths[name].stat().st_size > 1000, name
 
 
-def test_evaluate_run_with_tta_averages_mirrored_logits(synthetic_run):
-    workdir, eval_split, _ = synthetic_run
+def test_evaluate_run_with_tta_averages_mirrored_logits(tiny_run_dir):
+    workdir, eval_split, _ = tiny_run_dir
     run = load_run(workdir, "latest")
     plain = evaluate.evaluate_run(run, eval_split, tta=False, batch_size=32)
     flipped = dataclasses.replace(eval_split, images=eval_split.images[:, :, ::-1])
@@ -95,10 +86,10 @@ def test_evaluate_run_with_tta_averages_mirrored_logits(synthetic_run):
     assert tta.report["tta"] is True and plain.report["tta"] is False
 
 
-def test_loading_a_run_logs_no_warnings_and_writes_nothing(synthetic_run, caplog):
+def test_loading_a_run_logs_no_warnings_and_writes_nothing(tiny_run_dir, caplog):
     """Orbax's read_only manager logged three warnings per load; the manager used instead
     must still leave the checkpoints as they were."""
-    workdir, _, summary = synthetic_run
+    workdir, _, summary = tiny_run_dir
     checkpoints = workdir / "checkpoints"
     before = {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")}
     with caplog.at_level(logging.WARNING):

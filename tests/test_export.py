@@ -10,7 +10,7 @@ import pytest
 
 from jaxcifar import augment, export, steps, train
 from jaxcifar.runs import load_run
-from tests.conftest import REPO, fit_tiny_run, synthetic_split, tiny_config
+from tests.conftest import REPO, synthetic_split, tiny_config
 
 # Runs in a fresh interpreter, so nothing of the exporting process (jit caches, the
 # in-memory model, its closures) can make a broken artefact look fine.
@@ -35,8 +35,8 @@ LOAD_AND_RUN = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    run = fit_tiny_run(tmp_path_factory.mktemp("export_run"))
+def exported(tiny_run, tmp_path_factory):
+    run = tiny_run
     out = tmp_path_factory.mktemp("exported")
     written, skipped = export.export_run(run, out, "both")
     assert written == ["stablehlo", "savedmodel"] and skipped is None
@@ -49,6 +49,7 @@ def training_logits(run, images):
     return np.asarray(steps.predict_logits(run.model, run.variables, normalized, tta=run.config.tta))
 
 
+@pytest.mark.slow  # a fresh process
 def test_artefacts_match_training_logits_in_a_fresh_process(exported, tmp_path):
     run, out = exported
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)

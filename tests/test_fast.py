@@ -243,6 +243,7 @@ def write_jpeg_pack(path, splits):
     np.savez(path, **arrays)
 
 
+@pytest.mark.slow  # a fresh process
 def test_device_resident_path_trains_from_a_jpeg_pack_without_tensorflow(tmp_path):
     pack = tmp_path / "pack.npz"
     write_jpeg_pack(pack, {"train": synthetic_split(64, 0), "test": synthetic_split(20, 1)})

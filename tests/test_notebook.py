@@ -16,6 +16,8 @@ import pytest
 from jaxcifar import colab
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # a Jupyter kernel
+
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 
 

@@ -6,12 +6,12 @@ import pytest
 from PIL import Image
 
 from jaxcifar import image_files, predict
-from tests.conftest import fit_tiny_run, synthetic_split
+from tests.conftest import synthetic_split
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return fit_tiny_run(tmp_path_factory.mktemp("predict_run"))
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ def wait_for_progress(proc, workdir, entries_before, timeout=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # fresh processes
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     args = ("--config.epochs=4",)
     straight = result(start(tmp_path / "straight", *args))
@@ -68,6 +69,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert resumed["summary"]["test_loss"] == straight["summary"]["test_loss"]
 
 
+@pytest.mark.slow  # fresh processes
 def test_sigterm_saves_mid_epoch_and_resume_matches(tmp_path):
     args = ("--config.epochs=40", "--config.log_every_steps=1")
     straight = result(start(tmp_path / "straight", *args))
@@ -79,8 +81,11 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "checkpoint saved" in err
     assert "tracked_metric" not in err  # Orbax's warning about a save without eval metrics reads like a failure
-    saved = Checkpointer(workdir).steps()
-    assert saved[-1] % 8 != 0 or len(saved) >= 1  # a mid-epoch step unless the signal hit an epoch end
+    # The stop saved where it stopped; mid-epoch (8 steps an epoch), with that epoch's partial sums.
+    stopped_at = int(re.search(r"Stopped by SIGTERM at step (\d+)", err).group(1))
+    assert Checkpointer(workdir).steps()[-1] == stopped_at
+    if stopped_at % 8:
+        assert "partial_epoch" in Checkpointer(workdir).restore_record(stopped_at)
     resumed = result(start(workdir, *args))
     assert resumed["digest"] == straight["digest"]
     # The interrupted epoch's metrics cover all of it: its first part's sums were saved
@@ -88,6 +93,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(tmp_path):
     assert resumed["train_loss"] == straight["train_loss"]
 
 
+@pytest.mark.slow  # fresh processes
 def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
     args = ("--config.epochs=2", "--config.eval_batch_size=40")
     eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAXCIFAR_TEST_CRASH_AFTER_SAVES": "1"}
@@ -134,6 +140,7 @@ def two_process_result(procs, timeout=300):
     return json.loads(next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))[7:])
 
 
+@pytest.mark.slow  # fresh processes
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     args = ("--config.epochs=2", "--config.eval_batch_size=40")
     multi = two_process_result(start_two_processes(tmp_path / "multi", *args))
@@ -175,6 +182,7 @@ def wait_for_logged_epochs(workdir, n, procs, timeout=240):
     raise AssertionError(f"{n} epochs were not logged in {workdir}")
 
 
+@pytest.mark.slow  # fresh processes
 @pytest.mark.parametrize("epoch_path,signalled", [("tf_data", (1,)), ("tf_data", (0, 1)), ("scanned", (0,))],
                          ids=["one_process", "both_processes", "one_process_scanned_epochs"])
 def test_sigterm_to_any_process_stops_every_process_at_one_step_and_resume_is_bit_identical(
@@ -247,6 +255,7 @@ def test_workdir_with_its_own_parameter_groups_is_resumable(tmp_path):
     config = tiny_config(epochs=1)
     config.param_groups, config.lr_multipliers = {"head": "^head", "body": ".*"}, {"head": 1.0, "body": 0.1}
     Workdir(tmp_path / "run", config)
+    (tmp_path / "run" / "checkpoints" / "8").mkdir(parents=True)  # it trained: a changed config is refused
     Workdir(tmp_path / "run", config)
     config.lr_multipliers = {"head": 1.0, "body": 0.2}
     with pytest.raises(FileExistsError, match="lr_multipliers.body: 0.1 -> 0.2"):

@@ -50,6 +50,7 @@ def test_the_best_checkpoint_is_the_best_validation_epoch_and_the_summary_report
     assert summary["val_accuracy"] == best["val_accuracy"] and summary["test_accuracy"] == best["eval_accuracy"]
     report, _ = evaluate.evaluate_workdir(tmp_path, split=synthetic_split(77, 1), out=tmp_path / "eval")
     assert report["checkpoint_step"] == best["step"] and report["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert report["checkpoint"] == "best"
 
 
 def test_without_a_validation_split_the_tools_default_to_the_final_weights(tmp_path, tiny_data):
@@ -58,7 +59,7 @@ def test_without_a_validation_split_the_tools_default_to_the_final_weights(tmp_p
     _, step = checkpoint.load_variables(tmp_path)  # the default, 'best', has nothing selected to name
     assert step == summary["selection"]["step"] == summary["steps"]
     report, _ = evaluate.evaluate_workdir(tmp_path, split=tiny_data.eval, out=tmp_path / "eval")
-    assert report["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert report["accuracy"] == pytest.approx(summary["test_accuracy"]) and report["checkpoint"] == "final"
 
 
 def test_validation_is_held_out_of_any_source_stratified_and_fixed():

@@ -19,7 +19,9 @@ parser = pytest.importorskip("prometheus_client.parser")
 from PIL import Image  # noqa: E402
 
 from jaxcifar import export, predict  # noqa: E402
-from tests.conftest import REPO, fit_tiny_run, synthetic_split  # noqa: E402
+from tests.conftest import REPO, synthetic_split  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a server process and a browser
 
 MAX_BATCH = 8
 MAX_BODY = 1_000_000
@@ -79,8 +81,8 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return fit_tiny_run(tmp_path_factory.mktemp("serve_run"))
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

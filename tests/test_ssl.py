@@ -294,6 +294,7 @@ print(json.dumps({{"devices": jax.device_count(), "difference": difference,
 """
 
 
+@pytest.mark.slow  # a fresh process
 def test_ssl_step_on_eight_devices_equals_one_device():
     """NT-Xent over the global batch: on 8 devices every device's views are negatives for
     every other's, so the step is the 1-device step up to float32 summation order. Measured

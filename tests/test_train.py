@@ -83,6 +83,7 @@ def test_same_seed_same_result_and_other_seed_differs(tmp_path, tiny_data):
     assert not all(np.array_equal(x, y) for x, y in zip(va, vc))
 
 
+@pytest.mark.slow  # a fresh process
 @pytest.mark.parametrize("resident_scan", [False, True], ids=["tf_data", "device_resident_scan"])
 def test_eight_devices_give_the_same_losses_as_one(tmp_path, resident_scan):
     args = ["--config.eval_batch_size=40"]
@@ -134,6 +135,7 @@ def one_step_on_eight_devices_and_on_one(optimizer: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a fresh process
 def test_one_step_on_eight_devices_equals_one_device_to_rounding():
     """The invariant behind the trajectory tests: the same state and global batch give the
     same update on 8 devices as on 1, up to float32 summation order. With SGD the update is

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import logging
 import os
 import pathlib
 import re
@@ -104,18 +105,30 @@ def split_args(args: list[str]) -> list[tuple[str | None, str | None]]:
 
 
 # ----- what the tools accept -----
+@contextlib.contextmanager
+def logging_restored():
+    """A tool's main sets up logging for its own process (handlers, propagation); undo that, so
+    that the tests after this one still capture log records."""
+    before = {name: (logger.handlers[:], logger.level, logger.propagate)
+              for name, logger in logging.Logger.manager.loggerDict.items() if isinstance(logger, logging.Logger)}
+    try:
+        yield
+    finally:
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger):
+                logger.handlers[:], level, logger.propagate = before.get(name, ([], logging.NOTSET, True))
+                logger.setLevel(level)
+
+
 @functools.cache
 def module_flags(module: str) -> frozenset[str]:
     """The flags `python -m MODULE --help` lists, read in this process as `python -m` runs it."""
     out = io.StringIO()
-    argv = sys.argv
-    sys.argv = [module, "--help"]
-    try:
-        with contextlib.redirect_stdout(out), warnings.catch_warnings(), pytest.raises(SystemExit):
-            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-    finally:
-        sys.argv = argv
+    with (logging_restored(), contextlib.redirect_stdout(out), warnings.catch_warnings(),
+          pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit)):
+        patch.setattr(sys, "argv", [module, "--help"])
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     return frozenset(re.findall(r"(?<![\w-])--[a-z][\w.-]*", out.getvalue()))
 
 

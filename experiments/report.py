@@ -128,7 +128,8 @@ def recipes() -> str:
          f"{ssl['pretraining']['epochs']} epochs]({link}self-supervised-pretraining-then-few-labels)"],
         ["`ssl_vicreg`", "VICReg self-supervised pretraining (no labels)", "not run at full scale"],
         ["`ssl_finetune`", "linear probe, then fine-tune, of a pretrained backbone",
-         f"[{mean_std(ssl['labels_per_class']['25']['finetune'])} from 25 labels per class]"
+         f"[{mean_std(ssl['labels_per_class']['25']['finetune'])} from 25 labels per class, on a backbone epoch "
+         "chosen on `test`]"
          f"({link}self-supervised-pretraining-then-few-labels)"],
     ]
     return table(["recipe", "what it trains", "measured on a 2-core CPU"], rows)

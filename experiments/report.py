@@ -77,7 +77,8 @@ def source(*names: str) -> str:
     for name in names:
         r = load(name)
         m = r["machine"]
-        load_avg = f", load average {m['load_average_at_write'][0]} when written" if "load_average_at_write" in m else ""
+        load_avg = (f", load average {m['load_average_at_write'][0]} when written"
+                    if "load_average_at_write" in m else "")
         lines.append(f"- `experiments/results/{name}.json` ({r['date']}, {m['cores']}-core {m['cpu']}"
                      f"{load_avg}), written by {command(r)}")
     return "\n".join(lines)
@@ -101,8 +102,9 @@ def make_train() -> str:
     """README.md's headline: what `make train` gives."""
     r = load("simple_cnn")
     j, k = r["jaxcifar"], r["keras_seed_recipe"]
-    return (f"`make train` reaches about **{pct(j['test_accuracy'])}** test accuracy after {j['epochs_completed']} epochs, in about "
-            f"{secs(j['process_wall_seconds'])} on a 2-core CPU; the tutorial's Keras recipe of the same CNN reaches "
+    return (f"`make train` reaches about **{pct(j['test_accuracy'])}** test accuracy after {j['epochs_completed']} "
+            f"epochs, in about {secs(j['process_wall_seconds'])} on a {r['machine']['cores']}-core CPU; the tutorial's "
+            "Keras recipe of the same CNN reaches "
             f"{pct(k['test_accuracy'])} in {secs(k['wall_seconds_including_eval'])} "
             f"([experiments/README.md](experiments/README.md#simple_cnn-make-train-against-the-keras-tutorial)).")
 
@@ -115,10 +117,10 @@ def recipes() -> str:
         ["`simple_cnn`", "the tutorial's small CNN (`make train`)",
          f"[{pct(cnn['jaxcifar']['test_accuracy'])} in {cnn['jaxcifar']['epochs_completed']} epochs]"
          f"({link}simple_cnn-make-train-against-the-keras-tutorial)"],
-        ["`fast`", "airbench94's network and recipe, 10 epochs",
+        ["`fast`", f"airbench94's network and recipe, {fast['runs'][0]['epochs_done']} epochs",
          f"[{pct(fast['means']['final_accuracy_tta']['mean'])} with TTA, mean of "
          f"{len(fast['runs'])} seeds]({link}fast-and-fast_muon-against-airbench)"],
-        ["`fast_muon`", "airbench94_muon's recipe (Muon optimizer), 8 epochs",
+        ["`fast_muon`", f"airbench94_muon's recipe (Muon optimizer), {muon['runs'][0]['epochs_done']} epochs",
          f"[{pct(muon['means']['final_accuracy_tta']['mean'], 2)} with TTA, mean of "
          f"{len(muon['runs'])} seeds]({link}fast-and-fast_muon-against-airbench)"],
         ["`resnet18`", "CIFAR ResNet-18, SGD-Nesterov, cosine", "not run to completion on CPU"],
@@ -164,7 +166,8 @@ def fast_cpu() -> str:
                for a in anchors]
     summary.append([f"jaxcifar `fast`, mean of seeds {seeds}", secs(means["seconds_to_85"]["mean"]),
                     f"{secs(means['seconds_to_94']['mean'])} ({means['seeds_reaching_94']} of {len(fast['runs'])} "
-                    "seeds reach it)", pct(means["final_accuracy"]["mean"], 2), pct(means["final_accuracy_tta"]["mean"], 2),
+                    "seeds reach it)", pct(means["final_accuracy"]["mean"], 2),
+                    pct(means["final_accuracy_tta"]["mean"], 2),
                     num(statistics.mean(r["train_images_per_second"] for r in fast["runs"]))])
     return "\n\n".join([
         table(header, curve_rows(columns)),
@@ -177,7 +180,8 @@ def fast_muon() -> str:
     seed0 = muon["runs"][0]
     rows = curve_rows([(anchor["test_accuracy"], anchor["cumulative_train_seconds"]),
                        (seed0["test_accuracy"], seed0["cumulative_train_seconds"])])
-    rows.append(["final, flip+translate TTA", f"**{pct(anchor['final_accuracy_tta'])} at {secs(anchor['seconds_to_94'])}**",
+    rows.append(["final, flip+translate TTA",
+                 f"**{pct(anchor['final_accuracy_tta'])} at {secs(anchor['seconds_to_94'])}**",
                  f"**{pct(seed0['final_accuracy_tta'])} at {secs(seed0['seconds_to_94'])}**"])
     seeds = [[str(r["seed"]), pct(r["final_accuracy"]), pct(r["final_accuracy_tta"]), secs(r["seconds_to_94"]),
               secs(statistics.mean(r["epoch_train_seconds"]))] for r in muon["runs"]]
@@ -225,8 +229,9 @@ def ssl_label_efficiency() -> str:
     pre = r["pretraining"]
     knn = pre["knn_accuracy_per_epoch"]
     selected = knn.index(max(knn)) + 1
-    few = [[f"{n} ({plural(len(m['scratch']['runs']), 'seed')}, {r['budget_epochs'][n]} epochs)", mean_std(m["scratch"]),
-            mean_std(m["probe"]), mean_std(m["finetune"])] for n, m in r["labels_per_class"].items()]
+    few = [[f"{n} ({plural(len(m['scratch']['runs']), 'seed')}, {r['budget_epochs'][n]} epochs)",
+            *(mean_std(m[method]) for method in ("scratch", "probe", "finetune"))]
+           for n, m in r["labels_per_class"].items()]
     return "\n\n".join([
         f"`{r['method']}` pretrained {pre['epochs']} epochs on all the training images, labels unread "
         f"({secs(pre['train_seconds'])} of training). kNN accuracy on `test` after each epoch:",
@@ -326,7 +331,8 @@ def rounding_drift() -> str:
     sci = "{:.1e}".format
     rows = [["one step, scanned epoch vs step loop", sci(s["one_step_scan_vs_loop"])],
             ["four steps, scanned epoch vs step loop", sci(s["four_steps_scan_vs_loop"])],
-            ["four steps, one-ulp nudge of the weights vs none (largest)", sci(max(s["four_steps_one_ulp_nudge_vs_loop"]))],
+            ["four steps, one-ulp nudge of the weights vs none (largest)",
+             sci(max(s["four_steps_one_ulp_nudge_vs_loop"]))],
             ["four steps, the same batches in the wrong order", sci(s["four_steps_wrong_batch_order_vs_loop"])]]
     rows += [[f"one {opt} step, {m['devices']} devices vs 1 (without the all-reduce: {sci(m['missing_all_reduce'])})",
               sci(m["eight_vs_one"])] for opt, m in r["one_step_eight_devices_vs_one"].items()]

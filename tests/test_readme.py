@@ -222,10 +222,13 @@ def test_the_command_check_catches_what_it_should(tmp_path):
                                     "--config.no_such_field=1",
         "runs/never_trained: neither": "python -m jaxcifar.export --workdir runs/never_trained --out exported/x",
         "no script experiments/no_such.py": "python experiments/no_such.py",
+        "experiments/fast_cpu.py has no flag --bogus": "cd experiments && python fast_cpu.py --bogus 1",
     }
     for expected, command in bad.items():
         doc.write_text(f"```bash\n{command}\n```\n")
         assert any(expected in e for e in document_errors(doc)), (command, document_errors(doc))
+    doc.write_text("Prose quoting `--config.data.no_such_field=1` alone.\n")
+    assert any("--config.data.no_such_field=1" in e for e in document_errors(doc))
     doc.write_text("```bash\npython -m jaxcifar.train --config simple_cnn --workdir runs/a --config.epochs=1\n"
                    "python -m jaxcifar.export --workdir runs/a --out exported/a\n"
                    "python -m jaxcifar.serve --export exported/a --port 8080\n```\n")

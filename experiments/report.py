@@ -1,0 +1,384 @@
+"""Render the result tables of the docs from the committed JSON in experiments/results/.
+
+Every table sits between `<!-- report:NAME -->` and `<!-- /report:NAME -->` in
+experiments/README.md or README.md; NAME is one of the functions in BLOCKS. So a number in
+those tables is always what its JSON says:
+
+    python experiments/report.py           # rewrite the blocks
+    python experiments/report.py --check   # exit 1 if a block differs from what the JSON gives
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import statistics
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+DOCS = (ROOT / "experiments" / "README.md", ROOT / "README.md")
+BLOCK = re.compile(r"(<!-- report:(?P<name>\w+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+
+
+# ----- formatting -----
+def load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "not reached" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def mean_std(s: dict) -> str:
+    """A {'mean', 'std', 'runs'} record; a single run has no spread to show."""
+    return pct(s["mean"]) if len(s["runs"]) == 1 else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}%"
+
+
+def secs(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:,.0f} s"
+
+
+def kib(n: int) -> str:
+    return f"{n / 1024:,.0f} KiB"
+
+
+def num(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def arrow(a: str, b: str) -> str:
+    return f"{a} → {b}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
+
+
+def command(result: dict) -> str:
+    """The JSON's `command`, runnable from the clone root; a free-text --note is shown apart."""
+    cmd, _, note = result["command"].partition(" --note ")
+    script = cmd.split()[1]
+    if (ROOT / "experiments" / script).is_file():  # recorded from inside experiments/
+        cmd = f"cd experiments && {cmd}"
+    return f"`{cmd}`" + (f"\n\nNote recorded with it: {note}" if note else "")
+
+
+def source(*names: str) -> str:
+    """Where a block's numbers come from: command, JSON path, date, machine and load."""
+    lines = []
+    for name in names:
+        r = load(name)
+        m = r["machine"]
+        load_avg = (f", load average {m['load_average_at_write'][0]} when written"
+                    if "load_average_at_write" in m else "")
+        lines.append(f"- `experiments/results/{name}.json` ({r['date']}, {m['cores']}-core {m['cpu']}"
+                     f"{load_avg}), written by {command(r)}")
+    return "\n".join(lines)
+
+
+def curve_rows(columns: list[tuple[list[float], list[float]]]) -> list[list[str]]:
+    """Per-epoch rows of 'accuracy at cumulative training seconds', one column per run; a run
+    that stopped early leaves its later cells empty."""
+    epochs = max(len(acc) for acc, _ in columns)
+    return [[str(e + 1), *(f"{pct(acc[e])} at {secs(t[e])}" if e < len(acc) else "" for acc, t in columns)]
+            for e in range(epochs)]
+
+
+def mean_curve(runs: list[dict]) -> tuple[list[float], list[float]]:
+    accs, times = (list(zip(*(r[key] for r in runs))) for key in ("test_accuracy", "cumulative_train_seconds"))
+    return [statistics.mean(a) for a in accs], [statistics.mean(t) for t in times]
+
+
+# ----- one function per block -----
+def make_train() -> str:
+    """README.md's headline: what `make train` gives."""
+    r = load("simple_cnn")
+    j, k = r["jaxcifar"], r["keras_seed_recipe"]
+    return (f"`make train` reaches about **{pct(j['test_accuracy'])}** test accuracy after {j['epochs_completed']} "
+            f"epochs, in about {secs(j['process_wall_seconds'])} on a {r['machine']['cores']}-core CPU; the tutorial's "
+            "Keras recipe of the same CNN reaches "
+            f"{pct(k['test_accuracy'])} in {secs(k['wall_seconds_including_eval'])} "
+            f"([experiments/README.md](experiments/README.md#simple_cnn-make-train-against-the-keras-tutorial)).")
+
+
+def recipes() -> str:
+    """README.md's recipe table, with each recipe's measured result."""
+    cnn, fast, muon, ssl = (load(n) for n in ("simple_cnn", "fast_cpu", "fast_muon_cpu", "ssl_label_efficiency"))
+    link = "experiments/README.md#"
+    rows = [
+        ["`simple_cnn`", "the tutorial's small CNN (`make train`)",
+         f"[{pct(cnn['jaxcifar']['test_accuracy'])} in {cnn['jaxcifar']['epochs_completed']} epochs]"
+         f"({link}simple_cnn-make-train-against-the-keras-tutorial)"],
+        ["`fast`", f"airbench94's network and recipe, {fast['runs'][0]['epochs_done']} epochs",
+         f"[{pct(fast['means']['final_accuracy_tta']['mean'])} with TTA, mean of "
+         f"{len(fast['runs'])} seeds]({link}fast-and-fast_muon-against-airbench)"],
+        ["`fast_muon`", f"airbench94_muon's recipe (Muon optimizer), {muon['runs'][0]['epochs_done']} epochs",
+         f"[{pct(muon['means']['final_accuracy_tta']['mean'], 2)} with TTA, mean of "
+         f"{len(muon['runs'])} seeds]({link}fast-and-fast_muon-against-airbench)"],
+        ["`resnet18`", "CIFAR ResNet-18, SGD-Nesterov, cosine", "not run to completion on CPU"],
+        ["`resnet50_transfer`", "ImageNet ResNet-50: frozen stage, then fine-tune", "needs pretrained weights"],
+        ["`ssl_simclr`", "SimCLR self-supervised pretraining (no labels)",
+         f"[kNN {pct(ssl['pretraining']['knn_accuracy_per_epoch'][-1])} after "
+         f"{ssl['pretraining']['epochs']} epochs]({link}self-supervised-pretraining-then-few-labels)"],
+        ["`ssl_vicreg`", "VICReg self-supervised pretraining (no labels)", "not run at full scale"],
+        ["`ssl_finetune`", "linear probe, then fine-tune, of a pretrained backbone",
+         f"[{mean_std(ssl['labels_per_class']['25']['finetune'])} from 25 labels per class, on a backbone epoch "
+         "chosen on `test`]"
+         f"({link}self-supervised-pretraining-then-few-labels)"],
+    ]
+    return table(["recipe", "what it trains", "measured on a 2-core CPU"], rows)
+
+
+def simple_cnn() -> str:
+    r = load("simple_cnn")
+    j, k = r["jaxcifar"], r["keras_seed_recipe"]
+    rows = [[f"jaxcifar `simple_cnn`, {j['epochs_completed']} epochs", pct(j["test_accuracy"]),
+             f"{secs(j['wall_seconds'])} in the run, {secs(j['process_wall_seconds'])} for the whole process",
+             num(j["train_images_per_second"])],
+            [f"the tutorial's Keras recipe, {len(k['test_accuracy_per_epoch'])} epochs", pct(k["test_accuracy"])
+             + f" (best epoch {pct(max(k['test_accuracy_per_epoch']))})",
+             f"{secs(k['wall_seconds_including_eval'])} (`fit` with per-epoch evaluation)",
+             num(k["train_images_per_second_incl_eval"]) + " (with evaluation)"]]
+    ratio = r["wall_ratio_to_keras"]
+    return "\n\n".join([
+        table(["", "`test` accuracy", "wall time", "train images/s"], rows),
+        f"jaxcifar is {100 * r['accuracy_margin_over_keras']:.1f} points more accurate in {ratio['run']:.2f}× "
+        f"Keras's wall time ({ratio['whole_process']:.2f}× counting its whole process).",
+        source("simple_cnn")])
+
+
+def fast_cpu() -> str:
+    fast, anchors = load("fast_cpu"), [load("airbench_cpu"), load("airbench_cpu_seed1")]
+    seeds = " ".join(str(r["seed"]) for r in fast["runs"])
+    columns = [(a["test_accuracy"], a["cumulative_train_seconds"]) for a in anchors] + [mean_curve(fast["runs"])]
+    header = ["epoch", *(f"airbench94 seed {a['seed']}" for a in anchors), f"jaxcifar `fast`, mean of seeds {seeds}"]
+    means = fast["means"]
+    summary = [[f"airbench94 seed {a['seed']}", secs(a["seconds_to_85"]), secs(a["seconds_to_94"]),
+                pct(a["final_accuracy"]), pct(a["final_accuracy_tta"]), num(a["train_images_per_second"])]
+               for a in anchors]
+    summary.append([f"jaxcifar `fast`, mean of seeds {seeds}", secs(means["seconds_to_85"]["mean"]),
+                    f"{secs(means['seconds_to_94']['mean'])} ({means['seeds_reaching_94']} of {len(fast['runs'])} "
+                    "seeds reach it)", pct(means["final_accuracy"]["mean"], 2),
+                    pct(means["final_accuracy_tta"]["mean"], 2),
+                    num(statistics.mean(r["train_images_per_second"] for r in fast["runs"]))])
+    return "\n\n".join([
+        table(header, curve_rows(columns)),
+        table(["", "time to 85%", "time to 94%", "final", "final, flip+translate TTA", "train images/s"], summary),
+        source("fast_cpu", "airbench_cpu", "airbench_cpu_seed1")])
+
+
+def fast_muon() -> str:
+    muon, anchor = load("fast_muon_cpu"), load("airbench94_muon_cpu")
+    seed0 = muon["runs"][0]
+    rows = curve_rows([(anchor["test_accuracy"], anchor["cumulative_train_seconds"]),
+                       (seed0["test_accuracy"], seed0["cumulative_train_seconds"])])
+    rows.append(["final, flip+translate TTA",
+                 f"**{pct(anchor['final_accuracy_tta'])} at {secs(anchor['seconds_to_94'])}**",
+                 f"**{pct(seed0['final_accuracy_tta'])} at {secs(seed0['seconds_to_94'])}**"])
+    seeds = [[str(r["seed"]), pct(r["final_accuracy"]), pct(r["final_accuracy_tta"]), secs(r["seconds_to_94"]),
+              secs(statistics.mean(r["epoch_train_seconds"]))] for r in muon["runs"]]
+    return "\n\n".join([
+        table(["epoch", f"airbench94_muon seed {anchor['seed']}", f"jaxcifar `fast_muon` seed {seed0['seed']}"], rows),
+        f"Same sitting: `fast_muon` reaches 94% at {seed0['seconds_to_94'] / anchor['seconds_to_94']:.3f}× the "
+        "record's training time.",
+        table(["seed", "final", "final, TTA", "time to 94% with TTA", "mean epoch"], seeds),
+        f"Mean over seeds: {pct(muon['means']['final_accuracy_tta']['mean'], 2)} with TTA; "
+        f"{muon['means']['seeds_reaching_94']} of {len(muon['runs'])} seeds reach 94%, "
+        f"at {secs(muon['means']['seconds_to_94']['mean'])} on average.",
+        source("fast_muon_cpu", "airbench94_muon_cpu")])
+
+
+def fast_muon_sitting2() -> str:
+    muon, anchor = load("fast_muon_cpu_sitting2"), load("airbench94_muon_cpu_sitting2")
+    run = muon["runs"][0]
+    rows = curve_rows([(anchor["test_accuracy"], anchor["cumulative_train_seconds"]),
+                       (run["test_accuracy"], run["cumulative_train_seconds"])])
+    rows.append(["final, flip+translate TTA", f"{pct(anchor['final_accuracy_tta'])} at "
+                 f"{secs(anchor['final_seconds_with_tta'])}", "stopped" if not run["complete"] else ""])
+    return "\n\n".join([
+        table(["epoch", f"airbench94_muon seed {anchor['seed']}", f"jaxcifar `fast_muon` seed {run['seed']}"], rows),
+        source("airbench94_muon_cpu_sitting2", "fast_muon_cpu_sitting2")])
+
+
+def split_cifar_transfer() -> str:
+    r = load("split_cifar_transfer")
+    rows = [[label, mean_std(r[f"{key}_acc"]), mean_std(r[f"{key}_acc_test_jpeg"])]
+            for label, key in (("scratch (same network, random init)", "scratch"),
+                               ("frozen backbone + new head", "frozen"),
+                               ("frozen, then fine-tune everything", "finetune"))]
+    pre, tr = r["pretrain"], r["transfer"]
+    return "\n\n".join([
+        f"Pretrained on classes {pre['classes']} ({pre['epochs']} epochs, "
+        f"{pct(pre['test_accuracy_classes_0_4'])} on their test images); then classes {tr['classes']} from "
+        f"{tr['examples_per_class']} labelled images per class, {tr['epochs']} epochs, seeds {tr['seeds']}. "
+        f"Network: {r['network']}. Evaluated on {r['eval']}.",
+        table(["", "`test`", "`test_jpeg`"], rows),
+        source("split_cifar_transfer")])
+
+
+def ssl_label_efficiency() -> str:
+    r = load("ssl_label_efficiency")
+    pre = r["pretraining"]
+    knn = pre["knn_accuracy_per_epoch"]
+    selected = knn.index(max(knn)) + 1
+    few = [[f"{n} ({plural(len(m['scratch']['runs']), 'seed')}, {r['budget_epochs'][n]} epochs)",
+            *(mean_std(m[method]) for method in ("scratch", "probe", "finetune"))]
+           for n, m in r["labels_per_class"].items()]
+    return "\n\n".join([
+        f"`{r['method']}` pretrained {pre['epochs']} epochs on all the training images, labels unread "
+        f"({secs(pre['train_seconds'])} of training). kNN accuracy on `test` after each epoch:",
+        table(["epoch", *map(str, range(1, len(knn) + 1))], [["kNN", *(pct(a) for a in knn)]]),
+        f"**Result: kNN {pct(knn[-1])} after the final epoch.** The recorded run kept epoch {selected} of "
+        f"{pre['epochs']} as its best checkpoint, chosen by this kNN on `test` ({pct(pre['test_knn_accuracy'])}); "
+        f"the linear probe with all labels ({pct(pre['test_linear_probe_accuracy_all_labels'])}) and every "
+        "fine-tune below started from that test-selected epoch. The package no longer selects on `test`; "
+        "a clean figure needs the command re-run.",
+        table(["labels per class", "scratch (same network)", "linear probe on the SSL backbone",
+               "probe, then fine-tune"], few),
+        source("ssl_label_efficiency")])
+
+
+def _peft_rows(part: dict, jpeg: bool) -> list[list[str]]:
+    rows = []
+    for mode, m in part["modes"].items():
+        share = f"{num(m['trainable_parameters'])} ({pct(m['trainable_fraction'], 2)} of {num(m['parameters'])})"
+        rows.append([mode.replace("_r", ", rank "), mean_std(m["test_accuracy"]),
+                     *([mean_std(m["test_jpeg_accuracy"])] if jpeg else []), share, kib(m["saved_bytes"]),
+                     num(m["seconds_per_epoch"]["mean"], 1)])
+    return rows
+
+
+def efficient_finetune() -> str:
+    r = load("efficient_finetune")
+    split, ssl = r["split_cifar"], r["ssl"]
+    tail = ["trained in stage 2", "saved", "s/epoch, stage 2"]
+    return "\n\n".join([
+        f"Split-CIFAR ({split['network']}, {split['eval']}; seeds {split['seeds']}):",
+        table(["mode", "`test`", "`test_jpeg`", *tail], _peft_rows(split, jpeg=True)),
+        f"SimCLR backbone ({ssl['network']}, {ssl['labels_per_class']} labels per class, {ssl['eval']}; "
+        f"seeds {ssl['seeds']}):",
+        table(["mode", "`test`", *tail], _peft_rows(ssl, jpeg=False)),
+        f"LoRA alpha {r['lora']['alpha']}.",
+        source("efficient_finetune")])
+
+
+def compress_models() -> str:
+    r = load("compress_models")
+    rows = []
+    for name, m in r["models"].items():
+        lat = m["latency"]
+        jpeg = m.get("test_jpeg")
+        rows.append([name + (" (TTA)" if m["tta"] else ""),
+                     arrow(pct(m["test"]["float32_accuracy"]), pct(m["test"]["int8_accuracy"])),
+                     arrow(pct(jpeg["float32_accuracy"]), pct(jpeg["int8_accuracy"])) if jpeg else "not measured",
+                     f"{arrow(kib(m['bytes']['float32']), kib(m['bytes']['int8']))} "
+                     f"({m['bytes']['float32'] / m['bytes']['int8']:.1f}×)",
+                     arrow(*(f"{1000 * lat[k]['batch_1']['median_seconds']:.1f} ms" for k in ("float32", "int8"))),
+                     arrow(*(f"{num(lat[k]['batch_256']['images_per_second'])} img/s" for k in ("float32", "int8")))])
+    pruned = []
+    for name, levels in r["pruned"].items():
+        base = r["models"][name]
+        pruned.append([name, "0 (the run)", pct(base["test"]["float32_accuracy"]),
+                       pct(base["test_jpeg"]["float32_accuracy"]) if "test_jpeg" in base else "not measured",
+                       kib(base["float32_export_gzip_bytes"])])
+        pruned += [["", pct(p["sparsity"], 0), pct(p["test_accuracy"]), pct(p["test_jpeg_accuracy"]),
+                    kib(p["export_gzip_bytes"])] for p in levels]
+    return "\n\n".join([
+        table(["model", "`test` float32 → int8", "`test_jpeg` float32 → int8", "export size", "batch 1",
+               "batch 256"], rows),
+        "Global magnitude pruning (fine-tuned from each model; final weights):",
+        table(["model", "sparsity", "`test`", "`test_jpeg`", "float32 export, gzip"], pruned),
+        source("compress_models")])
+
+
+def channel_pruning() -> str:
+    r = load("channel_pruning")
+    fractions = r["fractions"]
+    control = fractions["0.0"]["latency"]["batch_256"]["images_per_second"]
+    rows = [[pct(float(f), 0), num(m["parameters"]), pct(m["test_accuracy"]), pct(m["test_jpeg_accuracy"]),
+             f"{num(m['latency']['batch_256']['images_per_second'])} img/s",
+             f"{m['latency']['batch_256']['images_per_second'] / control:.1f}×"] for f, m in fractions.items()]
+    return "\n\n".join([
+        f"Fine-tuned {r['epochs']} epochs at lr {r['lr']} from the same base; 0% is the control. {r['eval']}.",
+        table(["block channels removed", "parameters", "`test`", "`test_jpeg`", "batch 256", "speed-up"], rows),
+        source("channel_pruning")])
+
+
+def image_folder_run() -> str:
+    r = load("image_folder_run")
+    f = r["folder"]
+    rows = [["image files, trained from the shell", pct(r["test_accuracy"])],
+            ["the same images read from TFDS", pct(r["baseline_same_images_from_tfds_test_accuracy"])]]
+    return "\n\n".join([
+        f"{num(f['train_images'])} train and {num(f['test_images'])} test files ({f['source']}); "
+        f"`simple_cnn`, {r['epochs']} epochs, {secs(r['train_seconds'])} of training.",
+        table(["", f"`test` accuracy ({num(r['eval_examples'])} images)"], rows),
+        f"Training command it ran: `{r['train_command']}`",
+        source("image_folder_run")])
+
+
+def rounding_drift() -> str:
+    r = load("rounding_drift")
+    s = r["scan_vs_step_loop"]
+    sci = "{:.1e}".format
+    rows = [["one step, scanned epoch vs step loop", sci(s["one_step_scan_vs_loop"])],
+            ["four steps, scanned epoch vs step loop", sci(s["four_steps_scan_vs_loop"])],
+            ["four steps, one-ulp nudge of the weights vs none (largest)",
+             sci(max(s["four_steps_one_ulp_nudge_vs_loop"]))],
+            ["four steps, the same batches in the wrong order", sci(s["four_steps_wrong_batch_order_vs_loop"])]]
+    rows += [[f"one {opt} step, {m['devices']} devices vs 1 (without the all-reduce: {sci(m['missing_all_reduce'])})",
+              sci(m["eight_vs_one"])] for opt, m in r["one_step_eight_devices_vs_one"].items()]
+    losses = [[opt, sci(m["max_relative_difference"]), sci(max(m["one_ulp_nudge_relative_differences"]))]
+              for opt, m in r["eight_devices_vs_one"].items()]
+    return "\n\n".join([
+        table(["comparison", "largest weight difference"], rows),
+        f"For scale: the largest weight is {s['largest_weight']:.3f}. Over the tests' two synthetic epochs, the "
+        "per-epoch mean train losses differ by these relative amounts:",
+        table(["optimizer", "8 devices vs 1", "one-ulp nudge vs none (largest)"], losses),
+        source("rounding_drift")])
+
+
+BLOCKS = {block.__name__: block for block in (
+    make_train, recipes, simple_cnn, fast_cpu, fast_muon, fast_muon_sitting2, split_cifar_transfer,
+    ssl_label_efficiency, efficient_finetune, compress_models, channel_pruning, image_folder_run, rounding_drift)}
+
+
+# ----- the files -----
+def render(text: str) -> str:
+    def fill(match: re.Match) -> str:
+        if match["name"] not in BLOCKS:
+            raise SystemExit(f"unknown report block {match['name']!r}; known: {', '.join(BLOCKS)}")
+        return f"{match[1]}{BLOCKS[match['name']]()}\n{match[4]}"
+
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in DOCS:
+        text = path.read_text()
+        rendered = render(text)
+        if rendered != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(rendered)
+    if args.check and stale:
+        print("out of date (run python experiments/report.py): " + ", ".join(str(p.relative_to(ROOT)) for p in stale),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

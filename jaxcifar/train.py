@@ -173,7 +173,7 @@ class Trainer:
         self.stages = plan_stages(config)
         if config.data.scan_epoch and jax.default_backend() == "cpu":
             log.warning("data.scan_epoch=True on a CPU: measured 25x slower than per-step dispatch for simple_cnn "
-                        "(README, 'An epoch can run as one lax.scan'). It is meant for accelerators.")
+                        "(docs/design.md, 'An epoch can run as one lax.scan'). It is meant for accelerators.")
         self.steps_per_epoch = data_lib.steps_per_epoch(len(data.train), config.batch_size)
         self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
         self.init_from = init_from

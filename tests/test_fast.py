@@ -195,7 +195,7 @@ def test_scan_epoch_runs_through_fit_like_the_step_loop(tmp_path, tiny_data, cap
         caplog.clear()
         results[scan] = train.fit(cfg, tmp_path / str(scan), data=tiny_data)
         warned[scan] = "data.scan_epoch=True on a CPU" in caplog.text
-    assert warned == {False: False, True: True}  # the scan is slow on XLA:CPU (README)
+    assert warned == {False: False, True: True}  # the scan is slow on XLA:CPU (docs/design.md)
     assert results[True]["steps"] == results[False]["steps"] == 2 * (256 // 32)
     history = {scan: [json.loads(line)["train_loss"] for line in (tmp_path / str(scan) / "metrics.jsonl").open()]
                for scan in (False, True)}

@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "/v1/predict, Prometheus metrics on /metrics, a web page on /.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="run directory written by `python -m jaxcifar.train`")
-    source.add_argument("--export", help="directory written by `python -m jaxcifar.export` (its model.stablehlo)")
+    source.add_argument("--export", help="directory written by `python -m jaxcifar.export` (its model.stablehlo) or one of the "
+                             "LiteRT directories `python -m jaxcifar.quantize` writes (its model.tflite)")
     parser.add_argument("--checkpoint", type=parse_checkpoint, default="best",
                         help="with --workdir: 'best' (default), 'latest' or a step number")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -18,7 +18,16 @@ Decisions, each for a measured reason:
   BATCH_SIZES, each a signature (`batch_{b}`) of one model; the converter stores each
   weight once, so a signature costs only its tensor descriptions (about 12 KB with int8's
   per-channel scales, measured on simple_cnn). `load` runs n images as full pieces of the
-  largest size, the rest one by one (`batch_pieces`).
+  largest size, the rest one by one (`batch_pieces`). Sizes 1 and 16: in the sweep of
+  experiments/litert_int8.py (simple_cnn, 256 images through models converted at (1, B),
+  experiments/results/litert_int8.json, load ~11 on 2 cores), B = 4..64 ran 1.6-1.9x the
+  images/s of B = 1 in float32 and 1.04-1.3x in int8, and B = 256 no better than 16-64; 1
+  keeps a lone image's latency. The second size costs simple_cnn's int8 model 3.6x -> 3.2x
+  smaller than the float32 StableHLO (110 -> 121 KiB), a fixed cost larger models dilute.
+* **One interpreter thread by default** (`NUM_THREADS`): on this project's shared 2-core
+  CPU, 2 threads were faster in some runs and up to 10x slower at batch 1 in others (a
+  thread descheduled by other load stalls every op), and a server's HTTP work needs a core
+  too. quantize times both; pass `num_threads` to `load` / `export.load_exported`.
 * **Full-integer int8** (`TFLITE_BUILTINS_INT8`): int8 weights (per output channel) and
   int8 activations (per tensor, ranges calibrated on training images), int32 accumulation;
   the conversion fails rather than leave an op in float32. The input stays uint8 and the
@@ -38,7 +47,7 @@ import numpy as np
 
 MODEL_FILE = "model.tflite"
 SIGNATURE_PREFIX = "batch_"
-BATCH_SIZES = (1, 64)
+BATCH_SIZES = (1, 16)
 NUM_THREADS = 1
 OUTPUT = "logits"
 

@@ -149,10 +149,9 @@ def quantize_run(run: Run, calibration_images: np.ndarray, batch_size: int = 250
 def export_litert(run: Run, out: pathlib.Path, tta: bool, calibration: np.ndarray | None) -> pathlib.Path:
     """`out/model.tflite` (float32, or full-integer int8 calibrated on `calibration`) and its
     serving.json; returns the model's path."""
-    shape = export.image_shape(run)
-    if calibration is not None:  # the artefact takes images of the run's size; the training split may differ
-        calibration = np.asarray(augment.resize(calibration, run.image_size)).round().astype(np.uint8)
-    model = litert.convert(run.serving_fn(tta), shape, litert.BATCH_SIZES, calibration)
+    if calibration is not None:
+        calibration = artefact_input(run, calibration)
+    model = litert.convert(run.serving_fn(tta), export.image_shape(run), litert.BATCH_SIZES, calibration)
     out.mkdir(parents=True, exist_ok=True)
     (out / litert.MODEL_FILE).write_bytes(model)
     meta = export.serving_metadata(run, tta, ("cpu",), ["litert"])
@@ -161,6 +160,11 @@ def export_litert(run: Run, out: pathlib.Path, tta: bool, calibration: np.ndarra
                       "calibration_images": 0 if calibration is None else len(calibration)}
     (out / export.SERVING_FILE).write_text(json.dumps(meta, indent=2))
     return out / litert.MODEL_FILE
+
+
+def artefact_input(run: Run, images: np.ndarray) -> np.ndarray:
+    """uint8 images at the run's image size, which the artefacts take (a dataset's may differ)."""
+    return np.asarray(augment.resize(images, run.image_size)).round().astype(np.uint8)
 
 
 def artefact_logits(call: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -245,13 +249,15 @@ def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, check
         progress("evaluating every model on %s (%d images)", name, len(split))
         logits = {"float32": evaluate.evaluate_run(run, split, tta).logits,
                   "int8": evaluate.evaluate_run(int8_run, split, tta).logits,
-                  **{label: artefact_logits(call, split.images) for label, call in litert_calls.items()}}
+                  **{label: artefact_logits(call, artefact_input(run, split.images))
+                     for label, call in litert_calls.items()}}
         report[name] = {**agreement(logits, split.labels), "examples": len(split)}
     calls = {label: export.load_exported(paths[label]) for label in ("float32", "int8")}
     calls.update({timed_label(label, threads): export.load_exported(paths[label], threads)
                   for label in LITERT_ARTEFACTS for threads in THREADS})
     progress("timing %d models at batch 1 and 256, %d calls each, in turns", len(calls), timing_repeats)
-    report["latency"] = time_artefacts(calls, next(iter(eval_splits.values())).images, (1, 256), timing_repeats)
+    images = artefact_input(run, next(iter(eval_splits.values())).images[:256])
+    report["latency"] = time_artefacts(calls, images, (1, 256), timing_repeats)
     report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform,
                          "loadavg_at_end": list(os.getloadavg())}
     out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxcifar.quantize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
-    parser.add_argument("--out", required=True, help="directory for report.json and the float32/ and int8/ exports")
+    parser.add_argument("--out", required=True, help="directory for report.json and the float32/, int8/, litert_float32/ and litert_int8/ artefacts")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
     parser.add_argument("--calibration_images", type=int, default=1000,
                         help="training images that calibrate the activation ranges")

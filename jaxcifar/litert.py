@@ -25,14 +25,19 @@ Decisions, each for a measured reason:
   keeps a lone image's latency. The second size costs simple_cnn's int8 model 3.6x -> 3.2x
   smaller than the float32 StableHLO (110 -> 121 KiB), a fixed cost larger models dilute.
 * **One interpreter thread by default** (`NUM_THREADS`): on this project's shared 2-core
-  CPU, 2 threads were faster in some runs and up to 10x slower at batch 1 in others (a
-  thread descheduled by other load stalls every op), and a server's HTTP work needs a core
+  CPU, 2 threads took twice as long at batch 1 (0.52 against 0.27 ms for simple_cnn's int8
+  model, experiments/results/litert_int8.json: a thread descheduled by other load stalls
+  every op) and gained at most 1.2x at batch 256, and a server's HTTP work needs a core
   too. quantize times both; pass `num_threads` to `load` / `export.load_exported`.
 * **Full-integer int8** (`TFLITE_BUILTINS_INT8`): int8 weights (per output channel) and
-  int8 activations (per tensor, ranges calibrated on training images), int32 accumulation;
-  the conversion fails rather than leave an op in float32. The input stays uint8 and the
-  logits float32, so the contract is that of every other artefact: uint8 images in, float32
-  logits out; normalisation (inside the model) becomes int8 arithmetic after one quantize.
+  int8 activations (per tensor, ranges calibrated on training images), int32 accumulation.
+  simple_cnn and the ResNets convert to int8 from end to end (tests/test_quantize.py checks a
+  ResNet-18). An op the converter cannot quantize stays float32 between DEQUANTIZE and
+  QUANTIZE, as airbench's exact GELU does (its erf arrives from StableHLO as ~28 elementwise
+  ops, some left in float32), so `operators` is how to check a new model. The input stays
+  uint8 and the logits float32, so the contract is that of every other artefact: uint8
+  images in, float32 logits out; normalisation (inside the model) becomes int8 arithmetic
+  after one quantize.
 * **Every signature is calibrated on the same images** (`calibration_batches`), so all get
   the same activation ranges and one image the same logits in a batch of any size.
 """

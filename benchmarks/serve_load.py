@@ -2,19 +2,23 @@
 HTTP on 127.0.0.1 by concurrent clients, with dynamic batching on and off.
 
     .venv/bin/python benchmarks/serve_load.py --workdir /tmp/serve_cnn [--seconds 5] [--reps 3] [--concurrency 1 8 64]
+    .venv/bin/python benchmarks/serve_load.py --export float32=q/float32 litert_int8=q/litert_int8 \
+        --result serve_load_litert
 
-(needs the serve extra: pip install -e ".[serve]"). Two servers start side by side,
-`--max_batch 64` (batching on) and `--max_batch 1` (off); each concurrency level runs
-against one, then the other, `--reps` times, so that load from elsewhere on a shared machine
-hits both alike; the table shows the median of the repetitions. Each client (a thread with a
+(needs the serve extra: pip install -e ".[serve]"). The servers start side by side: for
+`--workdir`, `--max_batch 64` (batching on) and `--max_batch 1` (off); for each `--export
+NAME=DIR` (an export or one of `jaxcifar.quantize`'s LiteRT directories), one with batching
+on. Each concurrency level runs against one server after the other, `--reps` times, so that
+load from elsewhere on a shared machine hits all alike; the table shows the median of the
+repetitions. Each client (a thread with a
 keep-alive connection) sends one-image Open Inference Protocol requests (random uint8 pixels,
 bodies encoded before the clock starts) back to back for `--seconds`, after a one-second
 warm-up.
 
 The clients share the machine with the server: on a 2-core CPU their HTTP and JSON work takes
 cores the server would otherwise use, so absolute numbers are lower bounds; the on/off
-comparison is what the script is for. Writes benchmarks/results/serve_load.json (command,
-machine, date) and prints a markdown table.
+comparison is what the script is for. Writes benchmarks/results/RESULT.json (`--result`,
+default serve_load; command, machine, date) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -37,16 +41,26 @@ import numpy as np
 from harness import machine_info
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RESULT = REPO / "benchmarks" / "results" / "serve_load.json"
+RESULTS = REPO / "benchmarks" / "results"
 MODES = {"on": ["--max_batch", "64"], "off": ["--max_batch", "1"]}
 
 
-def start_server(workdir: str, mode_args: list[str], max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+def server_arguments(workdir: str | None, exports: list[str]) -> dict[str, list[str]]:
+    """{server name: its `jaxcifar.serve` arguments} for the workdir (batching on and off)
+    and each NAME=DIR export (batching on)."""
+    servers = {f"workdir, batching {mode}": ["--workdir", workdir, *MODES[mode]] for mode in MODES if workdir}
+    for item in exports:
+        name, _, directory = item.partition("=")
+        servers[name] = ["--export", directory, *MODES["on"]]
+    return servers
+
+
+def start_server(server_args: list[str], max_wait_ms: float) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "jaxcifar.serve", "--workdir", workdir, "--port", str(port),
-                                "--max_wait_ms", str(max_wait_ms), *mode_args], cwd=REPO)
+    process = subprocess.Popen([sys.executable, "-m", "jaxcifar.serve", *server_args, "--port", str(port),
+                                "--max_wait_ms", str(max_wait_ms)], cwd=REPO)
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -136,45 +150,52 @@ def medians(reps: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| batching | clients | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch |",
+    lines = ["| server | clients | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['batching']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} | "
+        lines.append(f"| {r['server']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['mean_batch_size']:.1f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="a trained run, e.g. /tmp/serve_cnn")
+    parser.add_argument("--workdir", help="a trained run, e.g. /tmp/serve_cnn, served with batching on and off")
+    parser.add_argument("--export", nargs="*", default=[], metavar="NAME=DIR",
+                        help="exported models to serve side by side, e.g. litert_int8=quantized/cnn/litert_int8")
+    parser.add_argument("--result", default="serve_load", help="benchmarks/results/RESULT.json (default serve_load)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per repetition (default 5)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each level and mode (default 3)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--max_wait_ms", type=float, default=5.0, help="the batching server's wait (default 5)")
     args = parser.parse_args()
+    if not (args.workdir or args.export):
+        parser.error("give a --workdir, an --export NAME=DIR, or both")
     machine = machine_info()  # its load average is the one at the start
-    servers = {mode: start_server(args.workdir, mode_args, args.max_wait_ms) for mode, mode_args in MODES.items()}
+    arguments = server_arguments(args.workdir, args.export)
+    servers = {name: start_server(server_args, args.max_wait_ms) for name, server_args in arguments.items()}
     try:
         for process, url in servers.values():
             wait_ready(process, url)
         bodies = request_bodies(256)
-        reps = {(mode, c): [] for c in args.concurrency for mode in servers}
+        reps = {(name, c): [] for c in args.concurrency for name in servers}
         for concurrency in args.concurrency:
             for _ in range(args.reps):
-                for mode, (_, url) in servers.items():
-                    reps[mode, concurrency].append(measure(url, concurrency, args.seconds, bodies))
-                    print(f"batching {mode}, {concurrency} clients: "
-                          f"{reps[mode, concurrency][-1]['throughput_rps']:.0f} req/s", flush=True)
-        rows = [{"batching": mode, "concurrency": c, **medians(runs), "reps": runs} for (mode, c), runs in reps.items()]
+                for name, (_, url) in servers.items():
+                    reps[name, concurrency].append(measure(url, concurrency, args.seconds, bodies))
+                    print(f"{name}, {concurrency} clients: "
+                          f"{reps[name, concurrency][-1]['throughput_rps']:.0f} req/s", flush=True)
+        rows = [{"server": name, "concurrency": c, **medians(runs), "reps": runs} for (name, c), runs in reps.items()]
     finally:
         for process, _ in servers.values():
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
     # The load average says how much else ran on the machine meanwhile.
-    RESULT.write_text(json.dumps({"machine": machine, "loadavg_at_end": os.getloadavg(), "workdir": args.workdir,
-                                  "seconds": args.seconds, "reps": args.reps, "max_wait_ms": args.max_wait_ms,
-                                  "modes": MODES, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULT}\n\n{table(rows)}")
+    result = RESULTS / f"{args.result}.json"
+    result.write_text(json.dumps({"machine": machine,
+                                  "loadavg_at_end": os.getloadavg(), "servers": arguments, "seconds": args.seconds,
+                                  "reps": args.reps, "max_wait_ms": args.max_wait_ms, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {result}\n\n{table(rows)}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
+from jax.typing import ArrayLike
 
+from jaxcifar import litert
 from jaxcifar.cli import USAGE_ERROR, reports_user_errors
 from jaxcifar.runs import Run, add_run_arguments, load_run, uint8_pixels
 
@@ -67,29 +69,41 @@ def export_stablehlo(run: Run, tta: bool = False, platforms: tuple[str, ...] = P
     return jax_export.export(jax.jit(run.serving_fn(tta)), platforms=platforms)(spec)
 
 
-def load_exported(path: str | pathlib.Path) -> Callable[[np.ndarray], jax.Array]:
-    """`images -> logits` from a `model.stablehlo` file (or the export directory holding it).
+def load_exported(path: str | pathlib.Path, num_threads: int = litert.NUM_THREADS) -> Callable[[np.ndarray], ArrayLike]:
+    """`images -> logits` from an exported model: a `model.stablehlo` file (jax.export) or a
+    `model.tflite` file (LiteRT, written by `jaxcifar.quantize`), or the directory holding one.
 
     The images must have the artefact's input shape, (b, S, S, 3) NHWC RGB for any b >= 1,
     and be uint8, or an integer array whose values all lie in 0..255 (converted exactly).
     Anything else raises a ValueError saying how to fix it. Floats in particular are refused
     rather than cast: [0, 1] floats cast to uint8 are all zeros, so every image would
-    silently get the class of a black one."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / STABLEHLO_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"No exported model at {path}; write one with `python -m jaxcifar.export`.")
-    exported = jax_export.deserialize(bytearray(path.read_bytes()))
-    compiled = jax.jit(exported.call)  # compiled once per batch size
-    spec = exported.in_avals[0]  # read from the artefact, so it holds for whatever was exported
+    silently get the class of a black one. `num_threads` is the LiteRT interpreter's; XLA
+    picks its own."""
+    path = artefact_file(pathlib.Path(path))
+    if litert.is_model_file(path):
+        compute, shape = litert.load(path, num_threads)
+    else:
+        exported = jax_export.deserialize(bytearray(path.read_bytes()))
+        compute, shape = jax.jit(exported.call), exported.in_avals[0].shape  # compiled once per batch size
 
-    def call(images: np.ndarray) -> jax.Array:
+    def call(images: np.ndarray) -> ArrayLike:
         images = images if isinstance(images, jax.Array) else np.asarray(images)  # a jax.Array stays put
-        _check_shape(images.shape, spec.shape)
-        return compiled(uint8_pixels(images))
+        _check_shape(images.shape, shape)
+        return compute(uint8_pixels(images))
 
     return call
+
+
+def artefact_file(path: pathlib.Path) -> pathlib.Path:
+    """The model file at `path`: the file itself, or the one model file of a directory."""
+    found = [path / name for name in (STABLEHLO_FILE, litert.MODEL_FILE)] if path.is_dir() else [path]
+    found = [f for f in found if f.is_file()]
+    if not found:
+        raise FileNotFoundError(f"No exported model at {path}; write one with `python -m jaxcifar.export` "
+                                "(or a LiteRT one with `python -m jaxcifar.quantize`).")
+    if len(found) > 1:
+        raise ValueError(f"{path} holds both {STABLEHLO_FILE} and {litert.MODEL_FILE}; pass the file to load.")
+    return found[0]
 
 
 def _check_shape(shape: tuple[int, ...], expected: tuple) -> None:

@@ -18,13 +18,21 @@
    JAX and Flax (AQT is in maintenance; jax2onnx for ONNX Runtime pins an older Orbax than
    ours), and it intercepts the model's own Flax modules, so the int8 network is the run's
    model and inference path (`runs.Run`), not a re-implementation.
-3. **Artefacts**: `DIR/int8/` and `DIR/float32/` are `jaxcifar.export` StableHLO exports of
-   the same `uint8 images -> logits` function (`load_exported` runs either, `jaxcifar.serve`
-   serves either); the int8 one stores int8 weights and computes in int8.
-4. **`DIR/report.json`**: accuracy on `test` and on `--extra_splits` (default `test_jpeg`)
-   under `float32_accuracy` / `int8_accuracy`, the artefacts' sizes, and their CPU latency
-   (batch 1) and throughput (batch 256), timed side by side in this process
-   (`--timing_repeats`).
+3. **The fast int8 artefact: LiteRT** (`jaxcifar/litert.py` says why and how). XLA:CPU has
+   no fast int8 convolution, so the Qwix artefact is smaller but slower than float32. The
+   run's serving function is also converted by `tf.lite.TFLiteConverter` into a full-integer
+   int8 `.tflite` model (int8 weights and activations, calibrated on the same images) and a
+   float32 one, run by `ai-edge-litert` (XNNPACK kernels): the float32 LiteRT model
+   separates the runtime's gain from int8's.
+4. **Artefacts**, each a directory with its model and serving.json, all computing the same
+   `uint8 images -> float32 logits` function (`export.load_exported` runs any of them,
+   `python -m jaxcifar.serve --export` serves any of them): `DIR/float32/` and `DIR/int8/`
+   (StableHLO, XLA), `DIR/litert_float32/` and `DIR/litert_int8/` (model.tflite).
+5. **`DIR/report.json`**: on `test` and on `--extra_splits` (default `test_jpeg`), each
+   model's `{label}_accuracy` and `{label}_agreement` (the fraction of images whose class is
+   the one the run's own float32 logits give); the artefacts' sizes; and their CPU latency
+   (batch 1) and throughput (batch 256), timed in turns in this process (`--timing_repeats`),
+   the LiteRT ones with 1 and 2 interpreter threads. The CLI prints it as a table.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 
 import flax.linen
 import jax
@@ -46,7 +55,8 @@ import qwix
 from flax import traverse_util
 
 from jaxcifar import data as data_lib
-from jaxcifar import augment, evaluate, export, peft
+from jaxcifar import augment, evaluate, export, litert, peft
+from jaxcifar.cli import reports_user_errors
 from jaxcifar.runs import Run, add_run_arguments, load_run
 
 log = logging.getLogger("jaxcifar")
@@ -55,6 +65,12 @@ REPORT = "report.json"
 FOLD_TOLERANCE = 1e-3
 SCHEME = ("BatchNorm folded; int8 weights per output channel (symmetric, absmax); int8 inputs of every conv and "
           "dense layer per tensor (symmetric, static scale calibrated on training images); int32 accumulation")
+LITERT_SCHEME = ("full-integer int8 (TFLITE_BUILTINS_INT8): int8 weights per output channel, int8 activations per "
+                 "tensor (ranges calibrated on training images), int32 accumulation; uint8 input, float32 logits")
+ARTEFACTS = {"float32": "float32 StableHLO (XLA)", "int8": "Qwix int8 StableHLO (XLA)",
+             "litert_float32": "LiteRT float32", "litert_int8": "LiteRT int8"}
+LITERT_ARTEFACTS = ("litert_float32", "litert_int8")
+THREADS = (1, 2)  # the LiteRT interpreter's thread counts timed side by side
 INT8_RULE = qwix.QuantizationRule(module_path=".*", weight_qtype=jnp.int8, act_qtype=jnp.int8, act_static_scale=True,
                                   weight_calibration_method="absmax", act_calibration_method="absmax")
 
@@ -131,11 +147,48 @@ def quantize_run(run: Run, calibration_images: np.ndarray, batch_size: int = 250
     return dataclasses.replace(run, model=int8_model, variables=jax.device_put({**folded, "params": params}))
 
 
-def time_artefacts(artefacts: dict[str, pathlib.Path], images: np.ndarray, batch_sizes: tuple[int, ...],
-                   repeats: int) -> dict[str, dict]:
-    """Median seconds per call of each exported artefact at each batch size, and images/s.
-    The artefacts take turns call by call, so a change in the machine's load falls on all."""
-    calls = {name: export.load_exported(path) for name, path in artefacts.items()}
+def export_litert(run: Run, out: pathlib.Path, tta: bool, calibration: np.ndarray | None) -> pathlib.Path:
+    """`out/model.tflite` (float32, or full-integer int8 calibrated on `calibration`) and its
+    serving.json; returns the model's path."""
+    if calibration is not None:
+        calibration = artefact_input(run, calibration)
+    model = litert.convert(run.serving_fn(tta), export.image_shape(run), litert.BATCH_SIZES, calibration)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / litert.MODEL_FILE).write_bytes(model)
+    meta = export.serving_metadata(run, tta, ("cpu",), ["litert"])
+    meta["litert"] = {"batch_sizes": list(litert.BATCH_SIZES), "num_threads": litert.NUM_THREADS,
+                      "quantization": LITERT_SCHEME if calibration is not None else "none (float32)",
+                      "calibration_images": 0 if calibration is None else len(calibration)}
+    (out / export.SERVING_FILE).write_text(json.dumps(meta, indent=2))
+    return out / litert.MODEL_FILE
+
+
+def artefact_input(run: Run, images: np.ndarray) -> np.ndarray:
+    """uint8 images at the run's image size, which the artefacts take (a dataset's may differ)."""
+    return np.asarray(augment.resize(images, run.image_size)).round().astype(np.uint8)
+
+
+def artefact_logits(call: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([np.asarray(call(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+def agreement(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """`{label}_accuracy` of each artefact's logits, and `{label}_agreement`: the fraction of
+    images whose class is the one the run's float32 logits (`logits["float32"]`) give."""
+    reference = logits["float32"].argmax(-1)
+    row = {}
+    for label, values in logits.items():
+        row[f"{label}_accuracy"] = float(np.mean(values.argmax(-1) == labels))
+        if label != "float32":
+            row[f"{label}_agreement"] = float(np.mean(values.argmax(-1) == reference))
+    return row
+
+
+def time_artefacts(calls: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
+                   batch_sizes: tuple[int, ...], repeats: int) -> dict[str, dict]:
+    """Median seconds per call of each artefact (name -> images -> logits) at each batch
+    size, and images/s. The artefacts take turns call by call, so a change in the
+    machine's load falls on all."""
     seconds = {(name, b): [] for name in calls for b in batch_sizes}
     for b in batch_sizes:
         batch = images[:b]
@@ -151,6 +204,10 @@ def time_artefacts(artefacts: dict[str, pathlib.Path], images: np.ndarray, batch
                    for b in batch_sizes} for name in calls}
 
 
+def timed_label(label: str, threads: int) -> str:
+    return f"{label}_threads{threads}"
+
+
 def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, checkpoint: str | int = "best",
                      data_dir: str | None = None, calibration_images: int = 1000,
                      extra_splits: tuple[str, ...] = ("test_jpeg",), timing_repeats: int = 20,
@@ -158,44 +215,86 @@ def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, check
                      eval_splits: dict[str, data_lib.ArraySplit] | None = None, tta: bool | None = None) -> dict:
     """Library form of the CLI; returns the report. `train_split` and `eval_splits` (name ->
     split) replace reading the run's data, e.g. for synthetic runs in tests. `tta` (default:
-    the run's own) applies to both models' evaluations, exports and timings alike."""
+    the run's own) applies to every model's evaluations, exports and timings alike."""
     from jaxcifar import train
 
+    started = time.perf_counter()
+    progress = lambda message, *args: log.info(f"[%4.0f s] {message}", time.perf_counter() - started, *args)  # noqa: E731
     out = pathlib.Path(out)
     run = load_run(workdir, checkpoint)
     run.require_classifier()
     if train_split is None:
+        progress("reading the training split for calibration")
         train_split = train.load_data(run.config, data_dir).train
     if eval_splits is None:
         eval_splits = {name: evaluate.load_eval_split(run, name, data_dir)
                        for name in (run.config.data.eval_split, *extra_splits)}
     calibration = train_split.images[:calibration_images]
-    int8_run = quantize_run(run, calibration)
     tta = run.resolve_tta(tta)
+    progress("Qwix int8: folding BatchNorm, calibrating on %d images", len(calibration))
+    int8_run = quantize_run(run, calibration)
     report = {"workdir": str(run.workdir), "checkpoint_step": run.step, "model": run.config.model,
-              "calibration_images": len(calibration), "scheme": SCHEME, "tta": tta}
-    for name, split in eval_splits.items():
-        for label, candidate in (("float32", run), ("int8", int8_run)):
-            accuracy = evaluate.evaluate_run(candidate, split, tta).report["accuracy"]
-            report.setdefault(name, {})[f"{label}_accuracy"] = accuracy
-        report[name]["examples"] = len(split)
-    artefacts = {}
+              "calibration_images": len(calibration), "scheme": SCHEME, "litert_scheme": LITERT_SCHEME,
+              "artefacts": ARTEFACTS, "tta": tta}
+    paths = {}
     for label, candidate in (("float32", run), ("int8", int8_run)):
+        progress("exporting %s", ARTEFACTS[label])
         export.export_run(candidate, out / label, fmt="stablehlo", tta=tta, platforms=("cpu",))
-        artefacts[label] = out / label / export.STABLEHLO_FILE
-        report.setdefault("bytes", {})[label] = artefacts[label].stat().st_size
-    report["latency"] = time_artefacts(artefacts, next(iter(eval_splits.values())).images, (1, 256), timing_repeats)
-    report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform}
+        paths[label] = out / label / export.STABLEHLO_FILE
+    for label, images in (("litert_float32", None), ("litert_int8", calibration)):
+        progress("converting to %s%s", ARTEFACTS[label], "" if images is None else f" ({len(images)} images)")
+        paths[label] = export_litert(run, out / label, tta, images)
+    report["bytes"] = {label: path.stat().st_size for label, path in paths.items()}
+    litert_calls = {label: export.load_exported(paths[label]) for label in LITERT_ARTEFACTS}
+    for name, split in eval_splits.items():
+        progress("evaluating every model on %s (%d images)", name, len(split))
+        logits = {"float32": evaluate.evaluate_run(run, split, tta).logits,
+                  "int8": evaluate.evaluate_run(int8_run, split, tta).logits,
+                  **{label: artefact_logits(call, artefact_input(run, split.images))
+                     for label, call in litert_calls.items()}}
+        report[name] = {**agreement(logits, split.labels), "examples": len(split)}
+    calls = {label: export.load_exported(paths[label]) for label in ("float32", "int8")}
+    calls.update({timed_label(label, threads): export.load_exported(paths[label], threads)
+                  for label in LITERT_ARTEFACTS for threads in THREADS})
+    progress("timing %d models at batch 1 and 256, %d calls each, in turns", len(calls), timing_repeats)
+    images = artefact_input(run, next(iter(eval_splits.values())).images[:256])
+    report["latency"] = time_artefacts(calls, images, (1, 256), timing_repeats)
+    report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform,
+                         "loadavg_at_end": list(os.getloadavg())}
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT).write_text(json.dumps(report, indent=2))
+    progress("done")
     return report
 
 
+def tradeoff_table(report: dict) -> str:
+    """The report as a markdown table: per artefact (and LiteRT thread count), size, accuracy
+    and agreement with the run's float32 logits on each split, batch-1 latency and batch-256
+    throughput, and speed against the float32 StableHLO export."""
+    splits = [name for name, row in report.items() if isinstance(row, dict) and "float32_accuracy" in row]
+    base = report["latency"]["float32"]
+    lines = ["| model | size | " + " | ".join(f"{s} accuracy (agreement)" for s in splits)
+             + " | batch 1 | batch 256 | speed vs float32 (1 / 256) |", "|---" * (len(splits) + 5) + "|"]
+    for timed, latency in report["latency"].items():
+        label, _, threads = timed.partition("_threads")
+        threads = f", {threads} interpreter thread{'s' if threads != '1' else ''}" if threads else ""
+        cells = [f"{report[s][f'{label}_accuracy']:.2%}"
+                 + ("" if label == "float32" else f" ({report[s][f'{label}_agreement']:.2%})") for s in splits]
+        one, many = latency["batch_1"], latency["batch_256"]
+        lines.append(f"| {ARTEFACTS[label]}{threads} | {report['bytes'][label] / 1024:,.0f} KiB "
+                     f"({report['bytes']['float32'] / report['bytes'][label]:.1f}x smaller) | " + " | ".join(cells)
+                     + f" | {one['median_seconds'] * 1000:.2f} ms | {many['images_per_second']:,.0f} img/s | "
+                     f"{one['images_per_second'] / base['batch_1']['images_per_second']:.2f}x / "
+                     f"{many['images_per_second'] / base['batch_256']['images_per_second']:.2f}x |")
+    return "\n".join(lines)
+
+
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxcifar.quantize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
-    parser.add_argument("--out", required=True, help="directory for report.json and the float32/ and int8/ exports")
+    parser.add_argument("--out", required=True, help="directory for report.json and the float32/, int8/, litert_float32/ and litert_int8/ artefacts")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
     parser.add_argument("--calibration_images", type=int, default=1000,
                         help="training images that calibrate the activation ranges")
@@ -203,21 +302,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated splits evaluated besides the run's eval split ('' = none)")
     parser.add_argument("--timing_repeats", type=int, default=20, help="timed calls per artefact and batch size")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(format="%(message)s")
+    log.setLevel(logging.INFO)  # this module's progress, not every library's INFO lines
     if args.calibration_images < 1:
         parser.error(f"--calibration_images={args.calibration_images} must be at least 1.")
-    try:
-        report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
-                                  tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats,
-                                  tta=args.tta)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for name, row in report.items():
-        if isinstance(row, dict) and "int8_accuracy" in row:
-            print(f"{name}: float32 {row['float32_accuracy']:.4f}  int8 {row['int8_accuracy']:.4f}  ({row['examples']} images)")
-    print(f"size: float32 {report['bytes']['float32']:,} B, int8 {report['bytes']['int8']:,} B; "
-          f"report: {pathlib.Path(args.out) / REPORT}")
+    report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
+                              tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats, tta=args.tta)
+    print(tradeoff_table(report))
+    print(f"report: {pathlib.Path(args.out) / REPORT}")
     return 0
 
 

@@ -47,11 +47,14 @@ def test_a_user_error_is_one_line_and_status_2_in_every_tool(tmp_path, capsys):
     ssl_run.mkdir()
     (ssl_run / "config.json").write_text(json.dumps({"objective": "simclr", "model": "airbench"}))
     (ssl_run / "classes.json").write_text(json.dumps({"class_names": [str(i) for i in range(10)]}))
-    from jaxcifar import evaluate, export
+    from jaxcifar import evaluate, export, quantize
+    from jaxcifar.serve import __main__ as serve
 
     for main, args in ((predict.main, ["--workdir", str(tmp_path / "missing"), "x.png"]),
                        (evaluate.main, ["--workdir", str(tmp_path / "missing")]),
                        (export.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]),
+                       (quantize.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "q")]),
+                       (serve.main, ["--workdir", str(tmp_path / "missing")]),
                        (train.main, ["--config", "nope", "--workdir", str(tmp_path / "w")])):
         assert main(args) == 2
         err = capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The inference server (jaxcifar.serve), run as a real process on a free local port."""
 
 import concurrent.futures
+import contextlib
 import json
 import pathlib
 import re
@@ -18,8 +19,9 @@ yaml = pytest.importorskip("yaml")
 parser = pytest.importorskip("prometheus_client.parser")
 from PIL import Image  # noqa: E402
 
-from jaxcifar import export, predict  # noqa: E402
-from tests.conftest import REPO, synthetic_split  # noqa: E402
+from jaxcifar import data, export, predict  # noqa: E402
+from jaxcifar.image_files import read_image  # noqa: E402
+from tests.conftest import REPO, synthetic_split, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a server process and a browser
 
@@ -288,19 +290,15 @@ def test_alert_rules_only_use_exported_metrics(server):
         assert rule["labels"]["severity"] and rule["annotations"]["summary"]
 
 
-def test_web_page_classifies_a_cifar_image_in_chromium(server, run, tmp_path):
+@contextlib.contextmanager
+def chromium(tmp_path: pathlib.Path):
+    """A headless Debian Chromium driven by Selenium; a skip where it is absent."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("Debian chromium and chromium-driver are not installed (.ci/run installs them: "
                     "apt-get install -y chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    page = httpx.get(f"{server}/").text
-    assert "/v1/predict" in page and not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing from the network
-    png = tmp_path / "cifar_test_0.png"
-    Image.fromarray(cifar_test_image()).save(png)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -309,23 +307,43 @@ def test_web_page_classifies_a_cifar_image_in_chromium(server, run, tmp_path):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
-        driver.get(f"{server}/")
-        driver.find_element(By.ID, "file").send_keys(str(png))
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 5)
-        rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
-        shown = [(row.find_element(By.CLASS_NAME, "class").text,
-                  float(row.find_element(By.CLASS_NAME, "probability").text)) for row in rows]
-        assert driver.find_element(By.ID, "error").text == ""
+        yield driver
     finally:
         driver.quit()
+
+
+def shown_results(driver, count: int) -> list[tuple[str, list[tuple[str, float]]]]:
+    """(file name, [(class, probability)]) of each result on the page, once `count` are shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == count
+                                    or d.find_element(By.ID, "error").text)
+    assert driver.find_element(By.ID, "error").text == ""
+    return [(result.find_element(By.TAG_NAME, "h2").text,
+             [(row.find_element(By.CLASS_NAME, "class").text, float(row.find_element(By.CLASS_NAME, "probability").text))
+              for row in result.find_elements(By.CSS_SELECTOR, "tbody tr")])
+            for result in driver.find_elements(By.CSS_SELECTOR, "#results .result")]
+
+
+def test_web_page_classifies_a_cifar_image_in_chromium(server, run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = httpx.get(f"{server}/").text
+    assert "/v1/predict" in page and not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing from the network
+    png = tmp_path / "cifar_test_0.png"
+    Image.fromarray(cifar_test_image()).save(png)
+    with chromium(tmp_path) as driver:
+        driver.get(f"{server}/")
+        driver.find_element(By.ID, "file").send_keys(str(png))
+        [(name, shown)] = shown_results(driver, 1)
     expected = predict.predict_files(run, [str(png)], k=5)[0]["predictions"]
-    assert [name for name, _ in shown] == [p["class"] for p in expected]
+    assert name == png.name and [name for name, _ in shown] == [p["class"] for p in expected]
     np.testing.assert_allclose([p for _, p in shown], [p["probability"] for p in expected], atol=1e-4)
 
 
 def cifar_test_image() -> np.ndarray:
     """The first image of the shared CIFAR-10 test split, or a skip where it is absent."""
-    from jaxcifar import data
     from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "cifar10").is_dir():
@@ -374,3 +392,78 @@ def test_cli_refuses_a_directory_that_is_not_a_run(tmp_path):
     result = subprocess.run([sys.executable, "-m", "jaxcifar.serve", "--workdir", str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not a jaxcifar workdir" in result.stderr
+
+
+CLASSES = ("apple", "bicycle", "cloud")  # not CIFAR-10's: the page must show these
+
+
+def three_class_split(n: int, seed: int) -> data.ArraySplit:
+    split = synthetic_split(n, seed)
+    return data.ArraySplit(split.images, split.labels % len(CLASSES))
+
+
+@pytest.fixture(scope="module")
+def litert_export(tmp_path_factory):
+    """A run with its own 3 classes, as the LiteRT int8 artefact `jaxcifar.quantize` writes."""
+    from jaxcifar import quantize, runs, train
+
+    root = tmp_path_factory.mktemp("litert")
+    train.fit(tiny_config(epochs=1), root / "run", data=train.Data(three_class_split(256, 0), three_class_split(40, 1),
+                                                                   len(CLASSES), class_names=CLASSES))
+    run = runs.load_run(root / "run", "latest")
+    quantize.export_litert(run, root / "litert_int8", tta=False, calibration=three_class_split(64, 2).images)
+    return root / "litert_int8"
+
+
+def drop_zone_geometry(driver) -> dict:
+    """label#drop's display and its boxes: an inline label that wraps draws one box per line."""
+    return driver.execute_script(
+        "const drop = document.getElementById('drop');"
+        "const box = drop.getBoundingClientRect();"
+        "const parent = getComputedStyle(drop.parentElement);"
+        "return {display: getComputedStyle(drop).display, boxes: drop.getClientRects().length, width: box.width,"
+        "        content_width: drop.parentElement.clientWidth - parseFloat(parent.paddingLeft)"
+        "                       - parseFloat(parent.paddingRight)};")
+
+
+def test_a_litert_int8_export_is_served_and_its_page_shows_its_own_classes(litert_export, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    srv = Server(["--export", str(litert_export), "--max_batch", "4"], tmp_path / "log")
+    try:
+        srv.wait_ready()
+        meta = httpx.get(f"{srv.url}/v2/models/jaxcifar").json()
+        assert meta["platform"] == "litert_tflite" and meta["parameters"]["device"] == "cpu"
+        assert meta["parameters"]["class_names"] == list(CLASSES)
+        offline = export.load_exported(litert_export)
+        images = synthetic_split(6, 7).images  # 6 > max_batch: two batches, pieces of the converted sizes
+        np.testing.assert_allclose(outputs_of(httpx.post(f"{srv.url}{INFER}", json=infer_request(images)))["logits"],
+                                   offline(images), atol=1e-6)
+        files = []
+        for i, image in enumerate(synthetic_split(2, 8).images):
+            files.append(tmp_path / f"image_{i}.png")
+            Image.fromarray(image).save(files[-1])
+        with chromium(tmp_path) as driver:
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # a 1200x900 page, whatever the window
+                                   {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+            driver.get(f"{srv.url}/")
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "classes").text)
+            assert driver.find_element(By.ID, "classes").text == "3 classes: apple, bicycle, cloud."
+            assert "airplane" not in driver.find_element(By.TAG_NAME, "body").text
+            assert f"step {meta['parameters']['step']}" in driver.find_element(By.ID, "model").text
+            geometry = drop_zone_geometry(driver)
+            driver.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))  # several files at once
+            shown = shown_results(driver, len(files))
+            driver.save_screenshot(str(tmp_path / "page.png"))  # to look at: one dashed box, two results
+    finally:
+        srv.stop()
+    assert Image.open(tmp_path / "page.png").size == (1200, 900)
+    assert geometry["display"] == "block" and geometry["boxes"] == 1, geometry
+    assert geometry["width"] == pytest.approx(geometry["content_width"], abs=1), geometry  # one box, full width
+    assert [name for name, _ in shown] == [f.name for f in files]
+    logits = np.asarray(offline(np.stack([read_image(f, 32) for f in files])))
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    for (_, predictions), p in zip(shown, expected):  # top-5 of 3 classes: all 3, most probable first
+        assert [name for name, _ in predictions] == [CLASSES[i] for i in np.argsort(-p)]
+        np.testing.assert_allclose([q for _, q in predictions], np.sort(p)[::-1], atol=1e-4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxcifar.cli import USAGE_ERROR, reports_user_errors
 from jaxcifar.runs import parse_checkpoint
 
 
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "/v1/predict, Prometheus metrics on /metrics, a web page on /.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="run directory written by `python -m jaxcifar.train`")
-    source.add_argument("--export", help="directory written by `python -m jaxcifar.export` (its model.stablehlo)")
+    source.add_argument("--export", help="directory written by `python -m jaxcifar.export` (its model.stablehlo) or one of the "
+                             "LiteRT directories `python -m jaxcifar.quantize` writes (its model.tflite)")
     parser.add_argument("--checkpoint", type=parse_checkpoint, default="best",
                         help="with --workdir: 'best' (default), 'latest' or a step number")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -54,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -63,13 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"error: {e.name} is missing; install the server's dependencies: pip install -e \".[serve]\"",
               file=sys.stderr)
-        return 2
-    try:
-        served = (model.from_export(args.model_name, args.export) if args.export else
-                  model.from_workdir(args.model_name, args.workdir, args.checkpoint, args.tta))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
+    served = (model.from_export(args.model_name, args.export) if args.export else
+              model.from_workdir(args.model_name, args.workdir, args.checkpoint, args.tta))
     print(f"serving {args.model_name} (step {served.step}, {served.platform}) on http://{args.host}:{args.port}/ "
           f"max_batch={args.max_batch} max_wait_ms={args.max_wait_ms}", flush=True)
     # No access log: a line per request costs CPU under load, and /metrics counts requests anyway.

@@ -5,7 +5,7 @@
     POST /v2/models/{name}/infer                  JSON tensors in, logits and probabilities out
     POST /v1/predict?top_k=5                      image files (multipart field `file`) in, top-k out
     GET  /metrics                                 Prometheus
-    GET  /                                        a web page to classify a dropped image
+    GET  /                                        a web page to classify dropped images
 
 The model is warmed up in the background after start: live at once, ready (and inference
 served) once every batch size is compiled.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import pathlib
 import time
@@ -32,6 +33,7 @@ from jaxcifar.serve.model import ServedModel, metadata, softmax
 from jaxcifar.serve.protocol import ApiError
 
 PAGE = pathlib.Path(__file__).with_name("static") / "index.html"
+PAGE_MODEL_NAME = "{{model_name}}"  # in the page's <meta name="jaxcifar-model">
 
 
 class Server:
@@ -208,8 +210,11 @@ def create_app(model: ServedModel, max_batch: int = 64, max_wait_ms: float = 5.0
     async def metrics() -> Response:
         return Response(server.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # The page asks /v2/models/{name} for the classes and provenance; the name is the one thing it is told.
+    page_html = PAGE.read_text().replace(PAGE_MODEL_NAME, html.escape(model.name, quote=True))
+
     @app.get("/")
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text())
+        return HTMLResponse(page_html)
 
     return app

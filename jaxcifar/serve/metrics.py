@@ -38,7 +38,7 @@ class Metrics:
         prom.Info("jaxcifar_model", "The served model", registry=r).info(
             {"name": model.name, "step": model.version, "platform": model.platform, "tta": str(model.tta),
              "accuracy": "" if model.accuracy is None else f"{model.accuracy:.4f}",
-             "device": jax.default_backend()})
+             "device": model.device})
         for name in model.class_names:  # present from the start, so rate() sees the first prediction
             self.predicted.labels(name)
         jax.monitoring.register_event_duration_secs_listener(self._on_event)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcifar import export, runs
+from jaxcifar import export, litert, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,8 @@ class ServedModel:
     class_names: tuple[str, ...]
     image_size: int  # S: the run's data.image_size (32 for the CIFAR recipes)
     step: int
-    platform: str  # the artefact's format, as KServe names them: "jax_orbax" or "jax_stablehlo"
+    platform: str  # the artefact's format: "jax_orbax", "jax_stablehlo" or "litert_tflite"
+    device: str  # where the logits are computed: JAX's backend, or "cpu" for LiteRT
     tta: bool
     accuracy: float | None  # summary.json's test_accuracy, if the run wrote one
 
@@ -44,20 +45,25 @@ def from_workdir(name: str, workdir: str | pathlib.Path, which: str | int = "bes
     run = runs.load_run(workdir, which)
     tta = run.resolve_tta(tta)
     return ServedModel(name, lambda images: np.asarray(run.logits(images, tta=tta)), run.class_names,
-                       run.image_size, run.step, "jax_orbax", tta, summary_accuracy(run.workdir))
+                       run.image_size, run.step, "jax_orbax", jax.default_backend(), tta,
+                       summary_accuracy(run.workdir))
 
 
 def from_export(name: str, directory: str | pathlib.Path) -> ServedModel:
-    """An artefact written by `python -m jaxcifar.export` (its model.stablehlo and serving.json)."""
+    """An artefact written by `python -m jaxcifar.export` (its model.stablehlo) or by
+    `python -m jaxcifar.quantize` (a LiteRT model.tflite), with its serving.json."""
     directory = pathlib.Path(directory)
     call = export.load_exported(directory)
     meta_path = directory / export.SERVING_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: the class names come from it; re-run jaxcifar.export.")
     meta = json.loads(meta_path.read_text())
+    # LiteRT runs on the CPU whatever JAX's default device is.
+    platform, device = (("litert_tflite", "cpu") if litert.is_model_file(export.artefact_file(directory))
+                        else ("jax_stablehlo", jax.default_backend()))
     return ServedModel(name, lambda images: np.asarray(call(images)), tuple(meta["class_names"]),
-                       int(meta["input"]["shape"][1]), int(meta["checkpoint_step"]), "jax_stablehlo", bool(meta["tta"]),
-                       summary_accuracy(pathlib.Path(meta["workdir"])))
+                       int(meta["input"]["shape"][1]), int(meta["checkpoint_step"]), platform, device,
+                       bool(meta["tta"]), summary_accuracy(pathlib.Path(meta["workdir"])))
 
 
 def summary_accuracy(workdir: pathlib.Path) -> float | None:
@@ -82,7 +88,7 @@ def metadata(model: ServedModel) -> dict[str, Any]:
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, k]},
                     {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]}],
         "parameters": {"class_names": list(model.class_names), "step": model.step, "tta": model.tta,
-                       "accuracy": model.accuracy, "device": jax.default_backend(),
+                       "accuracy": model.accuracy, "device": model.device,
                        "layout": f"NHWC RGB, 0..255; resize other sizes to {model.image_size}x{model.image_size} "
                                  "(or upload files to /v1/predict)"},
     }

@@ -1,0 +1,94 @@
+"""The fast int8 artefact (issue 26): LiteRT int8 against the float32 StableHLO export and
+LiteRT float32, and the static batch sizes and thread counts that `jaxcifar.litert` uses.
+
+1. Models: `python -m jaxcifar.quantize` on each workdir given (simple_cnn is trained here
+   when its workdir is absent: `--config simple_cnn --config.epochs=SIMPLE_CNN_EPOCHS`):
+   accuracy and agreement with the run's float32 logits on `test` and `test_jpeg`, sizes,
+   batch-1 latency and batch-256 throughput of every artefact, timed in turns.
+2. Batch-size sweep (simple_cnn): the run's serving function converted to LiteRT (int8 and
+   float32) at static batch sizes (1, B) for each B in --sweep_sizes; 256 images run through
+   each as 256/B calls at B, with 1 and 2 interpreter threads, in turns with the float32
+   StableHLO export at batch 256. This is what `litert.BATCH_SIZES` and `litert.NUM_THREADS`
+   were chosen from.
+
+Writes experiments/results/litert_int8.json (command, machine, date, reports, tables).
+
+    python experiments/litert_int8.py --data_dir ../shared/tensorflow_datasets [--workdir NAME=DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import time
+
+import numpy as np
+from common import write_result
+
+from jaxcifar import config as config_lib
+from jaxcifar import data, export, litert, quantize, runs, train
+
+
+def sweep_batch_sizes(run: runs.Run, out: pathlib.Path, calibration: np.ndarray, images: np.ndarray,
+                      sizes: tuple[int, ...], repeats: int) -> dict:
+    """images/s of 256 images through LiteRT models converted at (1, B), per B, dtype and thread count."""
+    calls = {"float32 StableHLO (XLA)": export.load_exported(out / "float32")}
+    for size in sizes:
+        for label, images_for_calibration in (("litert_float32", None), ("litert_int8", calibration)):
+            path = out / f"{label}_batch{size}.tflite"
+            path.write_bytes(litert.convert(run.serving_fn(False), export.image_shape(run), tuple(sorted({1, size})),
+                                            images_for_calibration))
+            for threads in quantize.THREADS:
+                calls[f"{label} batch {size}, {threads} thread{'s' if threads > 1 else ''}"] = export.load_exported(
+                    path, threads)
+    timed = quantize.time_artefacts(calls, images, (256,), repeats)
+    return {name: result["batch_256"]["images_per_second"] for name, result in timed.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--out_dir", default="runs/litert_int8")
+    parser.add_argument("--simple_cnn_epochs", type=int, default=1)
+    parser.add_argument("--workdir", action="append", default=[], metavar="NAME=DIR",
+                        help="another trained run to measure (repeatable), e.g. transfer=runs/efficient_finetune/...")
+    parser.add_argument("--calibration_images", type=int, default=1000)
+    parser.add_argument("--timing_repeats", type=int, default=20)
+    parser.add_argument("--sweep_sizes", type=int, nargs="*", default=[1, 4, 16, 64, 256])
+    args = parser.parse_args()
+    logging.basicConfig(format="%(message)s")
+    quantize.log.setLevel(logging.INFO)  # quantize's progress
+    out = pathlib.Path(args.out_dir)
+    start = time.time()
+
+    workdirs = {"simple_cnn": out / "simple_cnn", **dict(w.split("=", 1) for w in args.workdir)}
+    if not (workdirs["simple_cnn"] / "checkpoints").is_dir():
+        simple_cnn = config_lib.load_recipe("simple_cnn")
+        simple_cnn.epochs = args.simple_cnn_epochs
+        train.fit(simple_cnn, workdirs["simple_cnn"], data_dir=args.data_dir)
+    reports, tables = {}, {}
+    for name, workdir in workdirs.items():
+        reports[name] = quantize.quantize_workdir(workdir, out / f"{name}_quantized", data_dir=args.data_dir,
+                                                  calibration_images=args.calibration_images,
+                                                  timing_repeats=args.timing_repeats)
+        tables[name] = quantize.tradeoff_table(reports[name])
+        print(f"{name}\n{tables[name]}", flush=True)
+
+    run = runs.load_run(workdirs["simple_cnn"])
+    calibration = data.load_split(f"train[:{args.calibration_images}]", args.data_dir).images
+    test = data.load_split("test", args.data_dir).images
+    sweep = sweep_batch_sizes(run, out / "simple_cnn_quantized", calibration, test, tuple(args.sweep_sizes),
+                              args.timing_repeats)
+    for name, images_per_second in sweep.items():
+        print(f"{name}: {images_per_second:,.0f} img/s", flush=True)
+    write_result("litert_int8", {"simple_cnn_epochs": args.simple_cnn_epochs, "workdirs": {k: str(v) for k, v in
+                                                                                           workdirs.items()},
+                                 "calibration_images": args.calibration_images, "timing_repeats": args.timing_repeats,
+                                 "batch_sizes": list(litert.BATCH_SIZES), "num_threads": litert.NUM_THREADS,
+                                 "models": reports, "tables": tables,
+                                 "batch_size_sweep_images_per_second": sweep, "wall_seconds": time.time() - start})
+
+
+if __name__ == "__main__":
+    main()

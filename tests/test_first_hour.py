@@ -43,10 +43,6 @@ def test_epochs_that_every_stage_overrides_is_refused_with_the_stage_syntax():
 
 
 def test_a_user_error_is_one_line_and_status_2_in_every_tool(tmp_path, capsys):
-    ssl_run = tmp_path / "ssl"
-    ssl_run.mkdir()
-    (ssl_run / "config.json").write_text(json.dumps({"objective": "simclr", "model": "airbench"}))
-    (ssl_run / "classes.json").write_text(json.dumps({"class_names": [str(i) for i in range(10)]}))
     from jaxcifar import evaluate, export, quantize
     from jaxcifar.serve import __main__ as serve
 

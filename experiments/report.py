@@ -299,6 +299,16 @@ def compress_models() -> str:
         source("compress_models")])
 
 
+def litert_int8() -> str:
+    """int8 on a CPU runtime with int8 kernels: LiteRT against the XLA exports, per model, as
+    `python -m jaxcifar.quantize` prints it (one formatter for both)."""
+    from jaxcifar.quantize import tradeoff_table
+
+    r = load("litert_int8")
+    return "\n\n".join([*(f"`{name}`:\n\n{tradeoff_table(m)}" for name, m in r["models"].items()),
+                         source("litert_int8")])
+
+
 def channel_pruning() -> str:
     r = load("channel_pruning")
     fractions = r["fractions"]
@@ -348,7 +358,8 @@ def rounding_drift() -> str:
 
 BLOCKS = {block.__name__: block for block in (
     make_train, recipes, simple_cnn, fast_cpu, fast_muon, fast_muon_sitting2, split_cifar_transfer,
-    ssl_label_efficiency, efficient_finetune, compress_models, channel_pruning, image_folder_run, rounding_drift)}
+    ssl_label_efficiency, efficient_finetune, compress_models, litert_int8, channel_pruning, image_folder_run,
+    rounding_drift)}
 
 
 # ----- the files -----

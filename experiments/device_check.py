@@ -48,14 +48,15 @@ from common import write_result
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 PRECISIONS = ("float32", "bfloat16")
-# Wall-clock limit of each step, so that the whole check ends inside 8 minutes.
+# Wall-clock limit of each step on the device, so that the whole check ends inside 8 minutes (a
+# dry run has none: on a busy CPU its tiny steps take longer than the GPU's real ones).
 STEP_SECONDS = {"install": 240, "train": 140, "anchor": 180}
 # The dry run's tiny size: images per split, batch, epochs (the whitening bias trains in the first
 # only, as in fast_muon's first 3 of 8) and conv widths.
 DRY_RUN = {"train_images": 64, "test_images": 40, "batch_size": 32, "epochs": 1, "widths": (16, 16, 16)}
 
 
-def run_step(name: str, command: list[str], seconds: float) -> dict:
+def run_step(name: str, command: list[str], seconds: float | None) -> dict:
     """Run one step's process; its record (the JSON it writes to --record), or why there is none."""
     with tempfile.TemporaryDirectory() as tmp:
         record_path = pathlib.Path(tmp, "record.json")
@@ -131,7 +132,8 @@ def run_anchor(script: str, pack: str, dry_run: bool) -> dict:
     """The user's airbench94_muon.py, its `main` unchanged, as its `__main__` runs it (the model
     compiled, one warm-up run on random labels) but for one seeded run instead of 200, on
     the pack's images written where its CifarLoader reads them. A dry run adapts it to the
-    CPU at float32 first, as experiments/airbench_muon_cpu.py does."""
+    CPU at float32 first, as experiments/airbench_muon_cpu.py does, and gives its loaders
+    the dry run's batch size (its 2,000 would leave a tiny split no training step)."""
     import hashlib
 
     import torch
@@ -141,6 +143,10 @@ def run_anchor(script: str, pack: str, dry_run: bool) -> dict:
     if dry_run:
         run_on_cpu_in_fp32()
     record = import_script(pathlib.Path(script))
+    if dry_run:
+        loader = record.CifarLoader
+        record.CifarLoader = lambda path, train=True, batch_size=0, aug=None: loader(path, train,
+                                                                                      DRY_RUN["batch_size"], aug)
     rows = record_printed_rows(record)
     splits = load_pack(pack, dry_run)
     with tempfile.TemporaryDirectory() as root:
@@ -185,13 +191,14 @@ def check(args: argparse.Namespace) -> dict:
     if args.install == "pip" and not args.dry_run:
         steps["install"] = install(STEP_SECONDS["install"])
     step = [sys.executable, __file__, "--pack", args.pack, *(["--dry-run"] if args.dry_run else [])]
+    limit = {name: None for name in STEP_SECONDS} if args.dry_run else STEP_SECONDS
     for precision in PRECISIONS:
         steps[f"fast_muon_{precision}"] = run_step(
-            f"fast_muon_{precision}", [*step, "--step", "train", "--precision", precision], STEP_SECONDS["train"])
+            f"fast_muon_{precision}", [*step, "--step", "train", "--precision", precision], limit["train"])
     if args.airbench_script and pathlib.Path(args.airbench_script).is_file():
         steps["airbench94_muon"] = run_step(
             "airbench94_muon", [*step, "--step", "anchor", "--airbench_script", args.airbench_script],
-            STEP_SECONDS["anchor"])
+            limit["anchor"])
         anchor_accuracy = steps["airbench94_muon"].get("final_accuracy_tta")
         for precision in PRECISIONS:
             record = steps[f"fast_muon_{precision}"]

@@ -40,6 +40,7 @@ VARIANTS: dict[str, tuple[int, tuple[str, ...], dict]] = {
     "no_ynn_dev8": (8, (NO_YNN,), {}),
     "no_ynn_conv_reduce": (1, (NO_YNN_CONV_REDUCE,), {}),
     "no_ynn_conv_reduce_dev4": (4, (NO_YNN_CONV_REDUCE,), {}),
+    "no_ynn_conv_dev2_memsched": (2, (NO_YNN_CONV, "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"), {}),
     "eigen_single_thread": (1, (NO_YNN_CONV, "--xla_cpu_multi_thread_eigen=false"), {}),
     "eigen_single_thread_dev2": (2, (NO_YNN_CONV, "--xla_cpu_multi_thread_eigen=false"), {}),
     "eigen_single_thread_dev4": (4, (NO_YNN_CONV, "--xla_cpu_multi_thread_eigen=false"), {}),

@@ -81,16 +81,21 @@ def record_printed_rows(module: types.ModuleType) -> list[dict]:
     return rows
 
 
-def write_airbench_data(data_dir: str, root: str, train_images: int | None = None) -> None:
-    """TFDS splits as `root/cifar10/{train,test}.pt`, where CifarLoader('cifar10') looks
-    (only the first `train_images` training images, when given: a smoke test)."""
+def write_loader_files(root: str, splits: dict[str, data_lib.ArraySplit], class_names: list[str]) -> None:
+    """`splits` ('train' and 'test') as `root/cifar10/{train,test}.pt`, where CifarLoader('cifar10') looks."""
     os.makedirs(os.path.join(root, "cifar10"))
-    for split, name, count in (("train", "train.pt", train_images), ("test", "test.pt", None)):
-        arrays = data_lib.load_split(split, data_dir)
-        images, labels = arrays.images[:count], arrays.labels[:count]
-        torch.save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels).long(),
-                    "classes": list(data_lib.tfds_class_names("cifar10", data_dir))},
-                   os.path.join(root, "cifar10", name))
+    for name, split in splits.items():
+        torch.save({"images": torch.from_numpy(split.images), "labels": torch.from_numpy(split.labels).long(),
+                    "classes": list(class_names)}, os.path.join(root, "cifar10", f"{name}.pt"))
+
+
+def write_airbench_data(data_dir: str, root: str, train_images: int | None = None) -> None:
+    """TFDS splits where CifarLoader('cifar10') looks (only the first `train_images` training
+    images, when given: a smoke test)."""
+    train = data_lib.load_split("train", data_dir)
+    write_loader_files(root, {"train": data_lib.ArraySplit(train.images[:train_images], train.labels[:train_images]),
+                              "test": data_lib.load_split("test", data_dir)},
+                       data_lib.tfds_class_names("cifar10", data_dir))
 
 
 def main() -> None:

@@ -32,9 +32,12 @@ def seconds_to(threshold: float, accuracies: list[float], cumulative_seconds: li
     return next((s for a, s in zip(accuracies, cumulative_seconds) if a >= threshold), None)
 
 
-def write_result(name: str, result: dict) -> pathlib.Path:
-    """experiments/results/NAME.json with the command, machine and date added."""
-    path = pathlib.Path(__file__).parent / "results" / f"{name}.json"
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def write_result(name: str, result: dict, directory: pathlib.Path = RESULTS) -> pathlib.Path:
+    """DIRECTORY/NAME.json (experiments/results/ by default) with the command, machine and date added."""
+    path = pathlib.Path(directory) / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
     result = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
               "machine": machine(), **result}

@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxcifar import peft
+from jaxcifar import peft, precision
 
 RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "simple_cnn"
     c.model_kwargs = ml_collections.ConfigDict()
     c.seed = 0
+    c.precision = "float32"
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "cifar10"
@@ -161,6 +162,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("constant", "cosine", "onecycle", "linear"),
     "early_stopping.metric": tuple(EARLY_STOPPING_MAXIMISES),
     "peft.mode": peft.MODES,
+    "precision": precision.PRECISIONS,
 }
 
 # What each field of `default_config` means, for --help (a test checks none is missing).
@@ -180,6 +182,8 @@ FIELD_DOCS: dict[str, str] = {
     "model_kwargs": "keyword arguments of the model's constructor, e.g. {'width': 16}, {'input_size': 128}, or "
                     "{'dropout': 0.3} (dropout on the features entering the head, in training only)",
     "seed": "initialisation, data order and augmentation all derive from it",
+    "precision": "dtype of convolutions, matmuls and activations; parameters, optimizer state, BatchNorm statistics "
+                 "and the loss stay float32. auto = bfloat16 on GPU/TPU, float32 on CPU (see jaxcifar/precision.py)",
     "data.dataset": "TFDS image-classification dataset (cifar10, cifar100, svhn_cropped, ...); the class "
                     "count and names come from its info",
     "data.image_folder": "DIR of your own images, DIR/<split>/<class>/*.jpg|png (class names = folder names); "
@@ -424,7 +428,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       "weights would bring pruned weights back. Set them to 0 for a pruning run.")
     if config.peft.rank < 1:
         errors.append(f"peft.rank={config.peft.rank} must be at least 1.")
-    for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode"):
+    for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode",
+                  "precision"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
     watchable = tuple(f"val_{name}" for name in OBJECTIVE_EVAL_METRICS.get(config.objective, ()))
     if config.early_stopping.patience and config.early_stopping.metric not in watchable:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcifar import augment, models, parallel, peft, ssl
+from jaxcifar import augment, models, parallel, peft, precision, ssl
 from jaxcifar import data as data_lib
 from jaxcifar import steps as steps_lib
 from jaxcifar.data import ArraySplit
@@ -74,8 +74,7 @@ class Classification:
     def __init__(self, config: ml_collections.ConfigDict, num_classes: int, model: nn.Module | None = None):
         """`model`: one built elsewhere (a benchmark's dtype variant); default: the config's."""
         self.config = config
-        self.model = model or models.create_model(config.model, num_classes, **config.model_kwargs.to_dict(),
-                                                  lora=peft.lora_of(config))
+        self.model = model or models.create_model(config.model, num_classes, **model_kwargs(config))
         self._eval_step = jax.jit(steps_lib.make_eval_step(self.model, config))
 
     def loss(self, freeze_backbone: bool, steps_per_epoch: int) -> LossFn:
@@ -112,7 +111,7 @@ class SelfSupervised:
                  pair_loss: Callable[[jax.Array, jax.Array, ml_collections.ConfigDict], jax.Array]):
         self.config, self.num_classes, self.pair_loss = config, num_classes, pair_loss
         self.model = models.create_self_supervised(config.model, tuple(config.ssl.projector_dims),
-                                                   **config.model_kwargs.to_dict(), lora=peft.lora_of(config))
+                                                   **model_kwargs(config))
         self._features = make_features_fn(self.model, config)
         self._bank: tuple[jax.Array, np.ndarray] | None = None  # (a weight of the evaluated state, its bank)
 
@@ -150,6 +149,13 @@ class SelfSupervised:
         predicted = ssl.knn_predict(self._bank[1], evaluator.train.labels, queries, self.num_classes,
                                     self.config.ssl.knn_k, self.config.ssl.knn_temperature)
         return {"knn_accuracy": float(np.mean(predicted == split.labels))}
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """The network's constructor arguments, the one place a run's config becomes them: the
+    recipe's `model_kwargs`, the PEFT adapters, and the compute dtype of `precision`."""
+    return {**config.model_kwargs.to_dict(), "lora": peft.lora_of(config),
+            "dtype": precision.compute_dtype(config.precision)[0]}
 
 
 def make_features_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[[dict, jax.Array], jax.Array]:

@@ -122,13 +122,18 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
         raise ValueError(f"{path} does not fit this version of jaxcifar's config schema: {e}") from None
 
 
-def load_run(workdir: str | pathlib.Path, which: str | int = "best") -> Run:
+def load_run(workdir: str | pathlib.Path, which: str | int = "best", precision: str | None = None) -> Run:
     """Open `workdir` at checkpoint `which` ('best', 'latest' or a step number). `workdir`
     may be a PEFT run's adapter directory, which is resolved against its base run (and
     holds one checkpoint). A LoRA run's adapters are merged into its kernels (`peft.merge_lora`),
-    so every tool runs the plain network, at the plain network's speed."""
+    so every tool runs the plain network, at the plain network's speed. The network computes
+    at the run's `precision` (its weights are float32 either way), or at `precision` if given:
+    e.g. 'float32' to run a GPU's bfloat16 run exactly on a CPU."""
     workdir = pathlib.Path(workdir).absolute()
     config = read_config(workdir)
+    if precision is not None:
+        config.precision = precision
+        config_lib.validate(config, 1)
     names = read_class_names(workdir)
     model = objectives.create(config, len(names)).model
     if peft.is_adapter(workdir):

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, prune, steps
+from jaxcifar import (augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, precision, prune,
+                      steps)
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
 from jaxcifar.cli import USAGE_ERROR, reports_user_errors
 from jaxcifar.pretrained import TORCH_SUFFIXES, load_pretrained_backbone
@@ -170,6 +171,9 @@ class Trainer:
         self.data = data
         self.objective = objectives.create(config, data.num_classes)
         self.model = self.objective.model
+        self.compute_dtype, reason = precision.compute_dtype(config.precision)
+        log.info("The network computes in %s (%s); its parameters and optimizer state are float32.",
+                 self.compute_dtype.name, reason)
         self.stages = plan_stages(config)
         if config.data.scan_epoch and jax.default_backend() == "cpu":
             log.warning("data.scan_epoch=True on a CPU: measured 25x slower than per-step dispatch for simple_cnn "
@@ -371,6 +375,7 @@ class Trainer:
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "platform": jax.devices()[0].platform,
+            "compute_dtype": self.compute_dtype.name,  # config.precision, resolved
             "config": self.config.to_dict(),
         }
         summary["adapter"] = self.write_adapter()

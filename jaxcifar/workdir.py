@@ -27,8 +27,9 @@ from jaxcifar import config as config_lib
 
 log = logging.getLogger("jaxcifar")
 
-# Fields that may change between the runs sharing a workdir without changing the result.
-RESUMABLE_CHANGES = ("log_every_steps", "keep_checkpoints", "eval_batch_size", "tta")
+# Fields that may change between the runs sharing a workdir: they leave the checkpoints' layout
+# alone (a bfloat16 run resumes as float32 and back; tta and precision change the numbers).
+RESUMABLE_CHANGES = ("log_every_steps", "keep_checkpoints", "eval_batch_size", "tta", "precision")
 CLASSES_FILE = "classes.json"
 
 

@@ -59,6 +59,25 @@ def synthetic_split(n: int, seed: int = 0) -> data_lib.ArraySplit:
     return data_lib.ArraySplit(images.astype(np.uint8), labels)
 
 
+def write_jpeg_pack(path, splits):
+    """A pack in ../shared/cifar10_jpeg_pack.npz's layout, from {split: ArraySplit}."""
+    import io
+
+    from PIL import Image
+
+    arrays = {}
+    for name, split in splits.items():
+        blobs = []
+        for image in split.images:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+            blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
+        arrays[f"{name}_jpeg"] = np.concatenate(blobs)
+        arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+        arrays[f"{name}_labels"] = split.labels.astype(np.uint8)
+    np.savez(path, **arrays)
+
+
 @pytest.fixture
 def tiny_data():
     from jaxcifar.train import Data

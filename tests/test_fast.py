@@ -14,7 +14,7 @@ import pytest
 from jaxcifar import augment, checkpoint, config as config_lib, data as data_lib, objectives, steps, train
 from jaxcifar.models import create_model
 from jaxcifar.models.airbench import batch_norm, whitening_kernel
-from tests.conftest import REPO, synthetic_split, tiny_config
+from tests.conftest import REPO, synthetic_split, tiny_config, write_jpeg_pack
 
 
 def test_device_resident_batches_train_exactly_like_tf_data(tmp_path, tiny_data):
@@ -222,25 +222,6 @@ summary = train.fit(tiny_config(epochs=1, batch_size=16, data={{"device_resident
                     {workdir!r}, data=train.Data(splits["train"], splits["test"], 10))
 print("RESULT", summary["steps"], summary["eval_examples"])
 """
-
-
-def write_jpeg_pack(path, splits):
-    """A pack in ../shared/cifar10_jpeg_pack.npz's layout, from {split: ArraySplit}."""
-    import io
-
-    from PIL import Image
-
-    arrays = {}
-    for name, split in splits.items():
-        blobs = []
-        for image in split.images:
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="JPEG", quality=95)
-            blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
-        arrays[f"{name}_jpeg"] = np.concatenate(blobs)
-        arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-        arrays[f"{name}_labels"] = split.labels.astype(np.uint8)
-    np.savez(path, **arrays)
 
 
 @pytest.mark.slow  # a fresh process

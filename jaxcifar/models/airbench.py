@@ -32,9 +32,10 @@ torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"
 gelu = lambda x: nn.gelu(x, approximate=False)  # PyTorch's exact GELU  # noqa: E731
 
 
-def batch_norm(use_running_average: bool, name: str) -> nn.BatchNorm:
+def batch_norm(use_running_average: bool, name: str, dtype: jnp.dtype = jnp.float32) -> nn.BatchNorm:
+    """Its statistics are reduced and kept in float32 whatever `dtype` (the output's) is."""
     return nn.BatchNorm(use_running_average=use_running_average, momentum=0.6, epsilon=1e-12, use_scale=False,
-                        name=name)
+                        dtype=dtype, name=name)
 
 
 def dirac_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
@@ -56,10 +57,10 @@ class ConvGroup(nn.Module):
     def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
         x = Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
                  name="conv1", lora=self.lora)(x)
-        x = gelu(batch_norm(use_running_average, "bn1")(max_pool_2x2(x)))
+        x = gelu(batch_norm(use_running_average, "bn1", self.dtype)(max_pool_2x2(x)))
         x = Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=dirac_init, dtype=self.dtype,
                  name="conv2", lora=self.lora)(x)
-        return gelu(batch_norm(use_running_average, "bn2")(x))
+        return gelu(batch_norm(use_running_average, "bn2", self.dtype)(x))
 
 
 class AirbenchBackbone(nn.Module):
@@ -93,7 +94,7 @@ class Airbench(nn.Module):
         if freeze_backbone:
             features = jax.lax.stop_gradient(features)
         features = self.head_dropout(features, deterministic=not train)
-        return (self.head(features) * self.scale).astype(jnp.float32)
+        return self.head(features).astype(jnp.float32) * self.scale
 
 
 def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxcifar import peft
+from jaxcifar import methods, peft
 
 RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -40,7 +40,7 @@ def recipe_names() -> list[str]:
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field a recipe can set, with the values a recipe inherits. What each field
-    means is in FIELD_DOCS (shown by --help), its allowed values in CHOICES."""
+    means is in `field_docs()` (shown by --help), its allowed values in `choices()`."""
     c = ml_collections.ConfigDict()
     c.objective = "classification"
     c.model = "simple_cnn"
@@ -137,35 +137,37 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-# The eval metrics early stopping can watch, and whether it maximises (True) or minimises each.
-EARLY_STOPPING_MAXIMISES: dict[str, bool] = {"eval_accuracy": True, "eval_loss": False, "eval_knn_accuracy": True}
+def early_stopping_metrics(objective: str) -> dict[str, bool]:
+    """The logged eval metrics early stopping can watch in a run of `objective` (a method's
+    eval metrics, as history names them) -> whether higher is better."""
+    return {f"eval_{name}": higher for name, higher in methods.info(objective).eval_metrics.items()}
 
 
-# Each objective's eval metrics, as history and early stopping name them (objectives.py
-# computes them; a test checks the two agree).
-OBJECTIVE_EVAL_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("eval_loss", "eval_accuracy"),
-    "simclr": ("eval_knn_accuracy",),
-    "vicreg": ("eval_knn_accuracy",),
-}
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the fields that take one of a few names; `validate` checks them and
+    --help lists them. The objectives and the metrics early stopping can watch come from
+    the method registry (jaxcifar/methods), so a registered method is accepted."""
+    return {
+        "objective": methods.names(),
+        "augment.pad_mode": ("constant", "reflect"),
+        "augment.normalization": ("cifar10", "imagenet", "unit"),
+        "optimizer": ("sgd", "adam", "adamw", "muon"),
+        "weight_decay_on": ("kernels", "all"),
+        "schedule": ("constant", "cosine", "onecycle", "linear"),
+        "early_stopping.metric": tuple(dict.fromkeys(metric for name in methods.names()
+                                                     for metric in early_stopping_metrics(name))),
+        "peft.mode": peft.MODES,
+    }
 
-# Allowed values of the fields that take one of a few names; `validate` checks them and
-# --help lists them.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "objective": tuple(OBJECTIVE_EVAL_METRICS),
-    "augment.pad_mode": ("constant", "reflect"),
-    "augment.normalization": ("cifar10", "imagenet", "unit"),
-    "optimizer": ("sgd", "adam", "adamw", "muon"),
-    "weight_decay_on": ("kernels", "all"),
-    "schedule": ("constant", "cosine", "onecycle", "linear"),
-    "early_stopping.metric": tuple(EARLY_STOPPING_MAXIMISES),
-    "peft.mode": peft.MODES,
-}
 
-# What each field of `default_config` means, for --help (a test checks none is missing).
+def field_docs() -> dict[str, str]:
+    """What each field of `default_config` means, for --help (a test checks none is
+    missing): FIELD_DOCS, and `objective` from the method registry."""
+    each = "; ".join(f"{name} = {methods.info(name).doc}" for name in methods.names())
+    return {"objective": f"what the run learns, a method of jaxcifar/methods: {each}", **FIELD_DOCS}
+
+
 FIELD_DOCS: dict[str, str] = {
-    "objective": "what the run learns: classification (labels), or self-supervised pretraining without "
-                 "labels, SimCLR (contrastive) or VICReg (non-contrastive); see jaxcifar/objectives.py",
     "ssl.projector_dims": "self-supervised: widths of the projector MLP on the backbone (the last is the output)",
     "ssl.temperature": "simclr: temperature of the NT-Xent loss",
     "ssl.vicreg_weights": "vicreg: weights of the (invariance, variance, covariance) terms",
@@ -181,15 +183,18 @@ FIELD_DOCS: dict[str, str] = {
     "seed": "initialisation, data order and augmentation all derive from it",
     "data.dataset": "TFDS image-classification dataset (cifar10, cifar100, svhn_cropped, ...); the class "
                     "count and names come from its info",
-    "data.image_folder": "DIR of your own images, DIR/<split>/<class>/*.jpg|png (class names = folder names); "
-                         "replaces data.dataset and needs no --data_dir; '' = off",
+    "data.image_folder": "DIR of your own images, DIR/<split>/<class>/*.jpg|png (class names = folder names), "
+                         "and unlabelled images in DIR/unlabeled/ (any files); replaces data.dataset and needs "
+                         "no --data_dir; '' = off",
     "data.image_size": "side of the square images the model takes; other sizes are resized to it (bilinear, "
                        "antialiased: on the device for a TFDS dataset, on the host for image files)",
     "data.train_split": "split to train on (a TFDS split, or a subfolder of data.image_folder)",
     "data.eval_split": "split evaluated after every epoch; `test` holds the 1,000 exact test images here",
     "data.extra_eval_splits": "splits evaluated once at the end, e.g. ('test_jpeg',) for robustness",
     "data.classes": "a subset of class ids, relabelled 0..k-1 in this order; () = all",
-    "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all",
+    "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all. The rest "
+                               "of the train split, without labels, is the unlabelled stream of the methods "
+                               "that read one",
     "data.validation_fraction": "> 0: evaluate on this fraction of each class held out of train_split "
                                 "(fixed seed, the same for every run) instead of eval_split",
     "data.device_resident": "keep the uint8 train split on the device and gather batches there "
@@ -407,7 +412,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         errors.append(f"peft.rank={config.peft.rank} must be at least 1.")
     for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
-    watchable = OBJECTIVE_EVAL_METRICS.get(config.objective, ())
+    watchable = early_stopping_metrics(config.objective) if config.objective in methods.names() else {}
     if config.early_stopping.patience and config.early_stopping.metric not in watchable:
         errors.append(f"early_stopping.metric={config.early_stopping.metric!r}: objective {config.objective!r} "
                       f"evaluates {' and '.join(watchable)}.")
@@ -455,7 +460,7 @@ def muon_groups(stage: ml_collections.ConfigDict) -> list[str]:
 
 
 def _choice_error(field: str, value: Any, where: str = "") -> list[str]:
-    allowed = CHOICES[field]
+    allowed = choices()[field]
     return [] if value in allowed else [f"{where}{field}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}."]
 
 
@@ -463,11 +468,12 @@ def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
     """One line per field with its value in `config` (default: the base defaults), what it
     means and its allowed values, for --help."""
     flat = _flatten((config or default_config()).to_dict())
+    docs, allowed = field_docs(), choices()
     lines = []
     for key, value in flat.items():
-        doc = FIELD_DOCS.get(key, "")
-        if key in CHOICES:
-            doc += f" ({' | '.join(CHOICES[key])})"
+        doc = docs.get(key, "")
+        if key in allowed:
+            doc += f" ({' | '.join(allowed[key])})"
         lines.append(f"  --config.{key}={value!r}" + (f"\n      {doc}" if doc else ""))
     return "\n".join(lines)
 

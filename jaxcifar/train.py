@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, prune, steps
+from jaxcifar import augment, checkpoint, early_stopping, methods, models, optim, parallel, peft, prune, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
+from jaxcifar.methods.base import Evaluator, Method, StageContext
 from jaxcifar.pretrained import TORCH_SUFFIXES, load_pretrained_backbone
 from jaxcifar.workdir import Workdir
 
@@ -40,13 +41,15 @@ log = logging.getLogger("jaxcifar")
 @dataclasses.dataclass(frozen=True)
 class Data:
     """The train and eval splits of a run, in host memory, and its classes. Every label must
-    be below `num_classes` (checked here, the one door all data comes through)."""
+    be below `num_classes` (checked here, the one door all data comes through). `unlabeled`:
+    images without labels, for the methods that read them (None: none)."""
 
     train: data_lib.ArraySplit
     eval: data_lib.ArraySplit
     num_classes: int
     extra_evals: dict[str, data_lib.ArraySplit] = dataclasses.field(default_factory=dict)  # final eval only
     class_names: tuple[str, ...] = ()  # in label order; () names the classes by label id: '0', '1', ...
+    unlabeled: data_lib.UnlabeledSplit | None = None
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -63,11 +66,25 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) ->
     class subset, with its validation part held out of train and the label budget applied."""
     d = config.data
     whole_train = data_lib.read_split(d, d.train_split, data_dir)
-    train = data_lib.select_examples(data_lib.hold_out(whole_train, d.validation_fraction)[0],
-                                     examples_per_class=d.examples_per_class)
+    train, rest = data_lib.split_label_budget(data_lib.hold_out(whole_train, d.validation_fraction)[0],
+                                              d.examples_per_class)
     extra_evals = {split: data_lib.read_split(d, split, data_dir) for split in d.extra_eval_splits}
     names = data_lib.class_names(d, data_dir)  # after reading: TFDS knows some names only once prepared
-    return Data(train, data_lib.load_eval_split(d, data_dir, whole_train), len(names), extra_evals, names)
+    return Data(train, data_lib.load_eval_split(d, data_dir, whole_train), len(names), extra_evals, names,
+                data_lib.unlabeled_images(d, rest))
+
+
+def check_streams(method: Method, config: ml_collections.ConfigDict, data: Data) -> None:
+    """Refuse a run whose method reads a stream it cannot get."""
+    if not method.unlabeled_ratio:
+        return
+    if data.unlabeled is None:
+        raise ValueError(f"objective={config.objective!r} learns from unlabelled images, and this run has none: set "
+                         "--config.data.examples_per_class=N (the rest of the train split is then used without its "
+                         "labels), or with data.image_folder=DIR put images in DIR/unlabeled/.")
+    if config.data.scan_epoch:
+        raise ValueError(f"objective={config.objective!r} reads unlabelled images, which a scanned epoch does not "
+                         "carry yet: set --config.data.scan_epoch=False.")
 
 
 @dataclasses.dataclass
@@ -101,19 +118,19 @@ class BuiltStage:
     frozen_backbone: bool  # no backbone parameter trains: its BatchNorm runs in inference mode
 
 
-def build_stage(objective: objectives.Objective, config: ml_collections.ConfigDict, stage: Stage, params: Any,
+def build_stage(method: Method, config: ml_collections.ConfigDict, stage: Stage, params: Any,
                 steps_per_epoch: int) -> BuiltStage:
     """The one place a stage's step is built, for the loop and for benchmarks/: the stage's
-    optimizer over the parameter groups and `peft.mode`, the objective's loss (when no
-    backbone parameter trains, the backbone's BatchNorm runs in inference mode), and
-    lookahead's stage length."""
+    optimizer over the parameter groups and `peft.mode`, and the method's step, told
+    whether any backbone parameter trains (if none, its BatchNorm runs in inference mode)
+    and the stage's length (lookahead's schedule)."""
     tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch, config.peft.mode)
     trainable = optim.trainable_paths(labels)
     frozen_backbone = optim.is_subtree_frozen(labels, "backbone")
-    loss = objective.loss(frozen_backbone, steps_per_epoch)
     stage_steps = (stage.first_epoch * steps_per_epoch, (stage.end_epoch - stage.first_epoch) * steps_per_epoch)
     tx = prune.wrap(tx, config, trainable, params, stage_steps[1])
-    return BuiltStage(tx, steps.make_train_step(loss, tx, config, stage_steps), trainable, frozen_backbone)
+    train_step = method.train_step(tx, StageContext(steps_per_epoch, frozen_backbone, stage_steps))
+    return BuiltStage(tx, train_step, trainable, frozen_backbone)
 
 
 class StopRequested(Exception):
@@ -146,8 +163,9 @@ class Trainer:
         config_lib.validate(config, jax.device_count())
         self.workdir = Workdir(workdir, config, overwrite=overwrite, class_names=data.class_names)
         self.data = data
-        self.objective = objectives.create(config, data.num_classes)
+        self.objective = methods.create(config, data.num_classes)
         self.model = self.objective.model
+        check_streams(self.objective, config, data)
         self.stages = plan_stages(config)
         if config.data.scan_epoch and jax.default_backend() == "cpu":
             log.warning("data.scan_epoch=True on a CPU: measured 25x slower than per-step dispatch for simple_cnn "
@@ -158,7 +176,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
         self.init_from = init_from
         self.replicated = parallel.replicated(self.mesh)
-        self.evaluator = objectives.Evaluator(self.mesh, config.eval_batch_size, data.train)
+        self.evaluator = Evaluator(self.mesh, config.eval_batch_size, data.train)
         self._built: dict[int, BuiltStage] = {}  # stage index -> its optimizer and step
         self._train_steps: dict[int, Any] = {}  # stage index -> jitted train step
         self._epoch_scans: dict[tuple[int, int], Any] = {}  # (stage index, steps) -> compiled epoch scan
@@ -180,7 +198,9 @@ class Trainer:
             state = state.replace(params=jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated))
         if self.init_from:
             state = load_pretrained_backbone(self.init_from, state, self.model, self.config.prune.channels)
-        return steps.reset_averages(state)
+        state = steps.reset_averages(state)
+        # The method's own state (a momentum teacher, ...) starts from the weights the run starts from.
+        return state.replace(method_state=jax.jit(self.objective.init_state, out_shardings=self.replicated)(state))
 
     def built(self, stage: Stage, params: Any) -> BuiltStage:
         if stage.index not in self._built:
@@ -229,8 +249,17 @@ class Trainer:
         return self._train_steps[stage.index]
 
     def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
-        """Global train batches of `epoch` from `start_step`: gathered on the device from the
-        resident split, or streamed through tf.data. Same examples in the same order."""
+        """Global train batches of `epoch` from `start_step`, with the unlabelled images of
+        each step as batch['unlabeled'] when the method reads them."""
+        labelled = self._labelled_batches(epoch, start_step)
+        if not self.objective.unlabeled_ratio:
+            return labelled
+        return ({**batch, "unlabeled": images}
+                for batch, images in zip(labelled, self._unlabeled_batches(epoch, start_step)))
+
+    def _labelled_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
+        """Gathered on the device from the resident split, or streamed through tf.data. Same
+        examples in the same order."""
         args = self._epoch_args(epoch, start_step)
         if self.config.data.device_resident:
             resident = self._resident_train()
@@ -239,6 +268,15 @@ class Trainer:
         else:
             for local in data_lib.train_batches(self.data.train, *args):
                 yield parallel.to_global(local, self.mesh)
+
+    def _unlabeled_batches(self, epoch: int, start_step: int) -> Iterator[jax.Array]:
+        """The unlabelled images of the epoch's steps from `start_step` (data.unlabeled_rows:
+        `unlabeled_ratio` per labelled image), sharded over the mesh like the labelled batch."""
+        rows = data_lib.unlabeled_rows(len(self.data.unlabeled), self.objective.unlabeled_ratio * self.config.batch_size,
+                                       self.config.seed, epoch * self.steps_per_epoch + start_step,
+                                       self.steps_per_epoch - start_step, jax.process_index(), jax.process_count())
+        for local in rows:
+            yield parallel.to_global({"unlabeled": self.data.unlabeled.images[local]}, self.mesh)["unlabeled"]
 
     def _epoch_args(self, epoch: int, start_step: int) -> tuple:
         """This process's arguments to data.epoch_rows / data.train_batches."""
@@ -287,17 +325,17 @@ class Trainer:
                 totals["train_seconds"] += seconds
                 totals["compile_seconds"] += compile_s
                 totals["images_trained"] += float(sums["count"])
-                train_metrics = steps.summarize(sums)
+                train_metrics = steps.summarize(sums, self.objective.train_metrics)
                 eval_metrics = self.evaluate(state)
                 entry = {"epoch": epoch + 1, "stage": stage.name, "step": int(state.step),
-                         "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
+                         **{f"train_{name}": value for name, value in train_metrics.items()},
                          **{f"eval_{name}": value for name, value in eval_metrics.items()},
                          "epoch_train_seconds": seconds, "train_images_per_second": float(sums["count"]) / seconds,
                          "lr": self.current_lr(stage, state)}
                 history.append(entry)
                 self.workdir.log_epoch(entry)
                 if jax.process_index() == 0:
-                    tqdm.write(epoch_line(entry, total_epochs, self.objective.metrics))
+                    tqdm.write(epoch_line(entry, total_epochs, self.objective.metrics, tuple(train_metrics)))
                 totals["wall_seconds"] = wall_before + time.time() - start_time
                 metrics = {METRIC: eval_metrics[self.objective.metric]}
                 if stopper is not None:
@@ -409,10 +447,10 @@ class Trainer:
             sums = steps.accumulate(sums, metrics)
             window = steps.accumulate(window, metrics)
             if (i + 1) % self.config.log_every_steps == 0:
-                window_metrics = steps.summarize(window)  # the only host sync in the loop
+                window_metrics = steps.summarize(window, self.objective.train_metrics)  # the only host sync in the loop
                 self._check_finite(window_metrics)
                 now = time.time()
-                bar.set_postfix(loss=f"{window_metrics['loss']:.3f}", acc=f"{window_metrics['accuracy']:.3f}",
+                bar.set_postfix({name: f"{value:.3f}" for name, value in window_metrics.items()},
                                 img_s=f"{float(window['count']) / (now - t_window):.0f}")
                 bar.update(self.config.log_every_steps)
                 window, t_window = None, now
@@ -423,7 +461,7 @@ class Trainer:
         jax.block_until_ready(sums)
         seconds = seconds_before + time.time() - t0
         bar.close()
-        self._check_finite(steps.summarize(sums))
+        self._check_finite(steps.summarize(sums, self.objective.train_metrics))
         return state, sums, seconds, compile_s
 
     def _train_epoch_scanned(self, state: steps.TrainState, stage: Stage, epoch: int, start_step: int):
@@ -445,7 +483,7 @@ class Trainer:
         state, sums = self._epoch_scans[key](state, resident, rows)
         jax.block_until_ready(sums)
         seconds = time.time() - t0
-        self._check_finite(steps.summarize(sums))
+        self._check_finite(steps.summarize(sums, self.objective.train_metrics))
         return state, sums, seconds, compile_s
 
     def current_lr(self, stage: Stage, state: steps.TrainState) -> float:
@@ -534,15 +572,19 @@ class Trainer:
         raise StopRequested(signum, int(state.step), self.workdir.path)
 
 
-def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy")) -> str:
-    """The line printed after each epoch, as Keras prints one. `eval_metrics`: the
-    objective's, in order (accuracies as percentages)."""
+def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy"),
+               train_metrics: tuple[str, ...] = ("loss", "accuracy")) -> str:
+    """The line printed after each epoch, as Keras prints one. `eval_metrics` and
+    `train_metrics`: the method's, in order (accuracies as percentages)."""
     shown = {"loss": "loss", "accuracy": "acc"}
-    evals = " ".join(f"{shown.get(name, name)} " + (f"{entry['eval_' + name]:.2%}" if "accuracy" in name
-                                                     else f"{entry['eval_' + name]:.4f}") for name in eval_metrics)
+
+    def values(prefix: str, names: tuple[str, ...]) -> str:
+        return " ".join(f"{shown.get(name, name)} " + (f"{entry[prefix + name]:.2%}" if "accuracy" in name
+                                                       else f"{entry[prefix + name]:.4f}") for name in names)
+
     return (f"epoch {entry['epoch']}/{total_epochs} [{entry['stage']}]  "
-            f"train loss {entry['train_loss']:.4f} acc {entry['train_accuracy']:.2%}  |  "
-            f"eval {evals}  |  "
+            f"train {values('train_', train_metrics)}  |  "
+            f"eval {values('eval_', eval_metrics)}  |  "
             f"{entry['epoch_train_seconds']:.1f} s, {entry['train_images_per_second']:,.0f} img/s")
 
 

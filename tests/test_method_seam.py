@@ -68,9 +68,13 @@ MEAN_TEACHER = methods.MethodInfo("mean_teacher", "semi-supervised: a momentum t
 
 
 @pytest.fixture
-def mean_teacher(monkeypatch):
-    """The test's method, registered for one test (the registry is restored afterwards)."""
+def own_registry(monkeypatch):
+    """What a test registers is forgotten after it."""
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+
+
+@pytest.fixture
+def mean_teacher(own_registry):
     methods.register(MEAN_TEACHER)
 
 
@@ -199,6 +203,23 @@ def test_registering_a_method_is_all_config_and_help_need(mean_teacher):
     assert "mean_teacher" in config_lib.choices()["objective"]
     with pytest.raises(ValueError, match="early_stopping.metric='eval_knn_accuracy'"):
         config_lib.validate(recipe(early_stopping={"patience": 2, "metric": "eval_knn_accuracy"}), 1)
+
+
+def test_a_recipe_file_can_bring_its_own_method(tmp_path, own_registry):
+    """A method outside the package is one file plus a recipe that registers it."""
+    recipe_file = tmp_path / "mean_teacher.py"
+    recipe_file.write_text(f"""
+from jaxcifar import config, methods
+from {__name__} import MEAN_TEACHER
+
+
+def get_config():
+    methods.register(MEAN_TEACHER)
+    return config.recipe(objective="mean_teacher", data={{"examples_per_class": 25}})
+""")
+    config = config_lib.load_recipe(str(recipe_file))
+    config_lib.validate(config, 1)
+    assert methods.create(config, 10).unlabeled_ratio == MeanTeacher.unlabeled_ratio
 
 
 def test_an_unregistered_method_is_refused_with_the_registered_names():

@@ -285,7 +285,7 @@ def test_checkpoint_written_before_a_field_existed_restores_where_it_is_off(tmp_
     assert getattr(restored, new_field) is None and record == {"history": []}
     for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match=f"has no \\['{new_field}'\\]"):
+    with pytest.raises(ValueError, match=f"has no \\[.*'{new_field}'"):
         checkpointer.restore(8, state.replace(**{new_field: {"params": state.params}}))
     checkpointer.close()
 

@@ -43,7 +43,8 @@ def compile_step(spec: Spec) -> tuple[Callable, Any, dict, float]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxcifar import models, objectives, parallel, steps, train
+    from jaxcifar import models, parallel, steps, train
+    from jaxcifar.methods.classification import Classification
 
     if "pool" in spec.options:
         import pooling
@@ -61,7 +62,7 @@ def compile_step(spec: Spec) -> tuple[Callable, Any, dict, float]:
     state = steps.create_state(model, jax.random.PRNGKey(0))
     # The training loop's own stage builder, so the benchmark times the step train.py runs.
     stage = train.plan_stages(config)[0]
-    built = train.build_stage(objectives.Classification(config, 10, model), config, stage, state.params,
+    built = train.build_stage(Classification(config, 10, model), config, stage, state.params,
                               STEPS_PER_EPOCH)
     state = state.replace(opt_state=built.tx.init(state.params))
     state = jax.device_put(state, parallel.replicated(mesh))

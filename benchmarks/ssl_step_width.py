@@ -31,12 +31,12 @@ def compile_width(widths: tuple[int, ...], batch_size: int):
     import jax
     import numpy as np
 
-    from jaxcifar import config as config_lib, objectives, steps, train
+    from jaxcifar import config as config_lib, methods, steps, train
 
     config = config_lib.load_recipe("ssl_simclr")
     config.batch_size = batch_size
     config.model_kwargs.widths = widths
-    objective = objectives.create(config, num_classes=10)
+    objective = methods.create(config, num_classes=10)
     state = steps.create_state(objective.model, jax.random.PRNGKey(0))
     steps_per_epoch = TRAIN_IMAGES // batch_size
     built = train.build_stage(objective, config, train.plan_stages(config)[0], state.params, steps_per_epoch)

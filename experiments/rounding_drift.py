@@ -39,7 +39,9 @@ from common import write_result
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from jaxcifar import objectives, steps  # noqa: E402
+from jaxcifar import steps  # noqa: E402
+from jaxcifar.methods.base import StageContext  # noqa: E402
+from jaxcifar.methods.classification import Classification  # noqa: E402
 from jaxcifar.models import create_model  # noqa: E402
 from tests.conftest import synthetic_split, tiny_config  # noqa: E402
 from tests.test_train import one_step_on_eight_devices_and_on_one  # noqa: E402
@@ -55,7 +57,7 @@ def scan_against_loop(perturbations: int) -> dict:
     state = steps.create_state(model, jax.random.key(0))
     state = state.replace(opt_state=tx.init(state.params))
     config = tiny_config(augment={"crop_padding": 0, "flip": False})
-    step = steps.make_train_step(objectives.Classification(config, 10, model).loss(False, 4), tx, config)
+    step = Classification(config, 10, model).train_step(tx, StageContext(steps_per_epoch=4))
     data = synthetic_split(128, 0)
     split = {"image": jnp.asarray(data.images), "label": jnp.asarray(data.labels)}
     rows = jnp.asarray(np.random.default_rng(0).permutation(128).reshape(4, 32))

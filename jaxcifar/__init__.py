@@ -10,7 +10,7 @@ and TensorFlow is only loaded by the tf.data path):
     jaxcifar.parallel    mesh, shardings, multi-process      jaxcifar.pretrained  --init_from
     jaxcifar.runs        open a trained workdir              jaxcifar.evaluate  report + plots
     jaxcifar.predict     classify image files                jaxcifar.export    StableHLO / SavedModel
-    jaxcifar.objectives  classification, SimCLR, VICReg      jaxcifar.ssl      SSL losses, kNN, probe
+    jaxcifar.methods     classification, SimCLR, VICReg      jaxcifar.ssl      SSL losses, kNN, probe
     jaxcifar.peft        linear/bitfit/lora modes, adapters  jaxcifar.quantize  int8 (Qwix)
     jaxcifar.prune       magnitude and channel pruning
     jaxcifar.xla_cpu     XLA:CPU flags set on import (Eigen convolutions)
@@ -23,7 +23,7 @@ from jaxcifar import xla_cpu
 xla_cpu.configure()  # before any JAX computation starts the CPU backend
 
 __version__ = "0.1.0"
-_SUBMODULES = ("augment", "checkpoint", "config", "data", "evaluate", "export", "models", "objectives", "optim",
+_SUBMODULES = ("augment", "checkpoint", "config", "data", "evaluate", "export", "methods", "models", "optim",
                "parallel", "peft", "predict", "pretrained", "prune", "quantize", "runs", "ssl", "steps", "train", "workdir",
                "xla_cpu")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxcifar import peft, precision
+from jaxcifar import methods, peft, precision
 
 RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -40,7 +40,7 @@ def recipe_names() -> list[str]:
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field a recipe can set, with the values a recipe inherits. What each field
-    means is in FIELD_DOCS (shown by --help), its allowed values in CHOICES."""
+    means is in `field_docs()` (shown by --help), its allowed values in `choices()`."""
     c = ml_collections.ConfigDict()
     c.objective = "classification"
     c.model = "simple_cnn"
@@ -138,37 +138,38 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-# The validation metrics early stopping can watch, and whether it maximises (True) or minimises
-# each. Only `val_` metrics: selection never reads the test split (data.eval_split).
-EARLY_STOPPING_MAXIMISES: dict[str, bool] = {"val_accuracy": True, "val_loss": False, "val_knn_accuracy": True}
+def early_stopping_metrics(objective: str) -> dict[str, bool]:
+    """The logged metrics early stopping can watch in a run of `objective` (a method's eval
+    metrics on the validation split, as history names them) -> whether higher is better.
+    Only `val_` metrics: selection never reads the test split (data.eval_split)."""
+    return {f"val_{name}": higher for name, higher in methods.info(objective).eval_metrics.items()}
 
 
-# Each objective's eval metrics (objectives.py computes them; a test checks the two agree).
-# History names them `eval_<metric>` on the test split and `val_<metric>` on the validation split.
-OBJECTIVE_EVAL_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("loss", "accuracy"),
-    "simclr": ("knn_accuracy",),
-    "vicreg": ("knn_accuracy",),
-}
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the fields that take one of a few names; `validate` checks them and
+    --help lists them. The objectives and the metrics early stopping can watch come from
+    the method registry (jaxcifar/methods), so a registered method is accepted."""
+    return {
+        "objective": methods.names(),
+        "augment.pad_mode": ("constant", "reflect"),
+        "augment.normalization": ("cifar10", "imagenet", "unit"),
+        "optimizer": ("sgd", "adam", "adamw", "muon"),
+        "weight_decay_on": ("kernels", "all"),
+        "schedule": ("constant", "cosine", "onecycle", "linear"),
+        "early_stopping.metric": tuple(dict.fromkeys(metric for name in methods.names()
+                                                     for metric in early_stopping_metrics(name))),
+        "peft.mode": peft.MODES,
+        "precision": precision.PRECISIONS,
+    }
 
-# Allowed values of the fields that take one of a few names; `validate` checks them and
-# --help lists them.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "objective": tuple(OBJECTIVE_EVAL_METRICS),
-    "augment.pad_mode": ("constant", "reflect"),
-    "augment.normalization": ("cifar10", "imagenet", "unit"),
-    "optimizer": ("sgd", "adam", "adamw", "muon"),
-    "weight_decay_on": ("kernels", "all"),
-    "schedule": ("constant", "cosine", "onecycle", "linear"),
-    "early_stopping.metric": tuple(EARLY_STOPPING_MAXIMISES),
-    "peft.mode": peft.MODES,
-    "precision": precision.PRECISIONS,
-}
 
-# What each field of `default_config` means, for --help (a test checks none is missing).
+def field_docs() -> dict[str, str]:
+    """What each field of `default_config` means, for --help (a test checks none is
+    missing): FIELD_DOCS, and `objective` from the method registry."""
+    each = "; ".join(f"{name} = {methods.info(name).doc}" for name in methods.names())
+    return {"objective": f"what the run learns, a method of jaxcifar/methods: {each}", **FIELD_DOCS}
+
 FIELD_DOCS: dict[str, str] = {
-    "objective": "what the run learns: classification (labels), or self-supervised pretraining without "
-                 "labels, SimCLR (contrastive) or VICReg (non-contrastive); see jaxcifar/objectives.py",
     "ssl.projector_dims": "self-supervised: widths of the projector MLP on the backbone (the last is the output)",
     "ssl.temperature": "simclr: temperature of the NT-Xent loss",
     "ssl.vicreg_weights": "vicreg: weights of the (invariance, variance, covariance) terms",
@@ -186,8 +187,9 @@ FIELD_DOCS: dict[str, str] = {
                  "and the loss stay float32. auto = bfloat16 on GPU/TPU, float32 on CPU (see jaxcifar/precision.py)",
     "data.dataset": "TFDS image-classification dataset (cifar10, cifar100, svhn_cropped, ...); the class "
                     "count and names come from its info",
-    "data.image_folder": "DIR of your own images, DIR/<split>/<class>/*.jpg|png (class names = folder names); "
-                         "replaces data.dataset and needs no --data_dir; '' = off",
+    "data.image_folder": "DIR of your own images, DIR/<split>/<class>/*.jpg|png (class names = folder names), "
+                         "and unlabelled images in DIR/unlabeled/ (any files); replaces data.dataset and needs "
+                         "no --data_dir; '' = off",
     "data.image_size": "side of the square images the model takes; other sizes are resized to it (bilinear, "
                        "antialiased: on the device for a TFDS dataset, on the host for image files)",
     "data.train_split": "split to train on (a TFDS split, or a subfolder of data.image_folder)",
@@ -195,7 +197,9 @@ FIELD_DOCS: dict[str, str] = {
                        "never for selection; `test` holds the 1,000 exact test images here; '' = none",
     "data.extra_eval_splits": "splits evaluated once at the end, e.g. ('test_jpeg',) for robustness",
     "data.classes": "a subset of class ids, relabelled 0..k-1 in this order; () = all",
-    "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all",
+    "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all. The rest "
+                               "of the train split, without labels, is the unlabelled stream of the methods "
+                               "that read one",
     "data.validation_fraction": "> 0: hold this fraction of each class out of train_split (stratified, fixed "
                                 "seed, the same for every run) as the validation split, on which the best "
                                 "checkpoint and early stopping are chosen; 0 = no selection: the run's result is "
@@ -431,7 +435,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode",
                   "precision"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
-    watchable = tuple(f"val_{name}" for name in OBJECTIVE_EVAL_METRICS.get(config.objective, ()))
+    watchable = early_stopping_metrics(config.objective) if config.objective in methods.names() else {}
     if config.early_stopping.patience and config.early_stopping.metric not in watchable:
         errors.append(f"early_stopping.metric={config.early_stopping.metric!r}: objective {config.objective!r} "
                       f"evaluates {' and '.join(watchable)}.")
@@ -485,7 +489,7 @@ def muon_groups(stage: ml_collections.ConfigDict) -> list[str]:
 
 
 def _choice_error(field: str, value: Any, where: str = "") -> list[str]:
-    allowed = CHOICES[field]
+    allowed = choices()[field]
     return [] if value in allowed else [f"{where}{field}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}."]
 
 
@@ -493,11 +497,12 @@ def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
     """One line per field with its value in `config` (default: the base defaults), what it
     means and its allowed values, for --help."""
     flat = _flatten((config or default_config()).to_dict())
+    docs, allowed = field_docs(), choices()
     lines = []
     for key, value in flat.items():
-        doc = FIELD_DOCS.get(key, "")
-        if key in CHOICES:
-            doc += f" ({' | '.join(CHOICES[key])})"
+        doc = docs.get(key, "")
+        if key in allowed:
+            doc += f" ({' | '.join(allowed[key])})"
         lines.append(f"  --config.{key}={value!r}" + (f"\n      {doc}" if doc else ""))
     return "\n".join(lines)
 

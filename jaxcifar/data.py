@@ -54,6 +54,17 @@ class ArraySplit:
         return len(self.labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class UnlabeledSplit:
+    """Images without labels, for methods that learn from them: the type has no place for a
+    label, so none can reach a method through it."""
+
+    images: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
 def resolve_data_dir(data_dir: str | None) -> str | None:
     """--data_dir, else $TFDS_DATA_DIR, else None (TFDS's default, which downloads when online)."""
     return data_dir or os.environ.get("TFDS_DATA_DIR") or None
@@ -227,7 +238,28 @@ def load_jpeg_pack(path: str) -> dict[str, ArraySplit]:
 def select_examples(split: ArraySplit, classes: tuple[int, ...] = (), examples_per_class: int = 0) -> ArraySplit:
     """Keep `classes` (relabelled 0..k-1 in the given order) and/or the first
     `examples_per_class` examples of each class in split order (deterministic)."""
-    labels = split.labels
+    keep, new_labels = _selection(split.labels, classes, examples_per_class)
+    return ArraySplit(split.images[keep], new_labels[keep])
+
+
+def split_label_budget(split: ArraySplit, examples_per_class: int) -> tuple[ArraySplit, UnlabeledSplit]:
+    """(labelled, unlabelled): the first `examples_per_class` examples of each class keep
+    their labels (as `select_examples` keeps them); the rest of the split loses its labels
+    here, at the door, and becomes unlabelled images (none when the budget is 0 = all)."""
+    keep, new_labels = _selection(split.labels, (), examples_per_class)
+    return ArraySplit(split.images[keep], new_labels[keep]), UnlabeledSplit(split.images[~keep])
+
+
+def unlabeled_images(d: ml_collections.ConfigDict, rest: UnlabeledSplit) -> UnlabeledSplit | None:
+    """The run's unlabelled stream: `rest` (the train images left out by the label budget)
+    and, for an image folder, the files of DIR/unlabeled/. None when there are none."""
+    from_folder = image_files.read_unlabeled_folder(d.image_folder, d.image_size) if d.image_folder else None
+    images = rest.images if from_folder is None else np.concatenate([rest.images, from_folder])
+    return UnlabeledSplit(images) if len(images) else None
+
+
+def _selection(labels: np.ndarray, classes: tuple[int, ...], examples_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """(which examples `select_examples` keeps, their new labels) of a split's `labels`."""
     classes = tuple(classes) or tuple(range(int(labels.max()) + 1))
     keep = np.zeros(len(labels), bool)
     new_labels = np.full(len(labels), -1, np.int32)
@@ -239,7 +271,7 @@ def select_examples(split: ArraySplit, classes: tuple[int, ...] = (), examples_p
             where = where[:examples_per_class]
         keep[where] = True
         new_labels[where] = new
-    return ArraySplit(split.images[keep], new_labels[keep])
+    return keep, new_labels
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -268,6 +300,27 @@ def epoch_rows(num_examples: int, global_batch_size: int, seed: int, epoch: int,
     steps = steps_per_epoch(num_examples, global_batch_size)
     order = epoch_permutation(num_examples, seed, epoch)[: steps * global_batch_size]
     return order.reshape(steps, process_count, local)[start_step:, process_index]
+
+
+# The unlabelled stream's shuffles are drawn from [seed, UNLABELED_STREAM, pass], apart from
+# the labelled epochs' [seed, epoch].
+UNLABELED_STREAM = 0x554E4C42  # "UNLB"
+
+
+def unlabeled_rows(num_examples: int, global_batch_size: int, seed: int, first_step: int, num_steps: int,
+                   process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """(num_steps, local batch) indices of unlabelled images: this process's rows of the
+    unlabelled batches of global steps first_step, first_step + 1, ... The stream is an
+    endless sequence of shuffles of the images, one per pass, cut into batches, so a step's
+    images are a pure function of (seed, step): a resumed run reads exactly what it would
+    have, whatever the epoch length and whether the batch is larger than the set."""
+    positions = np.arange(first_step * global_batch_size, (first_step + num_steps) * global_batch_size)
+    passes = positions // num_examples
+    rows = np.empty_like(positions)
+    for k in np.unique(passes):
+        order = np.random.default_rng([seed, UNLABELED_STREAM, int(k)]).permutation(num_examples)
+        rows[passes == k] = order[positions[passes == k] % num_examples]
+    return rows.reshape(num_steps, process_count, global_batch_size // process_count)[:, process_index]
 
 
 def eval_batches(split: ArraySplit, global_batch_size: int, process_index: int = 0,

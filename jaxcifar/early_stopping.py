@@ -21,7 +21,7 @@ import math
 import ml_collections
 from flax.training.early_stopping import EarlyStopping
 
-from jaxcifar.config import EARLY_STOPPING_MAXIMISES
+from jaxcifar import config as config_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ def start(config: ml_collections.ConfigDict, stage_index: int) -> StageStopper:
 
 def _sign(config: ml_collections.ConfigDict) -> float:
     """-1 for a metric to maximise, +1 for one to minimise: Flax's EarlyStopping only minimises."""
-    return -1.0 if EARLY_STOPPING_MAXIMISES[config.early_stopping.metric] else 1.0
+    return -1.0 if config_lib.early_stopping_metrics(config.objective)[config.early_stopping.metric] else 1.0
 
 
 def update(config: ml_collections.ConfigDict, stopper: StageStopper, entry: dict) -> StageStopper:

@@ -46,7 +46,8 @@ import jax
 
 from jaxcifar.cli import reports_user_errors
 from jaxcifar import data as data_lib
-from jaxcifar import objectives, ssl
+from jaxcifar import ssl
+from jaxcifar.methods.two_view import make_features_fn
 from jaxcifar.runs import Run, add_run_arguments, load_run
 
 REPORT = "report.json"
@@ -153,7 +154,7 @@ def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
 
 def backbone_features(run: Run, split: data_lib.ArraySplit, batch_size: int | None = None) -> np.ndarray:
     """Backbone features of every image of `split`, in order (fixed-size padded batches)."""
-    features = jax.jit(objectives.make_features_fn(run.model, run.config))
+    features = jax.jit(make_features_fn(run.model, run.config))
     return np.concatenate([np.asarray(features(run.variables, batch["image"]))[batch["mask"]]
                            for batch in data_lib.eval_batches(split, batch_size or run.config.eval_batch_size)])
 

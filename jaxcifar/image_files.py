@@ -15,7 +15,8 @@ Images of one fixed size from a TFDS dataset are resized on the device instead
 Folder layout (as torchvision's ImageFolder and TFDS's `tfds.folder_dataset.ImageFolder`):
 `DIR/<split>/<class>/*.jpg|*.jpeg|*.png`, e.g. DIR/train/cat/1.jpg and DIR/test/cat/7.png.
 The class names are the train split's folder names, sorted (label i = i-th name). Other
-files (.txt, .DS_Store, ...) are ignored.
+files (.txt, .DS_Store, ...) are ignored. Images without labels, for methods that learn from
+them, go in `DIR/unlabeled/` (any image files, in any subfolders: their names mean nothing).
 
 Why not TFDS's ImageFolder: it decodes with TensorFlow (another decoder than predict's, and
 no TensorFlow-free path), cannot batch images of different sizes, takes its labels from the
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the file types TFDS's ImageFolder reads
+UNLABELED_FOLDER = "unlabeled"
 BACKGROUND = (255, 255, 255)
 MAX_ERRORS_LISTED = 10
 # What reading one bad file raises (missing, not an image, truncated, too large); `describe_error` words it.
@@ -98,13 +100,30 @@ def read_folder_split(root: str | pathlib.Path, split: str, class_names: tuple[s
                              + (f" (ignored: {ignored})" if ignored else "") + "; add images or remove the folder.")
         paths += files
         labels += [class_names.index(class_dir.name)] * len(files)
+    return _read_all(paths, size, pathlib.Path(root) / split), np.asarray(labels, np.int32)
+
+
+def read_unlabeled_folder(root: str | pathlib.Path, size: int) -> np.ndarray | None:
+    """The images of ROOT/unlabeled/ (any subfolders, sorted paths) as uint8 (n, size, size, 3),
+    or None when there is no such folder. No labels are read: there are none."""
+    folder = pathlib.Path(root) / UNLABELED_FOLDER
+    if not folder.is_dir():
+        return None
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} images; add images or remove the folder.")
+    return _read_all(paths, size, folder)
+
+
+def _read_all(paths: list[pathlib.Path], size: int, where: pathlib.Path) -> np.ndarray:
+    """The images at `paths`, decoded in parallel; every unreadable one is reported at once."""
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow decodes without the GIL
         images = list(pool.map(lambda path: _read_or_error(path, size), paths))
     errors = [image for image in images if isinstance(image, str)]
     if errors:
-        raise ValueError(f"{len(errors)} of {len(paths)} images in {pathlib.Path(root) / split} could not be "
+        raise ValueError(f"{len(errors)} of {len(paths)} images in {where} could not be "
                          "read (fix or remove them):\n  " + "\n  ".join(errors[:MAX_ERRORS_LISTED]))
-    return np.stack(images), np.asarray(labels, np.int32)
+    return np.stack(images)
 
 
 def _class_dirs(root: str | pathlib.Path, split: str) -> list[pathlib.Path]:

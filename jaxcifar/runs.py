@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcifar import checkpoint, objectives, peft, steps
+from jaxcifar import checkpoint, methods, peft, steps
 from jaxcifar import config as config_lib
 from jaxcifar.workdir import read_class_names
 
@@ -135,7 +135,7 @@ def load_run(workdir: str | pathlib.Path, which: str | int = "best", precision: 
         config.precision = precision
         config_lib.validate(config, 1)
     names = read_class_names(workdir)
-    model = objectives.create(config, len(names)).model
+    model = methods.create(config, len(names)).model
     if peft.is_adapter(workdir):
         variables, step = peft.load_adapter(workdir, _variable_shapes(model, config.data.image_size))
         if which not in ("best", step):
@@ -146,7 +146,7 @@ def load_run(workdir: str | pathlib.Path, which: str | int = "best", precision: 
         variables = {**variables, "params": peft.merge_lora(variables["params"], peft.lora_of(config).scale)}
         without_lora = config.copy_and_resolve_references()
         without_lora.peft.mode = "full"
-        model = objectives.create(without_lora, len(names)).model
+        model = methods.create(without_lora, len(names)).model
     return Run(workdir, config, model, jax.device_put(variables), int(step), names)
 
 

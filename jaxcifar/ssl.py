@@ -1,8 +1,8 @@
 """The math of self-supervised learning, as pure functions: the SimCLR and VICReg losses,
 the weighted kNN classifier that monitors a backbone, and the linear probe that measures it.
 
-The training loop never sees these directly: `objectives.py` turns each into an objective
-the loop runs like supervised classification.
+The training loop never sees these directly: the methods of jaxcifar/methods (simclr.py,
+vicreg.py) turn them into methods the loop runs like supervised classification.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Pure train and eval steps. Everything that changes during training lives in `TrainState`,
 a plain pytree, so Orbax saves it as-is and jit can donate it.
 
-Metrics are *sums* (loss_sum, correct, count) so they can be accumulated on the device
-across steps and devices without a host sync, and averaged exactly at log points.
+Metrics are *sums* (every method's `loss_sum` and `count`, plus its own, e.g. `correct`)
+so they can be accumulated on the device across steps and devices without a host sync,
+and averaged exactly at log points.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class TrainState:
     rng: jax.Array  # raw uint32 key data (portable in checkpoints); each step folds in its number
     ema_params: Any = None  # exponential moving average of params (None when disabled)
     slow: Any = None  # lookahead's slow {"params", "batch_stats"} (None when disabled)
+    method_state: Any = None  # the method's own state, e.g. a momentum teacher (None for a method that keeps none)
 
 
 def create_state(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...] = (1, 32, 32, 3),
@@ -72,21 +74,40 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                    stage_steps: tuple[int, int] | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """train_step(state, batch) -> (state, metric sums): one optimizer step on the objective's
-    `loss_fn` (objectives.LossFn: the augmentation, the model call and the loss), then the
-    weight averages the recipe keeps. `stage_steps` = (the stage's first global step, its
-    number of steps), which lookahead's schedule needs."""
+# A method's loss (jaxcifar/methods): (params, state, batch, step key) -> (mean loss, (new
+# batch_stats, new method_state, metric sums)). `state` is the TrainState before the step, for
+# its batch_stats, method_state, step and rng (`run_key`); its params equal `params`, but only
+# `params` carries the gradient. The sums hold at least `loss_sum` and `count`.
+LossFn = Callable[[Any, TrainState, dict, jax.Array], tuple[jax.Array, tuple[Any, Any, dict]]]
+
+
+def keep_method_state(state: TrainState) -> Any:
+    """The default `after_update`: a method's state changes only in its loss, if at all."""
+    return state.method_state
+
+
+def run_key(state: TrainState) -> jax.Array:
+    """The run's key, from which every step's randomness is folded."""
+    return jax.random.wrap_key_data(state.rng)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    stage_steps: tuple[int, int] | None = None,
+                    after_update: Callable[[TrainState], Any] = keep_method_state,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """train_step(state, batch) -> (state, metric sums): one optimizer step on a method's
+    `loss_fn` (the augmentation, the model call and the loss), then the weight averages the
+    recipe keeps, then the method's `after_update(new state) -> method_state` (e.g. a
+    momentum teacher following the new weights). `stage_steps` = (the stage's first global
+    step, its number of steps), which lookahead's schedule needs."""
     if config.lookahead_every and stage_steps is None:
         raise ValueError("lookahead_every > 0 needs stage_steps=(the stage's first step, its number of steps)")
     first_step, num_steps = stage_steps or (0, 0)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        run_key = jax.random.wrap_key_data(state.rng)
-        step_key = jax.random.fold_in(run_key, state.step)
-        grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, batch, step_key, run_key, state.step)
+        step_key = jax.random.fold_in(run_key(state), state.step)
+        grads, (batch_stats, method_state, metrics) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state, batch, step_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
@@ -99,7 +120,8 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, config:
                                    config.lookahead_decay)
             params, batch_stats = fast["params"], fast["batch_stats"]
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state, ema_params=ema_params, slow=slow)
+                                  opt_state=opt_state, ema_params=ema_params, slow=slow, method_state=method_state)
+        new_state = new_state.replace(method_state=after_update(new_state))
         # The first step whose loss is not finite, so a NaN can be reported exactly.
         metrics = {**metrics, "first_bad_step": jnp.where(jnp.isfinite(metrics["loss_sum"]), NO_BAD_STEP, state.step)}
         return new_state, metrics
@@ -217,10 +239,15 @@ def sums_from_host(sums: dict[str, float]) -> dict:
     return {**{k: jnp.float32(v) for k, v in sums.items()}, "first_bad_step": NO_BAD_STEP}
 
 
-def summarize(sums: dict) -> dict[str, float]:
-    """Host-side averages of accumulated metric sums (this is a device sync)."""
-    count = float(sums["count"])
-    out = {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+def summarize(sums: dict, averages: Callable[[dict[str, float]], dict[str, float]]) -> dict[str, float]:
+    """Host-side metrics of accumulated sums (this is a device sync): a method's `averages`
+    of them (its `train_metrics`), and `first_bad_step` if a step's loss was not finite."""
+    out = averages(sums_to_host(sums))
     if "first_bad_step" in sums and int(sums["first_bad_step"]) != NO_BAD_STEP:
         out["first_bad_step"] = int(sums["first_bad_step"])
     return out
+
+
+def loss_and_accuracy(sums: dict[str, float]) -> dict[str, float]:
+    """Mean loss and accuracy of host metric sums holding `loss_sum`, `correct` and `count`."""
+    return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}

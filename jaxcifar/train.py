@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import (augment, checkpoint, early_stopping, models, objectives, optim, parallel, peft, precision, prune,
-                      steps)
+from jaxcifar import augment, checkpoint, early_stopping, methods, models, optim, parallel, peft, precision, prune, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
 from jaxcifar.cli import USAGE_ERROR, reports_user_errors
+from jaxcifar.methods.base import Evaluator, Method, StageContext
 from jaxcifar.pretrained import TORCH_SUFFIXES, load_pretrained_backbone
 from jaxcifar.workdir import Workdir
 
@@ -46,7 +46,8 @@ class Data:
 
     Model selection (the best checkpoint, early stopping) reads `validation` only, a part held
     out of the training images; `eval` is the test split, evaluated after every epoch for
-    monitoring and at the end for the report, and never selects anything."""
+    monitoring and at the end for the report, and never selects anything. `unlabeled`: images
+    without labels, for the methods that read them (None: none)."""
 
     train: data_lib.ArraySplit
     eval: data_lib.ArraySplit | None  # the test split (data.eval_split); None when eval_split=''
@@ -54,6 +55,7 @@ class Data:
     extra_evals: dict[str, data_lib.ArraySplit] = dataclasses.field(default_factory=dict)  # final eval only
     class_names: tuple[str, ...] = ()  # in label order; () names the classes by label id: '0', '1', ...
     validation: data_lib.ArraySplit | None = None  # held out of train (data.validation_fraction); selects
+    unlabeled: data_lib.UnlabeledSplit | None = None
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -74,10 +76,11 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) ->
     class subset, with its validation part held out of train and the label budget applied."""
     d = config.data
     train, validation = data_lib.split_train(d, data_lib.read_split(d, d.train_split, data_dir))
-    train = data_lib.select_examples(train, examples_per_class=d.examples_per_class)
+    train, rest = data_lib.split_label_budget(train, d.examples_per_class)
     extra_evals = {split: data_lib.read_split(d, split, data_dir) for split in d.extra_eval_splits}
     names = data_lib.class_names(d, data_dir)  # after reading: TFDS knows some names only once prepared
-    return Data(train, data_lib.load_eval_split(d, data_dir), len(names), extra_evals, names, validation)
+    return Data(train, data_lib.load_eval_split(d, data_dir), len(names), extra_evals, names, validation,
+                data_lib.unlabeled_images(d, rest))
 
 
 def check_data_fits(config: ml_collections.ConfigDict, data: Data) -> None:
@@ -90,6 +93,19 @@ def check_data_fits(config: ml_collections.ConfigDict, data: Data) -> None:
     if early_stopping.is_enabled(config) and data.validation is None:
         raise ValueError("early stopping picks epochs on a validation split, and this data has none: hold one out "
                          "with --config.data.validation_fraction=0.1 (or pass Data(validation=...)).")
+
+
+def check_streams(method: Method, config: ml_collections.ConfigDict, data: Data) -> None:
+    """Refuse a run whose method reads a stream it cannot get."""
+    if not method.unlabeled_ratio:
+        return
+    if data.unlabeled is None:
+        raise ValueError(f"objective={config.objective!r} learns from unlabelled images, and this run has none: set "
+                         "--config.data.examples_per_class=N (the rest of the train split is then used without its "
+                         "labels), or with data.image_folder=DIR put images in DIR/unlabeled/.")
+    if config.data.scan_epoch:
+        raise ValueError(f"objective={config.objective!r} reads unlabelled images, which a scanned epoch does not "
+                         "carry yet: set --config.data.scan_epoch=False.")
 
 
 @dataclasses.dataclass
@@ -123,19 +139,19 @@ class BuiltStage:
     frozen_backbone: bool  # no backbone parameter trains: its BatchNorm runs in inference mode
 
 
-def build_stage(objective: objectives.Objective, config: ml_collections.ConfigDict, stage: Stage, params: Any,
+def build_stage(method: Method, config: ml_collections.ConfigDict, stage: Stage, params: Any,
                 steps_per_epoch: int) -> BuiltStage:
     """The one place a stage's step is built, for the loop and for benchmarks/: the stage's
-    optimizer over the parameter groups and `peft.mode`, the objective's loss (when no
-    backbone parameter trains, the backbone's BatchNorm runs in inference mode), and
-    lookahead's stage length."""
+    optimizer over the parameter groups and `peft.mode`, and the method's step, told
+    whether any backbone parameter trains (if none, its BatchNorm runs in inference mode)
+    and the stage's length (lookahead's schedule)."""
     tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch, config.peft.mode)
     trainable = optim.trainable_paths(labels)
     frozen_backbone = optim.is_subtree_frozen(labels, "backbone")
-    loss = objective.loss(frozen_backbone, steps_per_epoch)
     stage_steps = (stage.first_epoch * steps_per_epoch, (stage.end_epoch - stage.first_epoch) * steps_per_epoch)
     tx = prune.wrap(tx, config, trainable, params, stage_steps[1])
-    return BuiltStage(tx, steps.make_train_step(loss, tx, config, stage_steps), trainable, frozen_backbone)
+    train_step = method.train_step(tx, StageContext(steps_per_epoch, frozen_backbone, stage_steps))
+    return BuiltStage(tx, train_step, trainable, frozen_backbone)
 
 
 class StopRequested(Exception):
@@ -169,11 +185,12 @@ class Trainer:
         check_data_fits(config, data)  # before the workdir is touched: a refused start leaves nothing behind
         self.workdir = Workdir(workdir, config, overwrite=overwrite, class_names=data.class_names)
         self.data = data
-        self.objective = objectives.create(config, data.num_classes)
+        self.objective = methods.create(config, data.num_classes)
         self.model = self.objective.model
         self.compute_dtype, reason = precision.compute_dtype(config.precision)
         log.info("The network computes in %s (%s); its parameters and optimizer state are float32.",
                  self.compute_dtype.name, reason)
+        check_streams(self.objective, config, data)
         self.stages = plan_stages(config)
         if config.data.scan_epoch and jax.default_backend() == "cpu":
             log.warning("data.scan_epoch=True on a CPU: measured 25x slower than per-step dispatch for simple_cnn "
@@ -182,7 +199,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
         self.init_from = init_from
         self.replicated = parallel.replicated(self.mesh)
-        self.evaluator = objectives.Evaluator(self.mesh, config.eval_batch_size, data.train)
+        self.evaluator = Evaluator(self.mesh, config.eval_batch_size, data.train)
         self._built: dict[int, BuiltStage] = {}  # stage index -> its optimizer and step
         self._train_steps: dict[int, Any] = {}  # stage index -> jitted train step
         self._epoch_scans: dict[tuple[int, int], Any] = {}  # (stage index, steps) -> compiled epoch scan
@@ -204,7 +221,9 @@ class Trainer:
             state = state.replace(params=jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated))
         if self.init_from:
             state = load_pretrained_backbone(self.init_from, state, self.model, self.config.prune.channels)
-        return steps.reset_averages(state)
+        state = steps.reset_averages(state)
+        # The method's own state (a momentum teacher, ...) starts from the weights the run starts from.
+        return state.replace(method_state=jax.jit(self.objective.init_state, out_shardings=self.replicated)(state))
 
     def built(self, stage: Stage, params: Any) -> BuiltStage:
         if stage.index not in self._built:
@@ -253,8 +272,17 @@ class Trainer:
         return self._train_steps[stage.index]
 
     def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
-        """Global train batches of `epoch` from `start_step`: gathered on the device from the
-        resident split, or streamed through tf.data. Same examples in the same order."""
+        """Global train batches of `epoch` from `start_step`, with the unlabelled images of
+        each step as batch['unlabeled'] when the method reads them."""
+        labelled = self._labelled_batches(epoch, start_step)
+        if not self.objective.unlabeled_ratio:
+            return labelled
+        return ({**batch, "unlabeled": images}
+                for batch, images in zip(labelled, self._unlabeled_batches(epoch, start_step)))
+
+    def _labelled_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
+        """Gathered on the device from the resident split, or streamed through tf.data. Same
+        examples in the same order."""
         args = self._epoch_args(epoch, start_step)
         if self.config.data.device_resident:
             resident = self._resident_train()
@@ -263,6 +291,15 @@ class Trainer:
         else:
             for local in data_lib.train_batches(self.data.train, *args):
                 yield parallel.to_global(local, self.mesh)
+
+    def _unlabeled_batches(self, epoch: int, start_step: int) -> Iterator[jax.Array]:
+        """The unlabelled images of the epoch's steps from `start_step` (data.unlabeled_rows:
+        `unlabeled_ratio` per labelled image), sharded over the mesh like the labelled batch."""
+        rows = data_lib.unlabeled_rows(len(self.data.unlabeled), self.objective.unlabeled_ratio * self.config.batch_size,
+                                       self.config.seed, epoch * self.steps_per_epoch + start_step,
+                                       self.steps_per_epoch - start_step, jax.process_index(), jax.process_count())
+        for local in rows:
+            yield parallel.to_global({"unlabeled": self.data.unlabeled.images[local]}, self.mesh)["unlabeled"]
 
     def _epoch_args(self, epoch: int, start_step: int) -> tuple:
         """This process's arguments to data.epoch_rows / data.train_batches."""
@@ -318,16 +355,17 @@ class Trainer:
                 totals["train_seconds"] += seconds
                 totals["compile_seconds"] += compile_s
                 totals["images_trained"] += timed_images
-                train_metrics = steps.summarize(sums)
+                train_metrics = steps.summarize(sums, self.objective.train_metrics)
                 entry = {"epoch": epoch + 1, "stage": stage.name, "step": int(state.step),
-                         "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
+                         **{f"train_{name}": value for name, value in train_metrics.items()},
                          **self.epoch_evaluation(state),
                          "epoch_train_seconds": seconds, "train_images_per_second": images_per_second(timed_images, seconds),
                          "lr": self.current_lr(stage, state)}
                 history.append(entry)
                 self.workdir.log_epoch(entry)
                 if jax.process_index() == 0:
-                    tqdm.write(epoch_line(entry, total_epochs, self.objective.metrics, self.config.data))
+                    tqdm.write(epoch_line(entry, total_epochs, self.objective.metrics, tuple(train_metrics),
+                                          self.config.data))
                 totals["wall_seconds"] = wall_before + time.time() - start_time
                 selection = entry.get(f"val_{self.objective.metric}")  # None: no validation split, no "best"
                 metrics = None if selection is None else {METRIC: selection}
@@ -461,10 +499,10 @@ class Trainer:
                 sums = steps.accumulate(sums, metrics)
                 window = steps.accumulate(window, metrics)
                 if (i + 1) % self.config.log_every_steps == 0:
-                    window_metrics = steps.summarize(window)  # the only host sync in the loop
+                    window_metrics = steps.summarize(window, self.objective.train_metrics)  # the only host sync
                     self._check_finite(window_metrics)
                     now = time.time()
-                    bar.set_postfix(loss=f"{window_metrics['loss']:.3f}", acc=f"{window_metrics['accuracy']:.3f}",
+                    bar.set_postfix({name: f"{value:.3f}" for name, value in window_metrics.items()},
                                     img_s=f"{float(window['count']) / (now - t_window):.0f}")
                     bar.update(self.config.log_every_steps)
                     window, t_window = None, now
@@ -477,7 +515,7 @@ class Trainer:
             seconds = seconds_before + time.time() - t0
         finally:
             bar.close()
-        self._check_finite(steps.summarize(sums))
+        self._check_finite(steps.summarize(sums, self.objective.train_metrics))
         return state, sums, seconds, timed_images, compile_s
 
     def _train_epoch_scanned(self, state: steps.TrainState, stage: Stage, epoch: int, start_step: int):
@@ -499,7 +537,7 @@ class Trainer:
         state, sums = self._epoch_scans[key](state, resident, rows)
         jax.block_until_ready(sums)
         seconds = time.time() - t0
-        self._check_finite(steps.summarize(sums))
+        self._check_finite(steps.summarize(sums, self.objective.train_metrics))
         return state, sums, seconds, float(sums["count"]), compile_s
 
     def current_lr(self, stage: Stage, state: steps.TrainState) -> float:
@@ -589,25 +627,27 @@ class Trainer:
 
 
 def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy"),
+               train_metrics: tuple[str, ...] = ("loss", "accuracy"),
                data_config: ml_collections.ConfigDict | None = None) -> str:
-    """The line printed after each epoch, as Keras prints one. `eval_metrics`: the
-    objective's, in order (accuracies as percentages), shown for each split evaluated, named
-    as the run names them (`test` is shown for monitoring; only `val` selects)."""
+    """The line printed after each epoch, as Keras prints one. `eval_metrics` and
+    `train_metrics`: the method's, in order (accuracies as percentages); the eval metrics are
+    shown for each split evaluated, named as the run names them (`test` is shown for
+    monitoring; only `val` selects)."""
     shown = {"loss": "loss", "accuracy": "acc"}
     names = {"eval": data_config.eval_split if data_config else "eval",
              "val": data_lib.validation_split_name(data_config) if data_config else "val"}
 
-    def split_metrics(prefix: str) -> str:
-        return " ".join(f"{shown.get(name, name)} " + (f"{entry[f'{prefix}_{name}']:.2%}" if "accuracy" in name
-                                                       else f"{entry[f'{prefix}_{name}']:.4f}") for name in eval_metrics)
+    def values(prefix: str, metrics: tuple[str, ...]) -> str:
+        return " ".join(f"{shown.get(name, name)} " + (f"{entry[prefix + name]:.2%}" if "accuracy" in name
+                                                       else f"{entry[prefix + name]:.4f}") for name in metrics)
 
-    evals = "  |  ".join(f"{names[prefix]} {split_metrics(prefix)}" for prefix in ("val", "eval")
+    evals = "  |  ".join(f"{names[prefix]} {values(prefix + '_', eval_metrics)}" for prefix in ("val", "eval")
                          if f"{prefix}_{eval_metrics[0]}" in entry)
     speed = entry["train_images_per_second"]
     timing = (f"{entry['epoch_train_seconds']:.1f} s, {speed:,.0f} img/s" if speed is not None
               else "speed not measured: every step of this epoch included compilation")
     return (f"epoch {entry['epoch']}/{total_epochs} [{entry['stage']}]  "
-            f"train loss {entry['train_loss']:.4f} acc {entry['train_accuracy']:.2%}  |  {evals}  |  {timing}")
+            f"train {values('train_', train_metrics)}  |  {evals}  |  {timing}")
 
 
 def images_per_second(images: float, seconds: float) -> float | None:

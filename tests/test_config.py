@@ -94,8 +94,8 @@ def test_help_without_a_loadable_recipe_shows_the_base_defaults(capsys):
 
 def test_every_field_is_documented_and_every_choice_validated():
     fields = set(config_lib._flatten(config_lib.default_config().to_dict()))
-    assert fields == set(config_lib.FIELD_DOCS)
-    for field, allowed in config_lib.CHOICES.items():
+    assert fields == set(config_lib.field_docs())
+    for field, allowed in config_lib.choices().items():
         cfg = build_config("simple_cnn", [(field, repr("bogus"))])
         with pytest.raises(ValueError, match=f"{field}='bogus': use {', '.join(allowed[:-1])} or {allowed[-1]}"):
             config_lib.validate(cfg, num_devices=1)

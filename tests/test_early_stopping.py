@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import augment, early_stopping, objectives, steps, train
+from jaxcifar import augment, early_stopping, steps, train
+from jaxcifar.methods.base import StageContext
+from jaxcifar.methods.classification import Classification
 from jaxcifar.checkpoint import Checkpointer
 from jaxcifar.models import create_model
 from tests.conftest import synthetic_split, tiny_config
@@ -147,7 +149,7 @@ def test_dropout_changes_training_deterministically_and_not_evaluation():
     state = state.replace(opt_state=tx.init(state.params))
 
     def two_steps(model):
-        step = jax.jit(steps.make_train_step(objectives.Classification(config, 10, model).loss(False, 8), tx, config))
+        step = jax.jit(Classification(config, 10, model).train_step(tx, StageContext(steps_per_epoch=8)))
         return step(step(state, batch)[0], batch)[0]
 
     with_dropout = two_steps(create_model("simple_cnn", dropout=0.5))

@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import augment, checkpoint, config as config_lib, data as data_lib, objectives, steps, train
+from jaxcifar import augment, checkpoint, config as config_lib, data as data_lib, steps, train
+from jaxcifar.methods.base import StageContext
+from jaxcifar.methods.classification import Classification
 from jaxcifar.models import create_model
 from jaxcifar.models.airbench import batch_norm, whitening_kernel
 from tests.conftest import REPO, synthetic_split, tiny_config, write_jpeg_pack
@@ -106,7 +108,7 @@ def test_train_step_with_lookahead_keeps_bn_statistics_in_the_average():
     state = steps.create_state(model, jax.random.key(0), lookahead=True)
     tx = optax.sgd(0.1)
     state = state.replace(opt_state=tx.init(state.params))
-    step = jax.jit(steps.make_train_step(objectives.Classification(cfg, 10, model).loss(False, 3), tx, cfg, stage_steps=(0, 3)))
+    step = jax.jit(Classification(cfg, 10, model).train_step(tx, StageContext(steps_per_epoch=3, stage_steps=(0, 3))))
     batch = {"image": jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3)), jnp.uint8),
              "label": jnp.arange(8) % 10}
     leaves = lambda tree: [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]  # noqa: E731
@@ -143,7 +145,7 @@ def test_airbench_batchnorm_updates_running_stats_like_airbench():
 def test_lookahead_step_needs_its_stage_length():
     cfg = tiny_config(lookahead_every=5)
     with pytest.raises(ValueError, match="stage_steps"):
-        steps.make_train_step(objectives.Classification(cfg, 10).loss(False, 4), optax.sgd(0.1), cfg)
+        Classification(cfg, 10).train_step(optax.sgd(0.1), StageContext(steps_per_epoch=4))
 
 
 def max_weight_difference(a: steps.TrainState, b: steps.TrainState) -> float:
@@ -167,7 +169,7 @@ def test_epoch_scan_computes_what_the_step_loop_computes():
     state = steps.create_state(model, jax.random.key(0))
     state = state.replace(opt_state=tx.init(state.params))
     cfg = tiny_config(augment={"crop_padding": 0, "flip": False})
-    step = steps.make_train_step(objectives.Classification(cfg, 10, model).loss(False, 4), tx, cfg)
+    step = Classification(cfg, 10, model).train_step(tx, StageContext(steps_per_epoch=4))
     data = synthetic_split(128, 0)
     split = {"image": jnp.asarray(data.images), "label": jnp.asarray(data.labels)}
     rows = jnp.asarray(np.random.default_rng(0).permutation(128).reshape(4, 32))
@@ -185,7 +187,8 @@ def test_epoch_scan_computes_what_the_step_loop_computes():
     assert int(scanned.step) == int(looped.step) == 4
     assert max_weight_difference(scanned, looped) <= 1e-3
     assert max_weight_difference(step_loop(rows[::-1])[0], looped) > 5e-3
-    assert steps.summarize(scan_sums) == pytest.approx(steps.summarize(loop_sums), rel=1e-4)
+    summarize = lambda sums: steps.summarize(sums, steps.loss_and_accuracy)  # noqa: E731
+    assert summarize(scan_sums) == pytest.approx(summarize(loop_sums), rel=1e-4)
 
 
 def test_scan_epoch_runs_through_fit_like_the_step_loop(tmp_path, tiny_data, caplog):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import checkpoint, models, objectives, runs, train
+from jaxcifar import checkpoint, methods, models, runs, train
 from jaxcifar import config as config_lib
 from jaxcifar import steps as steps_lib
 from jaxcifar.precision import compute_dtype
@@ -42,7 +42,7 @@ def float_dtypes(tree) -> set:
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_parameters_and_batchnorm_statistics_in_float32():
     config = tiny_config(model="airbench", model_kwargs={"widths": (8, 8, 8)}, precision="bfloat16")
-    model = objectives.create(config, 10).model
+    model = methods.create(config, 10).model
     images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
     variables = model.init(jax.random.key(0), images, train=False)
     logits, updated = model.apply(variables, images, train=True, mutable=["batch_stats", "intermediates"],
@@ -67,7 +67,7 @@ def test_the_loss_and_its_metrics_are_float32_whatever_the_logits_dtype():
 def test_float32_is_the_default_and_builds_the_registrys_models_unchanged():
     config = tiny_config(model="airbench", model_kwargs={"widths": (8, 8, 8)})
     assert config.precision == "float32"
-    ours, registry = objectives.create(config, 10).model, models.create_model("airbench", 10, widths=(8, 8, 8))
+    ours, registry = methods.create(config, 10).model, models.create_model("airbench", 10, widths=(8, 8, 8))
     images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
     variables = registry.init(jax.random.key(0), images, train=False)
     apply = lambda model: model.apply(variables, images, train=True, mutable=["batch_stats"])  # noqa: E731

@@ -273,17 +273,30 @@ class TrainStateBeforeLookahead:
     ema_params: Any = None
 
 
-def test_checkpoint_written_before_lookahead_existed_restores(tmp_path):
+@flax.struct.dataclass
+class TrainStateBeforeMethodState(TrainStateBeforeLookahead):
+    """steps.TrainState as jaxcifar wrote it before the `method_state` field existed."""
+    slow: Any = None
+
+
+@pytest.mark.parametrize("old_type, new_field", [(TrainStateBeforeLookahead, "slow"),
+                                                 (TrainStateBeforeMethodState, "method_state")])
+def test_checkpoint_written_before_a_field_existed_restores_where_it_is_off(tmp_path, old_type, new_field):
+    """An old checkpoint resumes a run that has the field off (no lookahead; a method
+    without state of its own), and is refused, saying why, by one that needs it."""
     state = steps.create_state(create_model("simple_cnn"), jax.random.key(0))
     state = state.replace(step=jnp.asarray(8, jnp.int32), opt_state=optax.sgd(0.1, momentum=0.9).init(state.params))
-    old = TrainStateBeforeLookahead(**{f: getattr(state, f) for f in TrainStateBeforeLookahead.__dataclass_fields__})
+    old = old_type(**{f: getattr(state, f) for f in old_type.__dataclass_fields__})
     checkpointer = Checkpointer(tmp_path)
     checkpointer.save(old, {"history": []})
     checkpointer.wait()
     restored, record = checkpointer.restore(8, state)
-    assert restored.slow is None and record == {"history": []}
+    assert getattr(restored, new_field) is None and record == {"history": []}
     for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=f"has no \\[.*'{new_field}'"):
+        checkpointer.restore(8, state.replace(**{new_field: {"params": state.params}}))
+    checkpointer.close()
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tiny_data, caplog):

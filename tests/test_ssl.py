@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import augment, checkpoint, objectives, parallel, ssl, train
+from jaxcifar import augment, checkpoint, methods, parallel, ssl, train
 from jaxcifar import steps as steps_lib
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar import evaluate as evaluate_lib
+from jaxcifar.methods.base import Evaluator
 from jaxcifar.runs import load_run
 from tests.conftest import REPO, crash_on_first_save, synthetic_split
 
@@ -151,14 +152,19 @@ def test_linear_probe_separates_separable_features():
 
 
 # ----- the objective in the training loop -----
-def test_config_names_each_objective_and_its_metrics():
-    assert set(config_lib.CHOICES["objective"]) == set(objectives.NAMES)
-    for name in objectives.NAMES:
-        config = tiny_ssl_config() if name != "classification" else config_lib.default_config()
+def test_each_method_evaluates_the_metrics_its_registry_entry_declares():
+    """The registry is the one declaration of a method's eval metrics: config's choices and
+    early stopping's watchable metrics come from it, and `evaluate` returns exactly them."""
+    assert config_lib.choices()["objective"] == methods.names() == ("classification", "simclr", "vicreg")
+    data = tiny_data()
+    evaluator = Evaluator(parallel.make_mesh(), 20, data.train)
+    for name in methods.names():
+        config = tiny_ssl_config()
         config.objective = name
-        objective = objectives.create(config, 10)
-        assert tuple(objective.metrics) == tuple(config_lib.OBJECTIVE_EVAL_METRICS[name])
-        assert objective.metric in objective.metrics
+        method = methods.create(config, 10)
+        evaluated = method.evaluate(evaluator, steps_lib.create_state(method.model, jax.random.key(0)), data.eval)
+        assert tuple(evaluated) == method.metrics == tuple(methods.info(name).eval_metrics)
+        assert method.metric in method.metrics
     with_validation = {"validation_fraction": 0.1}
     with pytest.raises(ValueError, match="val_knn_accuracy"):
         config_lib.validate(tiny_ssl_config(data=with_validation, early_stopping={"patience": 2, "metric": "val_loss"}), 1)
@@ -200,9 +206,9 @@ def test_knn_bank_is_computed_once_per_set_of_weights():
     (early stopping's restore of its best epoch) get their own."""
     data = tiny_data()
     config = tiny_ssl_config()
-    objective = objectives.create(config, 10)
+    objective = methods.create(config, 10)
     state = steps_lib.create_state(objective.model, jax.random.key(0))
-    evaluator = objectives.Evaluator(parallel.make_mesh(), 20, data.train)
+    evaluator = Evaluator(parallel.make_mesh(), 20, data.train)
     bank_reads = []
     outputs = evaluator.outputs
     evaluator.outputs = lambda fn, s, split: bank_reads.append(split is data.train) or outputs(fn, s, split)
@@ -270,16 +276,17 @@ ONE_SSL_STEP_ON_8_DEVICES_AND_ON_1 = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import jax, numpy as np, optax
-from jaxcifar import objectives, parallel, steps
+from jaxcifar import methods, parallel, steps
+from jaxcifar.methods.base import StageContext
 from tests.test_ssl import tiny_ssl_config
 from tests.conftest import synthetic_split
 
 config = tiny_ssl_config(model="simple_cnn")
 config.model_kwargs = type(config.model_kwargs)()
-objective, tx = objectives.create(config, 10), optax.sgd(0.05, momentum=0.9)
+objective, tx = methods.create(config, 10), optax.sgd(0.05, momentum=0.9)
 state = steps.create_state(objective.model, jax.random.key(0))
 state = state.replace(opt_state=tx.init(state.params))
-step = jax.jit(steps.make_train_step(objective.loss(False, 8), tx, config))
+step = jax.jit(objective.train_step(tx, StageContext(steps_per_epoch=8)))
 data = synthetic_split(64, 0)
 batch = {{"image": data.images, "label": data.labels}}
 mesh = parallel.make_mesh()

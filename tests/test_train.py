@@ -100,15 +100,16 @@ ONE_STEP_ON_8_DEVICES_AND_ON_1 = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import jax, numpy as np, optax
-from jaxcifar import objectives, parallel, steps
+from jaxcifar import parallel, steps
+from jaxcifar.methods.base import StageContext
+from jaxcifar.methods.classification import Classification
 from jaxcifar.models import create_model
 from tests.conftest import synthetic_split, tiny_config
 
 model, tx = create_model("simple_cnn"), optax.{optimizer}
 state = steps.create_state(model, jax.random.key(0))
 state = state.replace(opt_state=tx.init(state.params))
-step = jax.jit(steps.make_train_step(objectives.Classification(tiny_config(), 10, model).loss(False, 8), tx,
-                                     tiny_config()))
+step = jax.jit(Classification(tiny_config(), 10, model).train_step(tx, StageContext(steps_per_epoch=8)))
 data = synthetic_split(32, 0)
 batch = {{"image": data.images, "label": data.labels}}
 mesh = parallel.make_mesh()

@@ -1,0 +1,85 @@
+"""Methods: what a run learns (`config.objective`), one file each, behind one protocol.
+
+    classification.py  supervised cross-entropy on labelled images
+    two_view.py        the base of two-view self-supervision (views, kNN monitor)
+    simclr.py          SimCLR's contrastive loss on it
+    vicreg.py          VICReg's non-contrastive loss on it
+    base.py            the protocol (`Method`), `StageContext` and the `Evaluator`
+
+A method declares everything the loop (train.py) and the step (steps.py) need from it, so
+neither names a method or a metric it does not own:
+  - its extra training state (`init_state`; a momentum teacher, a centre, a queue), kept in
+    `TrainState.method_state`, updated by its loss and `after_update`, and checkpointed and
+    restored with the rest of the state;
+  - the data streams it reads: labelled batches always, and `unlabeled_ratio` unlabelled
+    images per labelled one (`batch['unlabeled']`, images only);
+  - its loss and train metrics: the loss returns metric sums holding at least `loss_sum`
+    and `count` (which the loop owns: the NaN check and images/s) plus any sums of its own,
+    and `train_metrics` turns them into the averages logged as `train_<name>`;
+  - its eval metrics (`evaluate`) and its model-selection metric, declared here in its
+    `MethodInfo` (with whether each is maximised), from which config's choices, early
+    stopping's watchable metrics and --help are derived.
+
+Why a package and not one objectives.py: each method is read, tested and added on its own,
+as in solo-learn, and a new one is one file plus a recipe. Why this registry holds light
+entries: config.py validates `objective` and documents it for --help without importing
+JAX or Flax, so an entry names its class as 'module:attribute' and `create` imports it on
+first use. A method defined outside the package (a recipe's own file, a test) is added
+with `register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    """A registry entry: what config and --help need to know of a method without building it."""
+
+    name: str  # the value of config.objective
+    doc: str  # one line for --help
+    factory: str  # 'module:attribute' of a callable (config, num_classes) -> base.Method
+    eval_metrics: dict[str, bool]  # eval metric -> True if higher is better; in display order
+    selection: str  # the eval metric that picks the best checkpoint and heads summary.json
+
+    def __post_init__(self) -> None:
+        if self.selection not in self.eval_metrics or not self.eval_metrics[self.selection]:
+            raise ValueError(f"Method {self.name!r}: its selection metric {self.selection!r} must be one of its eval "
+                             f"metrics {list(self.eval_metrics)}, and higher must be better.")
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(info: MethodInfo) -> None:
+    """Add a method; config accepts its name as `objective` from now on."""
+    if info.name in _REGISTRY and _REGISTRY[info.name] != info:
+        raise ValueError(f"A different method named {info.name!r} is already registered.")
+    _REGISTRY[info.name] = info
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def info(name: str) -> MethodInfo:
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown objective {name!r}; registered methods: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def create(config: Any, num_classes: int) -> Any:
+    """The method `config.objective` names (a base.Method), built for `num_classes` classes."""
+    module, attribute = info(config.objective).factory.split(":")
+    return getattr(importlib.import_module(module), attribute)(config, num_classes)
+
+
+register(MethodInfo("classification", "supervised: cross-entropy on the labels", "jaxcifar.methods.classification:Classification",
+                    {"loss": False, "accuracy": True}, "accuracy"))
+register(MethodInfo("simclr", "self-supervised pretraining without labels, contrastive (SimCLR)",
+                    "jaxcifar.methods.simclr:SimCLR", {"knn_accuracy": True}, "knn_accuracy"))
+register(MethodInfo("vicreg", "self-supervised pretraining without labels, non-contrastive (VICReg)",
+                    "jaxcifar.methods.vicreg:VICReg", {"knn_accuracy": True}, "knn_accuracy"))

@@ -1,0 +1,82 @@
+"""The base of two-view self-supervised methods (SimCLR, VICReg): two random views of each
+image (augment.ssl_view, on the device), both through backbone + projector, and a loss of
+the pair of projections. Labels are never read while training. Evaluated by the weighted
+kNN classifier on backbone features (`ssl.knn`; its bank is the train split with its
+labels), as solo-learn and lightly monitor their runs; the best checkpoint is the one with
+the best kNN accuracy. A subclass gives the loss of the pair (`pair_loss`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxcifar import augment, models, ssl
+from jaxcifar import steps as steps_lib
+from jaxcifar.data import ArraySplit
+from jaxcifar.methods.base import Evaluator, Method, StageContext, model_kwargs
+
+
+class TwoViewMethod(Method):
+
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+        super().__init__(config, num_classes)
+        self.model = models.create_self_supervised(config.model, tuple(config.ssl.projector_dims),
+                                                   **model_kwargs(config))
+        self._features = make_features_fn(self.model, config)
+        self._bank: tuple[jax.Array, np.ndarray] | None = None  # (a weight of the evaluated state, its bank)
+
+    def pair_loss(self, z1: jax.Array, z2: jax.Array) -> jax.Array:
+        """The scalar loss of the projections of the two views of a batch."""
+        raise NotImplementedError
+
+    def loss(self, stage: StageContext) -> steps_lib.LossFn:
+        model, config = self.model, self.config
+        if stage.frozen_backbone:
+            raise ValueError("a self-supervised run trains its backbone: do not freeze the `backbone` group.")
+
+        def loss_fn(params, state, batch, key):
+            images = augment.resize(batch["image"], config.data.image_size)  # batch["label"] is never read
+            k1, k2 = jax.random.split(key)
+            views = [augment.ssl_view(k, images, config.ssl, config.augment.normalization) for k in (k1, k2)]
+            # Both views in one batch, as SimCLR does: BatchNorm sees 2n images per step.
+            z, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, jnp.concatenate(views),
+                                     train=True, mutable=["batch_stats"])
+            z1, z2 = jnp.split(z, 2)
+            loss = self.pair_loss(z1, z2)
+            n = z1.shape[0]
+            sums = {"loss_sum": loss * n, "correct": jnp.sum(ssl.view_matching(z1, z2)),
+                    "count": jnp.asarray(n, jnp.float32)}
+            return loss, (updates.get("batch_stats", {}), state.method_state, sums)
+
+        return loss_fn
+
+    def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """The loss, and as `accuracy` how often a view's nearest other view is its pair."""
+        return steps_lib.loss_and_accuracy(sums)
+
+    def evaluate(self, evaluator: Evaluator, state: steps_lib.TrainState, split: ArraySplit) -> dict[str, float]:
+        # The bank is computed once per set of weights (the eval split and each extra split
+        # share it). Arrays are immutable, so the same first weight object means the same
+        # weights; the step would not do: early stopping restores other weights at a step.
+        weight = jax.tree_util.tree_leaves(steps_lib.eval_variables(state)["params"])[0]
+        if self._bank is None or self._bank[0] is not weight:
+            self._bank = (weight, evaluator.outputs(self._features, state, evaluator.train))
+        queries = evaluator.outputs(self._features, state, split)
+        predicted = ssl.knn_predict(self._bank[1], evaluator.train.labels, queries, self.num_classes,
+                                    self.config.ssl.knn_k, self.config.ssl.knn_temperature)
+        return {"knn_accuracy": float(np.mean(predicted == split.labels))}
+
+
+def make_features_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[[dict, jax.Array], jax.Array]:
+    """(variables, uint8 images) -> backbone features, with the run's input pipeline."""
+
+    def features(variables: dict, images: jax.Array) -> jax.Array:
+        x = augment.model_input(images, config.data.image_size, config.augment.normalization)
+        return model.apply(variables, x, method="features")
+
+    return features

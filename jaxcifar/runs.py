@@ -48,8 +48,9 @@ class Run:
 
     @property
     def is_classifier(self) -> bool:
-        """False for a self-supervised run: its network ends in a projector, not in logits."""
-        return self.config.objective == "classification"
+        """False for a self-supervised run: its network ends in a projector, not in logits.
+        Its method's registry entry says (a semi-supervised method's network is a classifier)."""
+        return methods.info(self.config.objective).classifier
 
     @property
     def num_classes(self) -> int:

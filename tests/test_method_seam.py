@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import augment, methods, parallel, steps, train
+from jaxcifar import augment, methods, parallel, runs, steps, train
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar.methods.base import StageContext
@@ -125,6 +125,9 @@ def test_a_method_from_outside_the_package_trains_and_resumes_exactly(tmp_path, 
     # Its own train metric reaches the log under the name it gave it.
     history = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < entry["train_consistency"] < 2 for entry in history) and len(history) == 2
+    # Its network is a classifier, so the inference tools run it (they refuse a backbone).
+    images = synthetic_split(4, 3).images
+    assert runs.load_run(tmp_path / "straight").logits(images).shape == (4, 10)
 
 
 def test_labels_of_the_unlabelled_images_never_pass_the_door():
@@ -198,11 +201,12 @@ def test_a_method_that_reads_unlabelled_images_is_refused_without_them(tmp_path,
 
 
 def test_registering_a_method_is_all_config_and_help_need(mean_teacher):
-    config_lib.validate(recipe(early_stopping={"patience": 2, "metric": "eval_accuracy"}), 1)
+    with_validation = {"validation_fraction": 0.1}
+    config_lib.validate(recipe(data=with_validation, early_stopping={"patience": 2, "metric": "val_accuracy"}), 1)
     assert "mean_teacher = semi-supervised: a momentum teacher" in config_lib.describe_fields()
     assert "mean_teacher" in config_lib.choices()["objective"]
-    with pytest.raises(ValueError, match="early_stopping.metric='eval_knn_accuracy'"):
-        config_lib.validate(recipe(early_stopping={"patience": 2, "metric": "eval_knn_accuracy"}), 1)
+    with pytest.raises(ValueError, match="early_stopping.metric='val_knn_accuracy'"):
+        config_lib.validate(recipe(data=with_validation, early_stopping={"patience": 2, "metric": "val_knn_accuracy"}), 1)
 
 
 def test_a_recipe_file_can_bring_its_own_method(tmp_path, own_registry):

@@ -44,6 +44,9 @@ class MethodInfo:
     factory: str  # 'module:attribute' of a callable (config, num_classes) -> base.Method
     eval_metrics: dict[str, bool]  # eval metric -> True if higher is better; in display order
     selection: str  # the eval metric that picks the best checkpoint and heads summary.json
+    # Whether the trained network ends in class logits, so that predict, export and serve can
+    # run it; False for a backbone trained for a later run (self-supervised pretraining).
+    classifier: bool = True
 
     def __post_init__(self) -> None:
         if self.selection not in self.eval_metrics or not self.eval_metrics[self.selection]:
@@ -80,6 +83,6 @@ def create(config: Any, num_classes: int) -> Any:
 register(MethodInfo("classification", "supervised: cross-entropy on the labels", "jaxcifar.methods.classification:Classification",
                     {"loss": False, "accuracy": True}, "accuracy"))
 register(MethodInfo("simclr", "self-supervised pretraining without labels, contrastive (SimCLR)",
-                    "jaxcifar.methods.simclr:SimCLR", {"knn_accuracy": True}, "knn_accuracy"))
+                    "jaxcifar.methods.simclr:SimCLR", {"knn_accuracy": True}, "knn_accuracy", classifier=False))
 register(MethodInfo("vicreg", "self-supervised pretraining without labels, non-contrastive (VICReg)",
-                    "jaxcifar.methods.vicreg:VICReg", {"knn_accuracy": True}, "knn_accuracy"))
+                    "jaxcifar.methods.vicreg:VICReg", {"knn_accuracy": True}, "knn_accuracy", classifier=False))

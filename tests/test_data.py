@@ -116,11 +116,13 @@ def test_other_tfds_datasets_train_with_their_own_class_count(tmp_path, dataset,
 def test_a_tfds_dataset_of_varying_image_sizes_is_resized_by_the_image_file_rule():
     import tensorflow_datasets as tfds
 
-    config = tiny_config(data={"dataset": "tf_flowers", "validation_fraction": 0.25, "image_size": 24})
+    # tf_flowers has only a train split: a validation part of it, and no test split.
+    config = tiny_config(data={"dataset": "tf_flowers", "validation_fraction": 0.25, "eval_split": "", "image_size": 24})
     with tfds.testing.mock_data(num_examples=20):
         data = train.load_data(config)
     assert data.class_names[:2] == ("dandelion", "daisy")  # tf_flowers names its classes in code
-    assert data.train.images.shape[1:] == (24, 24, 3) and len(data.train) + len(data.eval) == 20
+    assert data.train.images.shape[1:] == (24, 24, 3) and len(data.train) + len(data.validation) == 20
+    assert data.eval is None
 
 
 def test_device_resize_and_host_resize_are_the_same_filter():

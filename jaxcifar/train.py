@@ -760,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as e:
         log.info("%s", e)
         return e.exit_status
-    except NonFiniteLoss as e:  # the run's own numbers, not a bug: reported as a user error is
+    except NonFiniteLoss as e:  # the run diverged: not a bug, so reported like a user error
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
     if jax.process_index() == 0:

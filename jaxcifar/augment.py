@@ -124,21 +124,23 @@ def augment(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, r
 def _resize_matrix(start: jax.Array, length: jax.Array, in_size: int, out_size: int) -> jax.Array:
     """(out_size, in_size) bilinear weights that resample the window [start, start + length)
     of an axis of `in_size` pixels to `out_size` pixels (pixel centres at i + 0.5, edges
-    clamped). The window is never larger than the axis, so this only upsamples and needs
-    no antialiasing; written as a matrix so a batch of crops is two batched matmuls."""
+    clamped). Written as a matrix so a batch of crops is two batched matmuls. No
+    antialiasing: a window is resampled to about its own size or larger (the small crops of
+    methods/multicrop.py are taken at their native resolution), never shrunk by much."""
     centres = start + (jnp.arange(out_size) + 0.5) * length / out_size - 0.5
     centres = jnp.clip(centres, 0.0, in_size - 1.0)
     return jnp.maximum(0.0, 1.0 - jnp.abs(centres[:, None] - jnp.arange(in_size)[None, :]))
 
 
 def random_resized_crop(key: jax.Array, images: jax.Array, scale: tuple[float, float],
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
-    """torchvision's RandomResizedCrop back to the input size: a window of a random area
-    fraction in `scale` and aspect ratio in `ratio` (log-uniform), at a random position,
-    resized bilinearly. A window that does not fit is clipped to the image (torchvision
-    retries ten times instead; clipping changes the area distribution only near scale 1).
-    Takes float images on the 0..255 scale."""
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), size: int | None = None) -> jax.Array:
+    """torchvision's RandomResizedCrop to `size` x `size` pixels (default: the input's size):
+    a window of a random area fraction in `scale` and aspect ratio in `ratio` (log-uniform),
+    at a random position, resized bilinearly. A window that does not fit is clipped to the
+    image (torchvision retries ten times instead; clipping changes the area distribution only
+    near scale 1). Takes float images on the 0..255 scale."""
     n, h, w, _ = images.shape
+    out_h, out_w = (h, w) if size is None else (size, size)
     k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
     area = jax.random.uniform(k_area, (n,), minval=scale[0], maxval=scale[1]) * h * w
     log_ratio = jax.random.uniform(k_ratio, (n,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
@@ -146,8 +148,8 @@ def random_resized_crop(key: jax.Array, images: jax.Array, scale: tuple[float, f
     crop_w = jnp.clip(jnp.sqrt(area * jnp.exp(log_ratio)), 1.0, w)
     y0 = jax.random.uniform(k_y, (n,)) * (h - crop_h)
     x0 = jax.random.uniform(k_x, (n,)) * (w - crop_w)
-    rows = jax.vmap(lambda s, l: _resize_matrix(s, l, h, h))(y0, crop_h)
-    cols = jax.vmap(lambda s, l: _resize_matrix(s, l, w, w))(x0, crop_w)
+    rows = jax.vmap(lambda s, l: _resize_matrix(s, l, h, out_h))(y0, crop_h)
+    cols = jax.vmap(lambda s, l: _resize_matrix(s, l, w, out_w))(x0, crop_w)
     return jnp.einsum("nyh,nhwc,nxw->nyxc", rows, images, cols)
 
 
@@ -194,11 +196,14 @@ def random_grayscale(key: jax.Array, images: jax.Array, probability: float) -> j
     return jnp.where(apply, jnp.broadcast_to(_gray(images), images.shape), images)
 
 
-def ssl_view(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, normalization: str) -> jax.Array:
-    """One self-supervised view of a uint8 batch: random resized crop, flip, colour jitter,
-    grayscale; normalised like every model input. `cfg` is the config's `ssl` block."""
+def ssl_view(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, normalization: str,
+             crop_scale: tuple[float, float] | None = None, size: int | None = None) -> jax.Array:
+    """One self-supervised view of a uint8 batch: random resized crop (area fraction in
+    `crop_scale`, default the `ssl` block's, to `size` pixels, default the input's), flip,
+    colour jitter, grayscale; normalised like every model input. `cfg` is the config's `ssl`
+    block."""
     k_crop, k_flip, k_jitter, k_gray = jax.random.split(key, 4)
-    x = random_resized_crop(k_crop, images.astype(jnp.float32), tuple(cfg.crop_scale))
+    x = random_resized_crop(k_crop, images.astype(jnp.float32), tuple(crop_scale or cfg.crop_scale), size=size)
     x = random_flip(k_flip, x) / 255.0
     x = color_jitter(k_jitter, x, *cfg.color_jitter, probability=cfg.color_jitter_probability)
     x = random_grayscale(k_gray, x, cfg.grayscale_probability)

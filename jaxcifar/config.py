@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxcifar import methods, peft, precision
+from jaxcifar import methods, peft, precision, schema
 
 RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -43,6 +43,8 @@ def default_config() -> ml_collections.ConfigDict:
     means is in `field_docs()` (shown by --help), its allowed values in `choices()`."""
     c = ml_collections.ConfigDict()
     c.objective = "classification"
+    # The objective's own settings, declared in its file (methods.settings); filled by `recipe`.
+    c.method = ml_collections.ConfigDict()
     c.model = "simple_cnn"
     c.model_kwargs = ml_collections.ConfigDict()
     c.seed = 0
@@ -163,11 +165,14 @@ def choices() -> dict[str, tuple[str, ...]]:
     }
 
 
-def field_docs() -> dict[str, str]:
+def field_docs(objective: str = "classification") -> dict[str, str]:
     """What each field of `default_config` means, for --help (a test checks none is
-    missing): FIELD_DOCS, and `objective` from the method registry."""
+    missing): FIELD_DOCS, `objective` from the method registry, and `method.*` from the
+    settings `objective` declares."""
     each = "; ".join(f"{name} = {methods.info(name).doc}" for name in methods.names())
-    return {"objective": f"what the run learns, a method of jaxcifar/methods: {each}", **FIELD_DOCS}
+    own = {f"method.{field.name}": f"{objective}: {field.help()}" for field in methods.settings(objective)}
+    return {"objective": f"what the run learns, a method of jaxcifar/methods: {each}",
+            "method": "the objective's own settings (declared in its file in jaxcifar/methods)", **own, **FIELD_DOCS}
 
 FIELD_DOCS: dict[str, str] = {
     "ssl.projector_dims": "self-supervised: widths of the projector MLP on the backbone (the last is the output)",
@@ -290,10 +295,25 @@ def load_recipe(name_or_path: str) -> ml_collections.ConfigDict:
 
 
 def recipe(base: dict[str, Any] | None = None, **fields: Any) -> ml_collections.ConfigDict:
-    """Defaults updated by a recipe's fields; unknown fields are rejected."""
+    """Defaults updated by a recipe's fields; unknown fields are rejected. The `method` block
+    starts from the defaults of the objective's settings, then takes the recipe's values."""
     config = default_config()
-    apply_dict(config, dict(base or {}, **fields))
+    updates = dict(base or {}, **fields)
+    own = updates.pop("method", {})
+    apply_dict(config, updates)
+    reset_method_block(config)
+    apply_dict(config, {"method": dict(own)})
     return config
+
+
+def reset_method_block(config: ml_collections.ConfigDict) -> None:
+    """`config.method` = the defaults of `config.objective`'s settings, keeping the values of
+    the fields the new block shares with the old one (a command line may set a setting
+    before it names the objective). An unknown objective is left for `validate` to name."""
+    fields = methods.settings(config.objective) if config.objective in methods.names() else ()
+    old = config.method.to_dict()
+    config.method = ml_collections.ConfigDict({**schema.defaults(fields),
+                                               **{k: v for k, v in old.items() if k in {f.name for f in fields}}})
 
 
 def apply_dict(config: ml_collections.ConfigDict, updates: dict[str, Any], path: tuple[str, ...] = ()) -> None:
@@ -330,6 +350,8 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
         node[leaf] = parse_value(text)
     except TypeError as e:
         raise ValueError(f"Bad value for --config.{dotted_key}={text}: {e}") from None
+    if dotted_key == "objective":
+        reset_method_block(config)
 
 
 def _refuse_shadowed_stage_default(config: ml_collections.ConfigDict, dotted_key: str) -> None:
@@ -365,9 +387,12 @@ def _check_key(node: ml_collections.ConfigDict, path: tuple[str, ...], key: str)
     dotted = ".".join(path + (key,))
     if len(path) == 2 and path[0] == "stages":
         if key not in STAGE_FIELDS + ("name",):
-            raise ValueError(f"Unknown stage field {dotted!r}. Stage fields: {', '.join(STAGE_FIELDS)}")
+            raise ValueError(f"Unknown stage field {dotted!r}.{schema.did_you_mean(key, STAGE_FIELDS)} "
+                             f"Stage fields: {', '.join(STAGE_FIELDS)}")
     elif key not in node and not _is_open(path):
-        raise ValueError(f"Unknown config field {dotted!r}. Valid fields here: {', '.join(sorted(node.keys()))}")
+        where = "The run's objective has these settings" if path == ("method",) else "Valid fields here"
+        raise ValueError(f"Unknown config field {dotted!r}.{schema.did_you_mean(key, node.keys())} "
+                         f"{where}: {', '.join(sorted(node.keys())) or 'none'}")
 
 
 def parse_value(text: str) -> Any:
@@ -435,6 +460,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode",
                   "precision"):
         errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
+    if config.objective in methods.names():
+        errors += schema.errors(methods.settings(config.objective), config.method, "method")
     watchable = early_stopping_metrics(config.objective) if config.objective in methods.names() else {}
     if config.early_stopping.patience and config.early_stopping.metric not in watchable:
         errors.append(f"early_stopping.metric={config.early_stopping.metric!r}: objective {config.objective!r} "
@@ -496,8 +523,9 @@ def _choice_error(field: str, value: Any, where: str = "") -> list[str]:
 def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
     """One line per field with its value in `config` (default: the base defaults), what it
     means and its allowed values, for --help."""
-    flat = _flatten((config or default_config()).to_dict())
-    docs, allowed = field_docs(), choices()
+    config = config or default_config()
+    flat = _flatten(config.to_dict())
+    docs, allowed = field_docs(config.objective if config.objective in methods.names() else "classification"), choices()
     lines = []
     for key, value in flat.items():
         doc = docs.get(key, "")

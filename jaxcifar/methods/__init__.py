@@ -4,6 +4,7 @@
     two_view.py        the base of two-view self-supervision (views, kNN monitor)
     simclr.py          SimCLR's contrastive loss on it
     vicreg.py          VICReg's non-contrastive loss on it
+    multicrop.py       many small crops per image, EMP-SSL's loss (settings in `config.method`)
     base.py            the protocol (`Method`), `StageContext` and the `Evaluator`
 
 A method declares everything the loop (train.py) and the step (steps.py) need from it, so
@@ -47,6 +48,9 @@ class MethodInfo:
     # Whether the trained network ends in class logits, so that predict, export and serve can
     # run it; False for a backbone trained for a later run (self-supervised pretraining).
     classifier: bool = True
+    # 'module:attribute' of the method's own settings (a tuple of schema.Field, declared in the
+    # method's file), which a run keeps in `config.method`; '' = none.
+    settings: str = ""
 
     def __post_init__(self) -> None:
         if self.selection not in self.eval_metrics or not self.eval_metrics[self.selection]:
@@ -74,6 +78,16 @@ def info(name: str) -> MethodInfo:
     return _REGISTRY[name]
 
 
+def settings(name: str) -> tuple:
+    """The settings method `name` declares (schema.Field, in order): read from its file on
+    first use, like `create`, so the registry stays light."""
+    entry = info(name)
+    if not entry.settings:
+        return ()
+    module, attribute = entry.settings.split(":")
+    return tuple(getattr(importlib.import_module(module), attribute))
+
+
 def create(config: Any, num_classes: int) -> Any:
     """The method `config.objective` names (a base.Method), built for `num_classes` classes."""
     module, attribute = info(config.objective).factory.split(":")
@@ -86,3 +100,6 @@ register(MethodInfo("simclr", "self-supervised pretraining without labels, contr
                     "jaxcifar.methods.simclr:SimCLR", {"knn_accuracy": True}, "knn_accuracy", classifier=False))
 register(MethodInfo("vicreg", "self-supervised pretraining without labels, non-contrastive (VICReg)",
                     "jaxcifar.methods.vicreg:VICReg", {"knn_accuracy": True}, "knn_accuracy", classifier=False))
+register(MethodInfo("multicrop", "self-supervised pretraining without labels, many small crops per image (EMP-SSL)",
+                    "jaxcifar.methods.multicrop:MultiCrop", {"knn_accuracy": True}, "knn_accuracy", classifier=False,
+                    settings="jaxcifar.methods.multicrop:SETTINGS"))

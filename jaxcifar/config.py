@@ -59,6 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.extra_eval_splits = ()
     c.data.classes = ()
     c.data.examples_per_class = 0
+    c.data.label_seed = None
+    c.data.labels_csv = ""
     c.data.validation_fraction = 0.0
     c.data.device_resident = False
     c.data.scan_epoch = False
@@ -205,8 +207,13 @@ FIELD_DOCS: dict[str, str] = {
     "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all. The rest "
                                "of the train split, without labels, is the unlabelled stream of the methods "
                                "that read one",
+    "data.label_seed": "with examples_per_class: None = the first N images of each class in split order; an "
+                        "integer = a random draw of N per class with that seed",
+    "data.labels_csv": "a filled-in CSV of `python -m jaxcifar.select_labels` (columns index, label): its labelled "
+                       "rows are the label budget, every other train image joins the unlabelled stream; '' = off",
     "data.validation_fraction": "> 0: hold this fraction of each class out of train_split (stratified, fixed "
-                                "seed, the same for every run) as the validation split, on which the best "
+                                "seed, the same for every run; out of the label budget when there is one) as the "
+                                "validation split, on which the best "
                                 "checkpoint and early stopping are chosen; 0 = no selection: the run's result is "
                                 "its final weights",
     "data.device_resident": "keep the uint8 train split on the device and gather batches there "
@@ -474,6 +481,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       "Name a test split or hold out a validation split (--config.data.validation_fraction=0.1).")
     if config.data.image_size < 1:
         errors.append(f"data.image_size={config.data.image_size} must be a positive number of pixels.")
+    if config.data.label_seed is not None and (not isinstance(config.data.label_seed, int) or config.data.label_seed < 0):
+        errors.append(f"data.label_seed={config.data.label_seed!r} must be None or a whole number >= 0.")
+    if config.data.labels_csv and config.data.examples_per_class:
+        errors.append("data.labels_csv and data.examples_per_class both choose the label budget: set one of them.")
     if not 0.0 <= config.data.validation_fraction < 1.0:
         errors.append(f"data.validation_fraction={config.data.validation_fraction} must be in [0, 1).")
     if config.data.scan_epoch and not config.data.device_resident:

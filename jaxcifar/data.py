@@ -242,12 +242,77 @@ def select_examples(split: ArraySplit, classes: tuple[int, ...] = (), examples_p
     return ArraySplit(split.images[keep], new_labels[keep])
 
 
-def split_label_budget(split: ArraySplit, examples_per_class: int) -> tuple[ArraySplit, UnlabeledSplit]:
-    """(labelled, unlabelled): the first `examples_per_class` examples of each class keep
-    their labels (as `select_examples` keeps them); the rest of the split loses its labels
-    here, at the door, and becomes unlabelled images (none when the budget is 0 = all)."""
-    keep, new_labels = _selection(split.labels, (), examples_per_class)
-    return ArraySplit(split.images[keep], new_labels[keep]), UnlabeledSplit(split.images[~keep])
+def split_label_budget(split: ArraySplit, examples_per_class: int, label_seed: int | None = None,
+                       labels_csv: str = "", class_names: tuple[str, ...] = ()) -> tuple[ArraySplit, UnlabeledSplit]:
+    """(labelled, unlabelled): the label budget keeps its labels and the rest of the split
+    loses them here, at the door, and becomes unlabelled images (none when the budget is
+    0 = all). The budget is the rows and labels of a filled-in `labels_csv`
+    (`select_labels` writes one), or `examples_per_class` of each class: the first ones in
+    split order, or a random draw seeded by `label_seed`."""
+    if labels_csv:
+        rows, labels = read_labels_csv(labels_csv, len(split), class_names)
+        keep = np.zeros(len(split), bool)
+        keep[rows] = True
+        return ArraySplit(split.images[rows], labels), UnlabeledSplit(split.images[~keep])
+    keep = label_budget(split.labels, examples_per_class, label_seed)
+    return ArraySplit(split.images[keep], split.labels[keep]), UnlabeledSplit(split.images[~keep])
+
+
+def label_budget(labels: np.ndarray, examples_per_class: int, label_seed: int | None = None) -> np.ndarray:
+    """Which rows keep their labels: `examples_per_class` of each class (all when 0), the
+    first in split order, or drawn at random with `label_seed`. A draw reads the labels
+    only to be balanced, as a person asked for N images of each class would."""
+    if not examples_per_class:
+        return np.ones(len(labels), bool)
+    if label_seed is None:
+        return _selection(labels, (), examples_per_class)[0]
+    rng = np.random.default_rng(label_seed)
+    keep = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        if len(where) < examples_per_class:
+            raise ValueError(f"Class {label} has only {len(where)} examples; asked for {examples_per_class}.")
+        keep[rng.choice(where, examples_per_class, replace=False)] = True
+    return keep
+
+
+LABELS_CSV_COLUMNS = ("index", "label")
+
+
+def read_labels_csv(path: str, num_examples: int, class_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, labels) of the filled-in rows of a labels CSV (columns `index`, the image's row
+    in the train split, and `label`, a class name or id; more columns are ignored). A row
+    whose label is empty is not labelled yet: it stays unlabelled."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            table = list(csv.DictReader(f))
+    except OSError as e:
+        raise ValueError(f"Cannot read data.labels_csv={path!r}: {e.strerror}.") from None
+    if table and not set(LABELS_CSV_COLUMNS) <= set(table[0]):
+        raise ValueError(f"data.labels_csv={path!r} needs the columns {', '.join(LABELS_CSV_COLUMNS)}; it has "
+                         f"{', '.join(table[0])}.")
+    ids = {name: i for i, name in enumerate(class_names)}
+    rows, labels = [], []
+    for line, entry in enumerate(table, start=2):
+        label = entry["label"].strip()
+        if not label:
+            continue
+        if label not in ids and not (label.isdigit() and int(label) < len(class_names)):
+            raise ValueError(f"{path}, line {line}: label {label!r} is not a class; use a name "
+                             f"({', '.join(class_names)}) or an id 0..{len(class_names) - 1}.")
+        if not entry["index"].strip().isdigit() or int(entry["index"]) >= num_examples:
+            raise ValueError(f"{path}, line {line}: index {entry['index']!r} is not a row of the train split "
+                             f"(0..{num_examples - 1}).")
+        rows.append(int(entry["index"]))
+        labels.append(ids[label] if label in ids else int(label))
+    if not rows:
+        raise ValueError(f"data.labels_csv={path!r} has no filled-in label: fill the `label` column first.")
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"data.labels_csv={path!r} lists a row twice.")
+    order = np.argsort(rows)  # split order, as every other budget keeps it
+    return np.asarray(rows)[order], np.asarray(labels, np.int32)[order]
 
 
 def unlabeled_images(d: ml_collections.ConfigDict, rest: UnlabeledSplit) -> UnlabeledSplit | None:

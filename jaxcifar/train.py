@@ -75,10 +75,12 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) ->
     """The config's splits (TFDS `data.dataset` or `data.image_folder`), restricted to its
     class subset, with its validation part held out of train and the label budget applied."""
     d = config.data
-    train, validation = data_lib.split_train(d, data_lib.read_split(d, d.train_split, data_dir))
-    train, rest = data_lib.split_label_budget(train, d.examples_per_class)
-    extra_evals = {split: data_lib.read_split(d, split, data_dir) for split in d.extra_eval_splits}
+    whole = data_lib.read_split(d, d.train_split, data_dir)
     names = data_lib.class_names(d, data_dir)  # after reading: TFDS knows some names only once prepared
+    labelled, rest = data_lib.split_label_budget(whole, d.examples_per_class, d.label_seed, d.labels_csv, names)
+    # The validation part comes out of the labels the run was given, never from beyond its budget.
+    train, validation = data_lib.split_train(d, labelled)
+    extra_evals = {split: data_lib.read_split(d, split, data_dir) for split in d.extra_eval_splits}
     return Data(train, data_lib.load_eval_split(d, data_dir), len(names), extra_evals, names, validation,
                 data_lib.unlabeled_images(d, rest))
 

@@ -11,6 +11,7 @@ vectorised XLA kernel.
 
 from __future__ import annotations
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -208,3 +209,78 @@ def ssl_view(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, 
     x = color_jitter(k_jitter, x, *cfg.color_jitter, probability=cfg.color_jitter_probability)
     x = random_grayscale(k_gray, x, cfg.grayscale_probability)
     return normalize(x * 255.0, normalization)
+
+
+# ----- strong views (RandAugment with random magnitudes and Cutout, as FixMatch uses them) -----
+
+def _posterize(x: jax.Array, m: jax.Array) -> jax.Array:
+    """Keep 8 - 4m bits of each channel. dm-pix has no posterize."""
+    levels = 2.0 ** jnp.round(8 - 4 * m)
+    return jnp.floor(x * (levels - 1) + 0.5) / (levels - 1)
+
+
+def _autocontrast(x: jax.Array, m: jax.Array) -> jax.Array:
+    """Stretch each channel to [0, 1] (magnitude-free, as in RandAugment). dm-pix has none."""
+    del m
+    low, high = x.min(axis=(0, 1), keepdims=True), x.max(axis=(0, 1), keepdims=True)
+    return jnp.where(high > low, (x - low) / jnp.maximum(high - low, 1e-6), x)
+
+
+def _rotate(x: jax.Array, m: jax.Array) -> jax.Array:
+    return pix.rotate(x, m * jnp.pi / 6, mode="constant", cval=0.5)  # up to 30 degrees either way
+
+
+def _translate(x: jax.Array, m: jax.Array) -> jax.Array:
+    shift = jnp.stack([m, -m, 0.0]) * x.shape[0] * 0.3  # up to 30% of the side, along a diagonal
+    return pix.affine_transform(x, jnp.eye(3), offset=shift, mode="constant", cval=0.5)
+
+
+# Each op takes one [0, 1] image (H, W, C) and a magnitude m in [-1, 1] (the sign picks a direction).
+RANDAUGMENT_OPS = (
+    lambda x, m: x,  # identity
+    lambda x, m: pix.adjust_brightness(x, 0.4 * m),
+    lambda x, m: pix.adjust_contrast(x, 1 + 0.8 * m),
+    lambda x, m: pix.adjust_saturation(x, 1 + 0.8 * m),
+    lambda x, m: pix.adjust_hue(x, 0.1 * m),
+    lambda x, m: pix.solarize(x, 1 - jnp.abs(m)),
+    lambda x, m: _posterize(x, jnp.abs(m)),
+    _autocontrast,
+    _rotate,
+    _translate,
+)
+
+
+def rand_augment(key: jax.Array, images: jax.Array, num_ops: int = 2) -> jax.Array:
+    """RandAugment (Cubuk et al. 2020) as FixMatch samples it: per image, `num_ops` ops drawn
+    from RANDAUGMENT_OPS, each at a uniformly random magnitude. Images in [0, 1]. The colour
+    and geometric ops are dm-pix's; the two it lacks are written here."""
+    n = images.shape[0]
+    k_op, k_magnitude = jax.random.split(key)
+    ops = jax.random.randint(k_op, (num_ops, n), 0, len(RANDAUGMENT_OPS))
+    magnitudes = jax.random.uniform(k_magnitude, (num_ops, n), minval=-1.0, maxval=1.0)
+    apply = jax.vmap(lambda x, op, m: jnp.clip(jax.lax.switch(op, RANDAUGMENT_OPS, x, m), 0.0, 1.0))
+    for i in range(num_ops):
+        images = apply(images, ops[i], magnitudes[i])
+    return images
+
+
+def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """Cutout (DeVries & Taylor 2017): a `size` x `size` square at a random centre of each
+    image, clipped at the border, set to grey (0.5)."""
+    n, h, w, _ = images.shape
+    centre = jax.random.randint(key, (n, 2), 0, jnp.asarray([h, w]))
+    rows = jnp.abs(jnp.arange(h)[None, :] - centre[:, :1]) < size // 2 + size % 2
+    cols = jnp.abs(jnp.arange(w)[None, :] - centre[:, 1:]) < size // 2 + size % 2
+    hole = (rows[:, :, None] & cols[:, None, :])[..., None]
+    return jnp.where(hole, 0.5, images)
+
+
+def strong_view(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict, cutout_size: int = 16) -> jax.Array:
+    """A strongly augmented view of a uint8 batch, for self-training and consistency: the
+    run's crop and flip (`cfg` is its `augment` block), RandAugment, Cutout; normalised
+    like every model input."""
+    k_crop, k_flip, k_rand, k_cut = jax.random.split(key, 4)
+    x = random_crop(k_crop, images, cfg.crop_padding, cfg.pad_mode) if cfg.crop_padding else images
+    x = random_flip(k_flip, x).astype(jnp.float32) / 255.0
+    x = cutout(k_cut, rand_augment(k_rand, x), cutout_size)
+    return normalize(x * 255.0, cfg.normalization)

@@ -279,8 +279,7 @@ class Trainer:
         labelled = self._labelled_batches(epoch, start_step)
         if not self.objective.unlabeled_ratio:
             return labelled
-        return ({**batch, "unlabeled": images}
-                for batch, images in zip(labelled, self._unlabeled_batches(epoch, start_step)))
+        return ({**batch, **unlabeled} for batch, unlabeled in zip(labelled, self._unlabeled_batches(epoch, start_step)))
 
     def _labelled_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
         """Gathered on the device from the resident split, or streamed through tf.data. Same
@@ -294,14 +293,17 @@ class Trainer:
             for local in data_lib.train_batches(self.data.train, *args):
                 yield parallel.to_global(local, self.mesh)
 
-    def _unlabeled_batches(self, epoch: int, start_step: int) -> Iterator[jax.Array]:
+    def _unlabeled_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
         """The unlabelled images of the epoch's steps from `start_step` (data.unlabeled_rows:
-        `unlabeled_ratio` per labelled image), sharded over the mesh like the labelled batch."""
+        `unlabeled_ratio` per labelled image), sharded over the mesh like the labelled batch,
+        with their rows in the stream (`unlabeled_index`: where a method finds what it
+        derived for an image before the run, such as a propagated label)."""
         rows = data_lib.unlabeled_rows(len(self.data.unlabeled), self.objective.unlabeled_ratio * self.config.batch_size,
                                        self.config.seed, epoch * self.steps_per_epoch + start_step,
                                        self.steps_per_epoch - start_step, jax.process_index(), jax.process_count())
         for local in rows:
-            yield parallel.to_global({"unlabeled": self.data.unlabeled.images[local]}, self.mesh)["unlabeled"]
+            yield parallel.to_global({"unlabeled": self.data.unlabeled.images[local],
+                                      "unlabeled_index": local.astype(np.int32)}, self.mesh)
 
     def _epoch_args(self, epoch: int, start_step: int) -> tuple:
         """This process's arguments to data.epoch_rows / data.train_batches."""

@@ -5,6 +5,7 @@
     simclr.py          SimCLR's contrastive loss on it
     vicreg.py          VICReg's non-contrastive loss on it
     multicrop.py       many small crops per image, EMP-SSL's loss (settings in `config.method`)
+    self_training.py   a student on the budget's labels and every unlabelled image's propagated label
     base.py            the protocol (`Method`), `StageContext` and the `Evaluator`
 
 A method declares everything the loop (train.py) and the step (steps.py) need from it, so
@@ -13,7 +14,10 @@ neither names a method or a metric it does not own:
     `TrainState.method_state`, updated by its loss and `after_update`, and checkpointed and
     restored with the rest of the state;
   - the data streams it reads: labelled batches always, and `unlabeled_ratio` unlabelled
-    images per labelled one (`batch['unlabeled']`, images only);
+    images per labelled one (`batch['unlabeled']`, images only, and `batch['unlabeled_index']`,
+    their rows in the unlabelled stream);
+  - its own settings (`SETTINGS`, schema.Field declarations in its file, named by its
+    registry entry), which a run keeps in `config.method`;
   - its loss and train metrics: the loss returns metric sums holding at least `loss_sum`
     and `count` (which the loop owns: the NaN check and images/s) plus any sums of its own,
     and `train_metrics` turns them into the averages logged as `train_<name>`;
@@ -103,3 +107,7 @@ register(MethodInfo("vicreg", "self-supervised pretraining without labels, non-c
 register(MethodInfo("multicrop", "self-supervised pretraining without labels, many small crops per image (EMP-SSL)",
                     "jaxcifar.methods.multicrop:MultiCrop", {"knn_accuracy": True}, "knn_accuracy", classifier=False,
                     settings="jaxcifar.methods.multicrop:SETTINGS"))
+register(MethodInfo("self_training", "semi-supervised: a student on the labels and every unlabelled image's "
+                    "propagated label (python -m jaxcifar.propagate), strongly augmented",
+                    "jaxcifar.methods.self_training:SelfTraining", {"loss": False, "accuracy": True}, "accuracy",
+                    settings="jaxcifar.methods.self_training:SETTINGS"))

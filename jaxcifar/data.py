@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import threading
+import urllib.parse
 from typing import Iterator
 
 import ml_collections
@@ -90,6 +93,8 @@ def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10"
 
     data_dir = resolve_data_dir(data_dir)
     try:
+        if data_dir is None:  # TFDS downloads what its default data dir lacks
+            refuse_unreachable_download(tfds.builder(dataset))
         ds, info = tfds.load(dataset, split=split, data_dir=data_dir, download=data_dir is None, with_info=True)
     except Exception as e:  # TFDS raises several types here (not found, download failure, bad split).
         raise FileNotFoundError(
@@ -111,6 +116,48 @@ def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10"
     if images.shape[-1] == 1:  # greyscale (MNIST-like): the models take RGB
         images = np.repeat(images, 3, axis=-1)
     return ArraySplit(images, labels.astype(np.int32))
+
+
+# How long a download host gets to accept a connection before a dataset that is not prepared is
+# refused: TFDS's own download would retry for minutes and leave a partial download behind.
+REACHABLE_TIMEOUT_S = 3.0
+
+
+def refuse_unreachable_download(builder) -> None:
+    """Raise ConnectionError, within seconds, when `builder`'s dataset is not prepared and a host
+    it downloads from cannot be reached. A dataset whose download URLs TFDS does not list is
+    left to TFDS."""
+    if builder.is_prepared():
+        return
+    origins = {origin(url) for url in builder.url_infos or ()}
+    unreachable = sorted(o for o in origins if not reachable(o))
+    if unreachable:
+        raise ConnectionError(f"it is not prepared in {builder.data_dir}, and {', '.join(unreachable)} "
+                              "cannot be reached to download it (offline?)")
+
+
+def origin(url: str) -> str:
+    """scheme://host[:port] of a URL: every URL of one origin is reachable or none is."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def reachable(url: str, timeout_s: float = REACHABLE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to `url`'s host opens within `timeout_s`. It is tried in a
+    daemon thread because the name lookup takes no timeout and can hang on its own."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    opened = threading.Event()
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+            opened.set()
+        except OSError:
+            pass
+
+    threading.Thread(target=connect, daemon=True).start()
+    return opened.wait(timeout_s)
 
 
 def supervised_keys(info) -> tuple[str, str]:

@@ -120,6 +120,10 @@ class Stage:
     first_epoch: int
     end_epoch: int
 
+    @property
+    def epochs(self) -> int:
+        return self.end_epoch - self.first_epoch
+
 
 def plan_stages(config: ml_collections.ConfigDict) -> list[Stage]:
     out, epoch = [], 0
@@ -231,8 +235,9 @@ class Trainer:
         if stage.index not in self._built:
             built = build_stage(self.objective, self.config, stage, params, self.steps_per_epoch)
             total, trained = optim.count_parameters(params), optim.count_parameters(params, built.trainable)
-            log.info("Stage %r trains %s of %s parameters (%.2f%%; peft.mode=%s).", stage.name, f"{trained:,}",
-                     f"{total:,}", 100 * trained / total, self.config.peft.mode)
+            if stage.epochs:  # a stage of 0 epochs is built for the summary's counts, but trains nothing
+                log.info("Stage %r trains %s of %s parameters (%.2f%%; peft.mode=%s).", stage.name, f"{trained:,}",
+                         f"{total:,}", 100 * trained / total, self.config.peft.mode)
             self._built[stage.index] = built
         return self._built[stage.index]
 
@@ -332,6 +337,9 @@ class Trainer:
     def run(self) -> dict:
         """Train through every stage from wherever the workdir left off; returns the summary."""
         start_time = time.time()
+        for stage in self.stages:
+            if not stage.epochs:
+                log.info("Stage %r has 0 epochs: skipped.", stage.name)
         state, record = self.restore_or_init()
         wall_before = record["totals"]["wall_seconds"]
         history: list[dict] = record["history"]
@@ -659,6 +667,15 @@ def images_per_second(images: float, seconds: float) -> float | None:
     return images / seconds if images and seconds > 0 else None
 
 
+def finished_line(summary: dict, workdir: str | pathlib.Path) -> str:
+    """What the command line prints when a run is done: its result, length, speed and where it is."""
+    speed = summary["train_images_per_second"]
+    timing = (f"train images/s={speed:.0f}" if speed is not None
+              else "train speed not measured: every step included compilation")
+    return (f"{result_line(summary)}; epochs={summary['epochs_completed']}; {timing}; "
+            f"results in {pathlib.Path(workdir).absolute()}/summary.json")
+
+
 def result_line(summary: dict) -> str:
     """What a finished run reports: the test (else validation) metric of its reported weights,
     and which weights those are."""
@@ -768,9 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
     if jax.process_index() == 0:
-        print(f"{result_line(summary)}; epochs={summary['epochs_completed']}; "
-              f"train images/s={summary['train_images_per_second'] or 0:.0f}; "
-              f"results in {pathlib.Path(args.workdir).absolute()}/summary.json")
+        print(finished_line(summary, args.workdir))
     return 0
 
 

@@ -1,7 +1,12 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from jaxcifar import augment, data as data_lib, image_files, train
+from jaxcifar.cli import USAGE_ERROR
 from jaxcifar.runs import load_run
 from tests.conftest import synthetic_split, tiny_config
 
@@ -56,11 +61,17 @@ def test_class_subset_is_relabelled_and_budget_is_deterministic():
     assert len(original) > 10
 
 
+# Under tfds.testing.mock_data any data_dir reads the mocked examples. One is named because,
+# without one, load_split first asks whether the download host answers (the mocked builder is
+# not prepared), and the answer depends on the network.
+MOCKED_DATA_DIR = "mocked"
+
+
 def test_load_split_reads_tfds_mock_data():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=12):
-        split = data_lib.load_split("train")
+        split = data_lib.load_split("train", MOCKED_DATA_DIR)
     assert split.images.shape == (12, 32, 32, 3) and split.images.dtype == np.uint8
     assert split.labels.dtype == np.int32 and split.labels.max() < 10
 
@@ -68,6 +79,41 @@ def test_load_split_reads_tfds_mock_data():
 def test_missing_dataset_error_names_data_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data_dir.*TFDS_DATA_DIR"):
         data_lib.load_split("train", data_dir=str(tmp_path))
+
+
+def test_reachable_means_a_connection_opens():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/file.tar.gz"
+        assert data_lib.reachable(url, timeout_s=1)
+    assert not data_lib.reachable(url, timeout_s=1)  # closed: refused at once
+
+
+# A new user's first run offline: no data_dir, nothing prepared in TFDS's default folder.
+OFFLINE_FIRST_RUN = """
+import sys, time
+from jaxcifar import data, train
+data.reachable = lambda url, timeout_s=data.REACHABLE_TIMEOUT_S: False
+data.import_tf()  # the clock times the run, not TensorFlow's import
+start = time.monotonic()
+status = train.main(["--config", "fast", "--workdir", sys.argv[1]])
+print(f"status={status} seconds={time.monotonic() - start:.1f}")
+"""
+
+
+def test_offline_without_data_dir_fails_in_seconds_and_leaves_nothing(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR"} | {"HOME": str(home)}
+    done = subprocess.run([sys.executable, "-c", OFFLINE_FIRST_RUN, str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    status, seconds = dict(w.split("=") for w in done.stdout.split()).values()
+    assert status == str(USAGE_ERROR) and float(seconds) < 10, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot be reached" in errors[0] and "Traceback" not in done.stderr
+    assert "--data_dir" in done.stderr
+    assert not (home / "tensorflow_datasets").exists()
 
 
 def test_real_cifar10_splits(shared_data_dir):
@@ -100,7 +146,7 @@ def test_other_tfds_datasets_train_with_their_own_class_count(tmp_path, dataset,
 
     config = tiny_config(epochs=1, data={"dataset": dataset})
     with tfds.testing.mock_data(num_examples=64):
-        data = train.load_data(config)
+        data = train.load_data(config, MOCKED_DATA_DIR)
         assert data.num_classes == num_classes and len(data.class_names) == num_classes
         assert data.train.images.shape[1:] == native_shape
         summary = train.fit(config, tmp_path, data=data)
@@ -119,7 +165,7 @@ def test_a_tfds_dataset_of_varying_image_sizes_is_resized_by_the_image_file_rule
     # tf_flowers has only a train split: a validation part of it, and no test split.
     config = tiny_config(data={"dataset": "tf_flowers", "validation_fraction": 0.25, "eval_split": "", "image_size": 24})
     with tfds.testing.mock_data(num_examples=20):
-        data = train.load_data(config)
+        data = train.load_data(config, MOCKED_DATA_DIR)
     assert data.class_names[:2] == ("dandelion", "daisy")  # tf_flowers names its classes in code
     assert data.train.images.shape[1:] == (24, 24, 3) and len(data.train) + len(data.validation) == 20
     assert data.eval is None
@@ -150,4 +196,4 @@ def test_a_class_subset_beyond_the_dataset_is_refused(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=8), pytest.raises(ValueError, match=r"class ids \[10\].*has 10 classes"):
-        train.load_data(tiny_config(data={"dataset": "svhn_cropped", "classes": (1, 10)}))
+        train.load_data(tiny_config(data={"dataset": "svhn_cropped", "classes": (1, 10)}), MOCKED_DATA_DIR)

@@ -127,11 +127,17 @@ def test_batches_run_as_exact_compiled_pieces(max_batch, buckets):
 
 
 def test_health_and_model_metadata(server, run):
+    import jaxcifar
+
+    assert httpx.get(f"{server}/v2").json() == {"name": "jaxcifar", "version": jaxcifar.__version__, "extensions": []}
     assert httpx.get(f"{server}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{server}/v2/health/ready").json() == {"ready": True}
-    assert httpx.get(f"{server}/v2/models/jaxcifar/ready").json() == {"name": "jaxcifar", "ready": True}
-    meta = httpx.get(f"{server}/v2/models/jaxcifar").json()
-    assert meta["name"] == "jaxcifar" and meta["versions"] == [str(run.step)] and meta["platform"] == "jax_orbax"
+    name = run.workdir.name  # the served model is named after its folder, and answers to "jaxcifar" too
+    for alias in (name, "jaxcifar"):
+        assert httpx.get(f"{server}/v2/models/{alias}/ready").json() == {"name": name, "ready": True}
+        assert httpx.get(f"{server}/v2/models/{alias}").json()["name"] == name
+    meta = httpx.get(f"{server}/v2/models/{name}").json()
+    assert meta["versions"] == [str(run.step)] and meta["platform"] == "jax_orbax"
     assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
         ("logits", "FP32", [-1, 10]), ("probabilities", "FP32", [-1, 10])]
@@ -274,7 +280,7 @@ def test_metrics_parse_and_record_requests_predictions_and_model(server, run):
         key = dict(name="jaxcifar_predicted_class_total", class_name=name)
         assert value(after, **key) - value(before, **key) == (predicted == name).sum()
     info = next(labels for (name, labels), _ in after.items() if name == "jaxcifar_model_info")
-    assert dict(info)["name"] == "jaxcifar" and dict(info)["step"] == str(run.step)
+    assert dict(info)["name"] == run.workdir.name and dict(info)["step"] == str(run.step)
     assert value(after, "jaxcifar_model_ready") == 1
 
 
@@ -366,6 +372,9 @@ def test_exported_model_is_served_and_sigterm_drains_in_flight_requests(run, tmp
         srv.wait_ready()
         meta = httpx.get(f"{srv.url}/v2/models/jaxcifar").json()
         assert meta["platform"] == "jax_stablehlo" and meta["versions"] == [str(run.step)]
+        [ready] = [line for line in srv.log.read_text().splitlines() if "Ready:" in line]
+        assert f"'exported' (step {run.step})" in ready, ready
+        assert f"{srv.url}/v1/predict" in ready and f"{srv.url}/v2/models/exported/infer" in ready, ready
         images = synthetic_split(1, 4).images
         body = json.dumps(infer_request(images)).encode()
         start = time.monotonic()

@@ -204,3 +204,5 @@ def test_an_epoch_too_short_to_time_reports_no_speed(tmp_path, tiny_data):
     entry = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert entry["train_images_per_second"] is None and summary["train_images_per_second"] is None
     assert "speed not measured" in train.epoch_line(entry, 1)
+    finished = train.finished_line(summary, tmp_path)
+    assert "speed not measured" in finished and "images/s" not in finished

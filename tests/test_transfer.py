@@ -1,6 +1,8 @@
 """Staged training: frozen backbone (parameters AND BatchNorm statistics untouched),
 then fine-tuning; parameter-group rules; --init_from."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -50,6 +52,16 @@ def test_frozen_stage_leaves_backbone_params_and_bn_stats_bit_identical(tmp_path
         assert same(subtree(after_frozen, collection, "backbone"), subtree(start_vars, collection, "backbone"))
         assert not same(subtree(after_finetune, collection, "backbone"), subtree(start_vars, collection, "backbone"))
     assert not same(subtree(after_frozen, "params", "head"), subtree(start_vars, "params", "head"))
+
+
+def test_a_stage_of_0_epochs_is_announced_as_skipped_not_as_training(tmp_path, tiny_data, caplog):
+    stages = ({"name": "frozen", "epochs": 1, "lr_multipliers": {"backbone": None, "head": 1.0}},
+              {"name": "finetune", "epochs": 0})
+    with caplog.at_level(logging.INFO, logger=train.log.name):
+        summary = train.fit(staged_config(stages=stages, batch_size=256), tmp_path, data=tiny_data)
+    assert "Stage 'frozen' trains" in caplog.text and "Stage 'finetune' has 0 epochs: skipped." in caplog.text
+    assert "Stage 'finetune' trains" not in caplog.text
+    assert summary["trainable_parameters"]["finetune"] > 0  # still counted in the summary
 
 
 def test_frozen_groups_get_no_optimizer_moments(tmp_path, tiny_data):

@@ -8,6 +8,7 @@ re-raising the signal (status 143 for SIGTERM), so a supervisor sees why it stop
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 from jaxcifar.cli import USAGE_ERROR, reports_user_errors
@@ -47,13 +48,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="most images per batch of grouped requests (default 64); 1 turns batching off")
     parser.add_argument("--max_wait_ms", type=non_negative, default=5.0,
                         help="how long a batch waits for more requests before it runs (default 5)")
-    parser.add_argument("--model_name", default="jaxcifar", help="the name in /v2/models/{name} (default jaxcifar)")
+    parser.add_argument("--model_name", default=None,
+                        help="the name in /v2/models/{name} (default: the workdir's or export's folder name); "
+                             "'jaxcifar' is answered too")
     parser.add_argument("--max_body_bytes", type=positive, default=16 * 2**20,
                         help="larger request bodies get 413 (default 16 MiB)")
     args = parser.parse_args(argv)
+    args.model_name = args.model_name or folder_name(args.workdir or args.export)
     if args.export and (args.checkpoint != "best" or args.tta is not None):
         parser.error("--checkpoint and --tta apply to --workdir; an export has its checkpoint and TTA baked in")
     return args
+
+
+def folder_name(path: str) -> str:
+    """A directory's own name, even given as '.' or with a trailing slash: the name a user
+    guesses for the model in it (runs/ft25 serves 'ft25')."""
+    return pathlib.Path(path).resolve().name
+
+
+def base_url(host: str, port: int) -> str:
+    """http://HOST:PORT, with an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @reports_user_errors
@@ -69,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_ERROR
     served = (model.from_export(args.model_name, args.export) if args.export else
               model.from_workdir(args.model_name, args.workdir, args.checkpoint, args.tta))
-    print(f"serving {args.model_name} (step {served.step}, {served.platform}) on http://{args.host}:{args.port}/ "
-          f"max_batch={args.max_batch} max_wait_ms={args.max_wait_ms}", flush=True)
+    url = base_url(args.host, args.port)
+    print(f"serving {args.model_name} (step {served.step}, {served.platform}) on {url}/ "
+          f"max_batch={args.max_batch} max_wait_ms={args.max_wait_ms}; warming up, a line says when it is ready",
+          flush=True)
     # No access log: a line per request costs CPU under load, and /metrics counts requests anyway.
-    uvicorn.run(app.create_app(served, args.max_batch, args.max_wait_ms, args.max_body_bytes),
+    uvicorn.run(app.create_app(served, url, args.max_batch, args.max_wait_ms, args.max_body_bytes),
                 host=args.host, port=args.port, access_log=False)
     return 0
 

@@ -1,6 +1,7 @@
 """The FastAPI app. Endpoints:
 
-    GET  /v2/health/live, /v2/health/ready        Open Inference Protocol (KServe v2) health
+    GET  /v2                                      Open Inference Protocol (KServe v2) server metadata
+    GET  /v2/health/live, /v2/health/ready        health
     GET  /v2/models/{name}, /v2/models/{name}/ready   model metadata and readiness
     POST /v2/models/{name}/infer                  JSON tensors in, logits and probabilities out
     POST /v1/predict?top_k=5                      image files (multipart field `file`) in, top-k out
@@ -8,7 +9,8 @@
     GET  /                                        a web page to classify dropped images
 
 The model is warmed up in the background after start: live at once, ready (and inference
-served) once every batch size is compiled.
+served) once every batch size is compiled, which one log line announces. The model answers to
+its own name and to ALIAS.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import html
 import logging
 import pathlib
 import time
+import urllib.parse
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -34,13 +37,24 @@ from jaxcifar.serve.protocol import ApiError
 
 PAGE = pathlib.Path(__file__).with_name("static") / "index.html"
 PAGE_MODEL_NAME = "{{model_name}}"  # in the page's <meta name="jaxcifar-model">
+# The name every served model also answers to: the only name before models were named after
+# their folder, so clients written then keep working.
+ALIAS = "jaxcifar"
+log = logging.getLogger("uvicorn.error")  # uvicorn's own log, so our lines read like its
+
+
+def ready_line(model: ServedModel, url: str) -> str:
+    """The line that says warm-up is over, and where to send requests."""
+    return (f"Ready: model {model.name!r} (step {model.step}) classifies image files at POST {url}/v1/predict "
+            f"and tensors at POST {url}/v2/models/{urllib.parse.quote(model.name)}/infer")
 
 
 class Server:
     """The served model, its batcher and metrics, and whether warm-up has finished."""
 
-    def __init__(self, model: ServedModel, max_batch: int, max_wait_s: float):
+    def __init__(self, model: ServedModel, url: str, max_batch: int, max_wait_s: float):
         self.model = model
+        self.url = url
         self.metrics = Metrics(model, max_batch)
         self.batcher = Batcher(model.logits, model.image_shape, max_batch, max_wait_s, self.metrics.batch_size.observe)
         self.ready = False
@@ -49,13 +63,14 @@ class Server:
         try:
             await self.batcher.warm_up()
         except Exception:  # a background task's error would go unseen: log it; ready stays 503
-            logging.getLogger("uvicorn.error").exception("Warm-up failed: the model cannot become ready")
+            log.exception("Warm-up failed: the model cannot become ready")
             return
+        log.info("%s", ready_line(self.model, self.url))  # before ready: whoever sees ready can read it
         self.ready = True
         self.metrics.ready.set(1)
 
     def require_model(self, name: str) -> ServedModel:
-        if name != self.model.name:
+        if name not in (self.model.name, ALIAS):
             raise ApiError(404, f"Unknown model {name!r}; this server serves {self.model.name!r}.")
         return self.model
 
@@ -145,9 +160,10 @@ async def uploaded_files(request: Request) -> list[tuple[str, bytes]]:
         return [(u.filename or f"file{i}", await u.read()) for i, u in enumerate(uploads)]
 
 
-def create_app(model: ServedModel, max_batch: int = 64, max_wait_ms: float = 5.0,
+def create_app(model: ServedModel, url: str, max_batch: int = 64, max_wait_ms: float = 5.0,
                max_body_bytes: int = 16 * 2**20) -> FastAPI:
-    server = Server(model, max_batch, max_wait_ms / 1000)
+    """The app serving `model`; `url` is where clients reach it (for the ready line)."""
+    server = Server(model, url, max_batch, max_wait_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -169,6 +185,10 @@ def create_app(model: ServedModel, max_batch: int = 64, max_wait_ms: float = 5.0
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         return JSONResponse({"error": f"{error.detail}: {request.method} {request.url.path}"}, error.status_code)
 
+    @app.get("/v2")
+    async def server_metadata() -> JSONResponse:
+        return JSONResponse(protocol.server_metadata())
+
     @app.get("/v2/health/live")
     async def live() -> JSONResponse:
         return JSONResponse({"live": True})
@@ -183,8 +203,8 @@ def create_app(model: ServedModel, max_batch: int = 64, max_wait_ms: float = 5.0
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str) -> JSONResponse:
-        server.require_model(name)
-        return JSONResponse({"name": name, "ready": server.ready}, 200 if server.ready else 503)
+        model = server.require_model(name)
+        return JSONResponse({"name": model.name, "ready": server.ready}, 200 if server.ready else 503)
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> JSONResponse:

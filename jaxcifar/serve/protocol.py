@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+import jaxcifar
 from jaxcifar import predict
 from jaxcifar.image_files import READ_ERRORS, describe_error, read_image
 from jaxcifar.serve.model import ServedModel
@@ -24,6 +25,12 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def server_metadata() -> dict[str, Any]:
+    """The Open Inference Protocol's server metadata (GET /v2): this server implements none of
+    the protocol's optional extensions."""
+    return {"name": "jaxcifar", "version": jaxcifar.__version__, "extensions": []}
 
 
 def parse_json(body: bytes) -> Any:

@@ -44,3 +44,31 @@ def write_result(name: str, result: dict, directory: pathlib.Path = RESULTS) -> 
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+FAST_EPOCH_REFERENCE_SECONDS = 150.0  # the `fast` epoch the issues' CPU budgets are written for
+
+
+def fast_epoch_seconds(data, workdir: pathlib.Path, steps: int) -> float:
+    """Seconds of one `fast` epoch here, from `steps` timed steps of its real train step
+    (built by the Trainer, after one compiling step), times its steps per epoch: the unit
+    in which the CPU budgets of the experiments are scaled to this machine."""
+    import time
+
+    import jax
+
+    from jaxcifar import config as config_lib
+    from jaxcifar import train
+
+    trainer = train.Trainer(config_lib.load_recipe("fast"), workdir, data, overwrite=True)
+    state = trainer.with_fresh_opt_state(trainer.initial_state(), trainer.stages[0])
+    step = trainer.train_step_fn(trainer.stages[0], state.params)
+    batches = trainer.batches(0, 0)
+    state, metrics = step(state, next(batches))
+    jax.block_until_ready(metrics)
+    start = time.time()
+    for _ in range(steps):
+        state, metrics = step(state, next(batches))
+    jax.block_until_ready(metrics)
+    trainer.checkpointer.close()
+    return (time.time() - start) / steps * trainer.steps_per_epoch

@@ -5,29 +5,43 @@ from its checkpoint, so the experiment can stop and go on across sessions.
 
     python experiments/few_labels.py --data_dir ../shared/tensorflow_datasets [--parts pretrain ...]
 
-Parts:
+Parts (each label budget uses the same images for every method at a seed: data.label_seed):
+  budget     this machine's `fast` epoch (the unit the CPU budgets are scaled by: 60 minutes
+             of pretraining and 30 per row where a `fast` epoch takes 150 s).
   pretrain   `ssl_multicrop` on all 50,000 training images, labels unread; the kNN accuracy
              on `test` after every epoch with its wall time (the curve), and the final
              backbone's kNN and linear probe (the probe with every label, as a ceiling).
+  propagate  label propagation alone (python -m jaxcifar.propagate) at 25 and 10 labels per
+             class, 3 seeds: accuracy on the unlabelled images and on `test`.
+  select     1 label per class: select_labels (TypiClust, 3 k-means seeds, the CSV filled
+             from the true labels as a person would fill it) against a random balanced draw
+             (3 seeds), each through propagation.
+  student    `ssl_student` from the backbone and the propagated labels, 25 and 10 per class.
+  finetune   today's probe + fine-tune (`ssl_finetune`) of the new backbone, same budgets.
+  scratch    the same network trained from scratch on the budget alone.
 
-The budget is the issue's: 60 minutes of pretraining where a `fast` epoch takes 150 s. The
-recipe's epoch count was sized for it on this project's 2-core machine (1.7 s a step of 128
-images x 16 crops); the JSON records the wall time it took and the load while it ran.
+Every training row runs the same number of optimizer steps (ROW_STEPS), sized to fit the
+30-minute row budget on this project's 2-core machine; the JSON records the wall time each
+took and the load average when it ended. The pretraining's epoch count was sized likewise
+(1.7 s a step of 128 images x 16 crops, measured at a load of about 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import pathlib
 import subprocess
 import time
 
-from common import RESULTS, write_result
+import numpy as np
+from common import FAST_EPOCH_REFERENCE_SECONDS, RESULTS, fast_epoch_seconds, write_result
 
 from jaxcifar import config as config_lib
-from jaxcifar import evaluate, train
+from jaxcifar import data as data_lib
+from jaxcifar import evaluate, propagate, select_labels, train
 
 NAME = "few_labels"
 PRETRAIN_RECIPE = "ssl_multicrop"
@@ -46,7 +60,8 @@ def record(part: str, result: dict) -> None:
     write_result(NAME, {"parts": parts})
 
 
-def pretrain(out: pathlib.Path, data_dir: str | None) -> None:
+def pretrain(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    del grid
     config = config_lib.load_recipe(PRETRAIN_RECIPE)
     data = train.load_data(config, data_dir)
     started = time.time()
@@ -64,7 +79,112 @@ def pretrain(out: pathlib.Path, data_dir: str | None) -> None:
         "test_examples": len(data.eval)})
 
 
-PARTS = {"pretrain": pretrain}
+LABELS_PER_CLASS = (25, 10)
+SEEDS = (0, 1, 2)
+ROW_STEPS = 750  # optimizer steps of every training row: about 15 minutes here at 400 images a step
+
+
+def budget(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    del grid
+    data = train.load_data(config_lib.load_recipe("fast"), data_dir)
+    seconds = fast_epoch_seconds(data, out / "fast_timing", steps=6)
+    scale = seconds / FAST_EPOCH_REFERENCE_SECONDS
+    record("budget", {"fast_epoch_seconds": seconds, "fast_epoch_reference_seconds": FAST_EPOCH_REFERENCE_SECONDS,
+                      "pretrain_budget_minutes": 60 * scale, "row_budget_minutes": 30 * scale})
+
+
+def budget_config(recipe: str, labels_per_class: int, seed: int) -> config_lib.ml_collections.ConfigDict:
+    config = config_lib.load_recipe(recipe)
+    config.data.examples_per_class, config.data.label_seed = labels_per_class, seed
+    return config
+
+
+def propagated(out: pathlib.Path, labels_per_class: int, seed: int) -> pathlib.Path:
+    return out / f"propagated_{labels_per_class}_{seed}"
+
+
+def propagate_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    for n, seed in grid:
+        started = time.time()
+        report = propagate.propagate_run(out / "pretrain", propagated(out, n, seed),
+                                         budget_config("ssl_student", n, seed), data_dir)
+        record(f"propagate_{n}_{seed}", {**report, "wall_seconds": time.time() - started})
+
+
+def select_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    """1 label per class: TypiClust's 10 images against a random draw of one per class."""
+    whole = data_lib.read_split(config_lib.load_recipe("ssl_student").data, "train", data_dir)
+    for seed in sorted({seed for _, seed in grid}):
+        chosen = out / f"typiclust_10_{seed}"
+        started = time.time()
+        rows = select_labels.select_run(out / "pretrain", 10, chosen, data_dir, seed=seed, images=whole.images)
+        filled = fill_labels(chosen / select_labels.CSV, whole.labels)
+        for way, config in (("typiclust", labels_csv_config(filled)), ("random", budget_config("ssl_student", 1, seed))):
+            report = propagate.propagate_run(out / "pretrain", out / f"propagated_1_{way}_{seed}", config, data_dir)
+            record(f"select_{way}_{seed}", {**report, "classes_covered": len(set(whole.labels[rows]))
+                                            if way == "typiclust" else 10, "wall_seconds": time.time() - started})
+
+
+def fill_labels(path: pathlib.Path, labels: np.ndarray) -> pathlib.Path:
+    """The CSV with its label column filled from the true labels, as the person labelling would."""
+    with open(path, newline="") as f:
+        table = list(csv.DictReader(f))
+    for entry in table:
+        entry["label"] = str(int(labels[int(entry["index"])]))
+    filled = path.with_name("filled.csv")
+    with open(filled, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    return filled
+
+
+def labels_csv_config(path: pathlib.Path) -> config_lib.ml_collections.ConfigDict:
+    config = config_lib.load_recipe("ssl_student")
+    config.data.labels_csv = str(path)
+    return config
+
+
+def row_schedule(config, labelled: int) -> None:
+    """ROW_STEPS steps, whatever the budget: epochs over the labelled images to match."""
+    steps_per_epoch = data_lib.steps_per_epoch(labelled, config.batch_size)
+    config.epochs = max(1, round(ROW_STEPS / steps_per_epoch))
+
+
+def train_row(name: str, config, out: pathlib.Path, data_dir: str | None, init_from: pathlib.Path | None) -> None:
+    data = train.load_data(config, data_dir)
+    started = time.time()
+    summary = train.fit(config, out / name, data=data, init_from=None if init_from is None else str(init_from))
+    record(name, {"test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],
+                  "wall_seconds_this_session": time.time() - started, "epochs": config.epochs,
+                  "labels": len(data.train), "seed": config.data.label_seed})
+
+
+def student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    for n, seed in grid:
+        config = budget_config("ssl_student", n, seed)
+        config.method.targets = str(propagated(out, n, seed) / propagate.TARGETS)
+        config.batch_size = 2 * n  # 5 steps an epoch at 25 per class; 350 unlabelled images a step
+        config.method.unlabeled_ratio = 350 // config.batch_size
+        row_schedule(config, 10 * n)
+        train_row(f"student_{n}_{seed}", config, out, data_dir, out / "pretrain")
+
+
+def transfer_rows(way: str, out: pathlib.Path, data_dir: str | None, grid) -> None:
+    for n, seed in grid:
+        config = budget_config("ssl_finetune", n, seed)
+        config.batch_size = 2 * n
+        row_schedule(config, 10 * n)
+        frozen, finetune = dict(config.stages[0]), dict(config.stages[1])
+        config.stages = (({"name": "train", "epochs": config.epochs},) if way == "scratch" else
+                         ({**frozen, "epochs": config.epochs // 4},
+                          {**finetune, "epochs": config.epochs - config.epochs // 4}))
+        train_row(f"{way}_{n}_{seed}", config, out, data_dir, None if way == "scratch" else out / "pretrain")
+
+
+PARTS = {"budget": budget, "pretrain": pretrain, "propagate": propagate_rows, "select": select_rows,
+         "student": student_rows, "finetune": lambda *args: transfer_rows("finetune", *args),
+         "scratch": lambda *args: transfer_rows("scratch", *args)}
 
 
 def main() -> None:
@@ -72,10 +192,14 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--out_dir", default="runs/few_labels")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    parser.add_argument("--labels_per_class", type=int, nargs="+", default=list(LABELS_PER_CLASS),
+                        choices=list(LABELS_PER_CLASS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="label seeds")
     args = parser.parse_args()
     train.configure_compilation_cache()
+    grid = [(n, seed) for seed in args.seeds for n in args.labels_per_class]  # seed-major: a whole seed first
     for part in args.parts:
-        PARTS[part](pathlib.Path(args.out_dir), args.data_dir)
+        PARTS[part](pathlib.Path(args.out_dir), args.data_dir, grid)
 
 
 if __name__ == "__main__":

@@ -25,31 +25,13 @@ import json
 import pathlib
 import time
 
-import jax
-from common import stats, write_result
+from common import fast_epoch_seconds, stats, write_result
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar import evaluate, train
 
 BUDGETS = {10: 60, 25: 40, 100: 20}  # labels per class -> epochs (about 120, 200 and 400 steps of 50)
-
-
-def fast_epoch_seconds(data: train.Data, workdir: pathlib.Path, steps: int) -> float:
-    """Seconds of one `fast` epoch here, from `steps` timed steps of its real train step
-    (built by the Trainer, after one compiling step), times its steps per epoch."""
-    trainer = train.Trainer(config_lib.load_recipe("fast"), workdir, data, overwrite=True)
-    state = trainer.with_fresh_opt_state(trainer.initial_state(), trainer.stages[0])
-    step = trainer.train_step_fn(trainer.stages[0], state.params)
-    batches = trainer.batches(0, 0)
-    state, metrics = step(state, next(batches))
-    jax.block_until_ready(metrics)
-    start = time.time()
-    for _ in range(steps):
-        state, metrics = step(state, next(batches))
-    jax.block_until_ready(metrics)
-    trainer.checkpointer.close()
-    return (time.time() - start) / steps * trainer.steps_per_epoch
 
 
 def transfer_config(way: str, labels_per_class: int, seed: int) -> config_lib.ml_collections.ConfigDict:

@@ -307,8 +307,10 @@ def split_label_budget(split: ArraySplit, examples_per_class: int, label_seed: i
 
 def label_budget(labels: np.ndarray, examples_per_class: int, label_seed: int | None = None) -> np.ndarray:
     """Which rows keep their labels: `examples_per_class` of each class (all when 0), the
-    first in split order, or drawn at random with `label_seed`. A draw reads the labels
-    only to be balanced, as a person asked for N images of each class would."""
+    first in split order, or drawn at random with `label_seed`. Either rule simulates the
+    person who labels N images of each class, so it needs every image's class; what trains
+    on the result sees only the labels it keeps (a budget given as rows, `labels_csv`,
+    needs none)."""
     if not examples_per_class:
         return np.ones(len(labels), bool)
     if label_seed is None:

@@ -101,6 +101,8 @@ def select_run(workdir: str | pathlib.Path, budget: int, out: str | pathlib.Path
     from jaxcifar.evaluate import backbone_features
     from jaxcifar.runs import load_run
 
+    if budget < 1:
+        raise ValueError(f"--budget={budget} must be at least 1: it is the number of images to propose.")
     run = load_run(workdir)
     if images is None:
         images = data_lib.read_split(run.config.data, run.config.data.train_split, data_dir).images

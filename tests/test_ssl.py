@@ -27,6 +27,8 @@ def tiny_ssl_config(method: str = "ssl_simclr", **fields):
     config = config_lib.load_recipe(method)
     config_lib.apply_dict(config, {"model_kwargs": {"widths": (8, 16, 16)}, "batch_size": 64, "eval_batch_size": 20,
                                    "epochs": 2, "log_every_steps": 2, "ssl": {"projector_dims": (32, 16)}, **fields})
+    if "crops" in config.method:  # many-crop: fewer crops at toy scale
+        config.method.crops = 4
     return config
 
 
@@ -171,7 +173,7 @@ def test_each_method_evaluates_the_metrics_its_registry_entry_declares():
     config_lib.validate(tiny_ssl_config(data=with_validation, early_stopping={"patience": 2, "metric": "val_knn_accuracy"}), 1)
 
 
-@pytest.mark.parametrize("method", ["ssl_simclr", "ssl_vicreg"])
+@pytest.mark.parametrize("method", ["ssl_simclr", "ssl_vicreg", "ssl_multicrop"])
 def test_pretraining_never_reads_labels(tmp_path, method):
     """The same images with shuffled labels give bit-identical weights: labels reach only
     the kNN monitor, which reads but never trains."""
@@ -220,8 +222,9 @@ def test_knn_bank_is_computed_once_per_set_of_weights():
     assert bank_reads.count(True) == 2
 
 
-def test_ssl_run_resumes_exactly(tmp_path, monkeypatch):
-    config = tiny_ssl_config()
+@pytest.mark.parametrize("method", ["ssl_simclr", "ssl_multicrop"])
+def test_ssl_run_resumes_exactly(tmp_path, monkeypatch, method):
+    config = tiny_ssl_config(method)
     straight = train.fit(config, tmp_path / "straight", data=tiny_data())
     crash_on_first_save(monkeypatch, lambda: train.fit(config, tmp_path / "resumed", data=tiny_data()))
     resumed = train.fit(config, tmp_path / "resumed", data=tiny_data())

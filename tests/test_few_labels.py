@@ -40,7 +40,8 @@ def test_changing_the_objective_gives_the_new_methods_settings():
     assert config.method.to_dict() == {}
     config_lib.override(config, "objective", "self_training")
     assert config.method.unlabeled_ratio == 7 and config.method.targets == ""
-    with pytest.raises(ValueError, match="method.targets='': name the propagated targets file"):
+    config_lib.override(config, "method.unlabeled_ratio", "0")
+    with pytest.raises(ValueError, match="method.unlabeled_ratio=0: must be a positive whole number"):
         config_lib.validate(config, 1)
 
 

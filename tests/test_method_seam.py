@@ -227,7 +227,7 @@ def get_config():
 
 
 def test_an_unregistered_method_is_refused_with_the_registered_names():
-    with pytest.raises(ValueError, match="objective='mean_teacher': use classification, simclr or vicreg"):
+    with pytest.raises(ValueError, match="objective='mean_teacher': use classification, simclr, vicreg, multicrop or self_training"):
         config_lib.validate(recipe(), 1)
 
 

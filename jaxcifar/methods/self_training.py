@@ -31,8 +31,8 @@ from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
 
 SETTINGS = (
-    schema.Field("targets", "", "targets.npz written by `python -m jaxcifar.propagate` for this run's label budget",
-                 check=lambda v: "" if isinstance(v, str) and v else "name the propagated targets file"),
+    # Checked when the method is built, not in the recipe: a recipe cannot know the file.
+    schema.Field("targets", "", "targets.npz written by `python -m jaxcifar.propagate` for this run's label budget"),
     schema.Field("unlabeled_ratio", 7, "unlabelled images per labelled image in each step (FixMatch: 7)",
                  check=schema.positive_int),
     schema.Field("unlabeled_weight", 1.0, "weight of the propagated labels' loss", check=schema.positive),
@@ -49,6 +49,9 @@ class SelfTraining(Classification):
         super().__init__(config, num_classes)
         own = config.method
         self.unlabeled_ratio = own.unlabeled_ratio
+        if not own.targets:
+            raise ValueError("objective=self_training trains on propagated labels: run python -m jaxcifar.propagate for "
+                             "this label budget, then pass --config.method.targets=OUT/targets.npz.")
         soft, certainty = propagate.read_targets(own.targets, config)
         # Iscen et al.: the propagated class, weighted by its certainty; scaled to mean 1 so
         # that `unlabeled_weight` means the same whatever the graph's overall confidence.

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import pathlib
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -111,7 +112,10 @@ def convert(serving_fn: Callable, image_shape: tuple[int, int, int], batch_sizes
 
     tf = import_tf()
     logits = jax2tf.convert(serving_fn, with_gradient=False, native_serialization_platforms=("cpu",))
-    with tanh_gelu_traced(), tempfile.TemporaryDirectory() as saved_model:  # see "GELU" in the module's docstring
+    with tanh_gelu_traced(), tempfile.TemporaryDirectory() as saved_model, warnings.catch_warnings():
+        # GELU: see "GELU as one op" above. The warning: the converter calibrates with
+        # tf.lite.Interpreter, deprecated, inside TensorFlow; this module uses ai-edge-litert's.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         signatures = {signature_key(b): tf.function(lambda images: {OUTPUT: logits(images)}, autograph=False,
                                                     input_signature=[tf.TensorSpec([b, *image_shape], tf.uint8,
                                                                                    name="images")]
@@ -158,10 +162,12 @@ def operators(model: bytes) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def load(path: str | pathlib.Path, num_threads: int = NUM_THREADS
-         ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...]]:
+         ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...], tuple[int, ...]]:
     """(uint8 (n, S, S, 3) -> float32 logits for any n >= 1, the model's input shape with
-    the batch as "b") of a `.tflite` file written by `convert`. The caller checks the images
-    (export.load_exported does). Not thread-safe: one interpreter, one call at a time."""
+    the batch as "b", its static batch sizes) of a `.tflite` file written by `convert`. The
+    caller checks the images (export.load_exported does) and, since a model can abort the
+    process on its first call, the model itself (export.probe). Not thread-safe: one
+    interpreter, one call at a time."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
@@ -176,4 +182,4 @@ def load(path: str | pathlib.Path, num_threads: int = NUM_THREADS
         return np.concatenate([runners[stop - start](images=images[start:stop])[OUTPUT]
                                for start, stop in zip(ends[:-1], ends[1:])])
 
-    return logits, ("b", *image_shape)
+    return logits, ("b", *image_shape), sizes

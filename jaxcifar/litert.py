@@ -134,17 +134,24 @@ def exact_gelu(model: bytes) -> bytes:
     """`model` with every GELU op computing the exact GELU (erf), not its tanh form: the
     network's own activation, which `convert` traced in tanh form only so that the converter
     would make one GELU op of it. Every GELU of this project's networks is the exact one
-    (models/layers.gelu), so every GELU op is switched."""
+    (models/layers.gelu), so every GELU op is switched. The flag's byte is cleared in place:
+    rewriting the whole model through the schema's object API would drop what that schema
+    does not know of the converter's output."""
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    for graph in flat.subgraphs:
-        for op in graph.operators:
-            if flatbuffer_utils.get_builtin_code_from_operator_code(
-                    flat.operatorCodes[op.opcodeIndex]) == schema.BuiltinOperator.GELU:
-                op.builtinOptions.approximate = False
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+    buffer = bytearray(model)
+    flat = schema.Model.GetRootAs(buffer)
+    gelu_codes = {i for i in range(flat.OperatorCodesLength())
+                  if max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
+                  == schema.BuiltinOperator.GELU}
+    for graph in map(flat.Subgraphs, range(flat.SubgraphsLength())):
+        for op in map(graph.Operators, range(graph.OperatorsLength())):
+            if op.OpcodeIndex() in gelu_codes:
+                options = op.BuiltinOptions()
+                field = options.Offset(4)  # GeluOptions.approximate; absent means False already
+                if field:
+                    buffer[options.Pos + field] = 0
+    return bytes(buffer)
 
 
 def operators(model: bytes) -> list[tuple[str, tuple[str, ...]]]:

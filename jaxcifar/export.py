@@ -31,8 +31,12 @@ SavedModel was skipped, and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import pathlib
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -51,6 +55,8 @@ SAVED_MODEL_DIR = "saved_model"
 SERVING_FILE = "serving.json"
 PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's built-in platforms
+PROBE_TIMEOUT_S = 300  # a first call compiles (StableHLO) or builds the kernels (LiteRT) first
+_PROBED: dict[tuple[str, str], str | None] = {}  # (suffix, sha256 of a model file): probe's answer
 
 
 def image_shape(run: Run) -> tuple[int, int, int]:
@@ -78,13 +84,13 @@ def load_exported(path: str | pathlib.Path, num_threads: int = litert.NUM_THREAD
     Anything else raises a ValueError saying how to fix it. Floats in particular are refused
     rather than cast: [0, 1] floats cast to uint8 are all zeros, so every image would
     silently get the class of a black one. `num_threads` is the LiteRT interpreter's; XLA
-    picks its own."""
+    picks its own. An artefact that fails `probe` is refused with a ValueError saying why."""
     path = artefact_file(pathlib.Path(path))
-    if litert.is_model_file(path):
-        compute, shape = litert.load(path, num_threads)
-    else:
-        exported = jax_export.deserialize(bytearray(path.read_bytes()))
-        compute, shape = jax.jit(exported.call), exported.in_avals[0].shape  # compiled once per batch size
+    failure = probe(path)
+    if failure:
+        raise ValueError(f"{path} cannot be run: {failure}. Nothing was loaded; write the artefact again "
+                         "(python -m jaxcifar.export or jaxcifar.quantize).")
+    compute, shape, _ = open_model(path, num_threads)
 
     def call(images: np.ndarray) -> ArrayLike:
         images = images if isinstance(images, jax.Array) else np.asarray(images)  # a jax.Array stays put
@@ -92,6 +98,62 @@ def load_exported(path: str | pathlib.Path, num_threads: int = litert.NUM_THREAD
         return compute(uint8_pixels(images))
 
     return call
+
+
+def open_model(path: pathlib.Path, num_threads: int = litert.NUM_THREADS
+               ) -> tuple[Callable[[np.ndarray], ArrayLike], tuple, tuple[int, ...]]:
+    """(uint8 images -> logits, input shape with a symbolic batch, batch sizes to prove it
+    at) of a model file, unchecked. A StableHLO model takes any batch size; it is proven at
+    those of the LiteRT models, so that every artefact is proven alike."""
+    if litert.is_model_file(path):
+        return litert.load(path, num_threads)
+    exported = jax_export.deserialize(bytearray(path.read_bytes()))
+    return jax.jit(exported.call), exported.in_avals[0].shape, litert.BATCH_SIZES  # compiled once per batch size
+
+
+def probe(path: str | pathlib.Path, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when the artefact at `path` (a model file or its directory) loads and gives
+    finite logits for a batch of 1 and one of its largest batch size in a child process;
+    else why not: the signal that ended the child, its error line, or its silence. A model
+    can abort the interpreter that runs it (litert.py's "GELU as one op" tells of one), and
+    then it ends only the child. Remembered per model file content, so each is run once per
+    process."""
+    file = artefact_file(pathlib.Path(path))
+    key = (file.suffix, hashlib.sha256(file.read_bytes()).hexdigest())
+    if key not in _PROBED:
+        _PROBED[key] = _probe_in_child(file, timeout_s)
+    return _PROBED[key]
+
+
+def _probe_in_child(file: pathlib.Path, timeout_s: float) -> str | None:
+    # The child imports this very package, wherever the parent found it.
+    package_root = str(pathlib.Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    code = "import sys; from jaxcifar.export import prove_here; prove_here(sys.argv[1])"
+    try:
+        child = subprocess.run([sys.executable, "-c", code, str(file)], capture_output=True, text=True, env=env,
+                               timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"running it did not finish within {timeout_s:.0f} s"
+    if child.returncode == 0:
+        return None
+    if child.returncode < 0:
+        return f"running it killed the process with {signal.Signals(-child.returncode).name}"
+    last_line = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "")
+    return f"running it failed with {last_line or f'exit status {child.returncode}'}"
+
+
+def prove_here(path: str) -> None:
+    """The child's side of `probe`: raises unless the model gives finite (n, classes) logits
+    for n = 1 and n = its largest batch size."""
+    compute, shape, sizes = open_model(pathlib.Path(path))
+    for n in (1, max(sizes)):
+        images = np.random.default_rng(0).integers(0, 256, (n, *shape[1:]), dtype=np.uint8)
+        logits = np.asarray(compute(images))
+        if logits.ndim != 2 or len(logits) != n or not np.isfinite(logits).all():
+            raise ValueError(f"a batch of {n} gave logits of shape {logits.shape}, "
+                             f"{'all' if np.isfinite(logits).all() else 'not all'} finite")
 
 
 def artefact_file(path: pathlib.Path) -> pathlib.Path:

@@ -32,12 +32,25 @@ Decisions, each for a measured reason:
 * **Full-integer int8** (`TFLITE_BUILTINS_INT8`): int8 weights (per output channel) and
   int8 activations (per tensor, ranges calibrated on training images), int32 accumulation.
   simple_cnn and the ResNets convert to int8 from end to end (tests/test_quantize.py checks a
-  ResNet-18). An op the converter cannot quantize stays float32 between DEQUANTIZE and
-  QUANTIZE, as airbench's exact GELU does (its erf arrives from StableHLO as ~28 elementwise
-  ops, some left in float32), so `operators` is how to check a new model. The input stays
-  uint8 and the logits float32, so the contract is that of every other artefact: uint8
-  images in, float32 logits out; normalisation (inside the model) becomes int8 arithmetic
-  after one quantize.
+  ResNet-18) and airbench does with its GELU as one op (next item). An op the converter
+  cannot quantize stays float32 between DEQUANTIZE and QUANTIZE, so `operators` is how to
+  check a new model. The input stays uint8 and the logits float32, so the contract is that
+  of every other artefact: uint8 images in, float32 logits out; normalisation (inside the
+  model) becomes int8 arithmetic after one quantize.
+* **GELU as one op** (`models.layers.tanh_gelu_traced`, `exact_gelu`). Traced as it is,
+  airbench's exact GELU reaches the converter as erf's polynomials, dozens of elementwise
+  ops that evaluate both of erf's branches on every value and select one. Quantized op by
+  op, the unused branch (a polynomial in 1/x^2 near x = 0) calibrates to ranges up to 1e36,
+  and an int8 ADD whose inputs' scales differ by a factor of ~1e39 gets a rescale factor
+  that underflows to 0: `tflite::QuantizeMultiplierSmallerThanOneExp` CHECK-fails in ADD's
+  Prepare on the first call (tensor allocation) and aborts the process (SIGABRT), with or
+  without XNNPACK. The converter makes TFLite's GELU op (a lookup table in int8) only of
+  the tanh form, so `convert` traces the network with its GELU in tanh form, then sets
+  every GELU op to exact (`approximate = False`): the LiteRT model computes the exact GELU
+  the network trained with, and only calibration saw the tanh form, at most 4.7e-4 away
+  (max |tanh GELU - exact GELU|, at x = 2.7). Measured on a tiny airbench (widths (8, 16,
+  16)): the float32 LiteRT logits are within 6e-7 of the run's largest |logit| (7.7e-4 with
+  the tanh form left in); tests/test_litert.py bounds both models against the run's logits.
 * **Every signature is calibrated on the same images** (`calibration_batches`), so all get
   the same activation ranges and one image the same logits in a batch of any size.
 """
@@ -46,9 +59,12 @@ from __future__ import annotations
 
 import pathlib
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
+from jaxcifar.models.layers import tanh_gelu_traced
 
 MODEL_FILE = "model.tflite"
 SIGNATURE_PREFIX = "batch_"
@@ -96,11 +112,14 @@ def convert(serving_fn: Callable, image_shape: tuple[int, int, int], batch_sizes
 
     tf = import_tf()
     logits = jax2tf.convert(serving_fn, with_gradient=False, native_serialization_platforms=("cpu",))
-    signatures = {signature_key(b): tf.function(lambda images: {OUTPUT: logits(images)}, autograph=False,
-                                                input_signature=[tf.TensorSpec([b, *image_shape], tf.uint8,
-                                                                               name="images")]).get_concrete_function()
-                  for b in batch_sizes}
-    with tempfile.TemporaryDirectory() as saved_model:
+    with tanh_gelu_traced(), tempfile.TemporaryDirectory() as saved_model, warnings.catch_warnings():
+        # GELU: see "GELU as one op" above. The warning: the converter calibrates with
+        # tf.lite.Interpreter, deprecated, inside TensorFlow; this module uses ai-edge-litert's.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        signatures = {signature_key(b): tf.function(lambda images: {OUTPUT: logits(images)}, autograph=False,
+                                                    input_signature=[tf.TensorSpec([b, *image_shape], tf.uint8,
+                                                                                   name="images")]
+                                                    ).get_concrete_function() for b in batch_sizes}
         # Through a SavedModel because that is how the converter takes several named signatures.
         tf.saved_model.save(tf.Module(), saved_model, signatures=signatures)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=list(signatures))
@@ -108,7 +127,31 @@ def convert(serving_fn: Callable, image_shape: tuple[int, int, int], batch_sizes
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: calibration_batches(calibration, batch_sizes)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        return converter.convert()
+        return exact_gelu(converter.convert())
+
+
+def exact_gelu(model: bytes) -> bytes:
+    """`model` with every GELU op computing the exact GELU (erf), not its tanh form: the
+    network's own activation, which `convert` traced in tanh form only so that the converter
+    would make one GELU op of it. Every GELU of this project's networks is the exact one
+    (models/layers.gelu), so every GELU op is switched. The flag's byte is cleared in place:
+    rewriting the whole model through the schema's object API would drop what that schema
+    does not know of the converter's output."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buffer = bytearray(model)
+    flat = schema.Model.GetRootAs(buffer)
+    gelu_codes = {i for i in range(flat.OperatorCodesLength())
+                  if max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
+                  == schema.BuiltinOperator.GELU}
+    for graph in map(flat.Subgraphs, range(flat.SubgraphsLength())):
+        for op in map(graph.Operators, range(graph.OperatorsLength())):
+            if op.OpcodeIndex() in gelu_codes:
+                options = op.BuiltinOptions()
+                field = options.Offset(4)  # GeluOptions.approximate; absent means False already
+                if field:
+                    buffer[options.Pos + field] = 0
+    return bytes(buffer)
 
 
 def operators(model: bytes) -> list[tuple[str, tuple[str, ...]]]:
@@ -126,10 +169,12 @@ def operators(model: bytes) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def load(path: str | pathlib.Path, num_threads: int = NUM_THREADS
-         ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...]]:
+         ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...], tuple[int, ...]]:
     """(uint8 (n, S, S, 3) -> float32 logits for any n >= 1, the model's input shape with
-    the batch as "b") of a `.tflite` file written by `convert`. The caller checks the images
-    (export.load_exported does). Not thread-safe: one interpreter, one call at a time."""
+    the batch as "b", its static batch sizes) of a `.tflite` file written by `convert`. The
+    caller checks the images (export.load_exported does) and, since a model can abort the
+    process on its first call, the model itself (export.probe). Not thread-safe: one
+    interpreter, one call at a time."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
@@ -144,4 +189,4 @@ def load(path: str | pathlib.Path, num_threads: int = NUM_THREADS
         return np.concatenate([runners[stop - start](images=images[start:stop])[OUTPUT]
                                for start, stop in zip(ends[:-1], ends[1:])])
 
-    return logits, ("b", *image_shape)
+    return logits, ("b", *image_shape), sizes

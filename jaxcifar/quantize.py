@@ -28,24 +28,35 @@
    `uint8 images -> float32 logits` function (`export.load_exported` runs any of them,
    `python -m jaxcifar.serve --export` serves any of them): `DIR/float32/` and `DIR/int8/`
    (StableHLO, XLA), `DIR/litert_float32/` and `DIR/litert_int8/` (model.tflite).
-5. **`DIR/report.json`**: on `test` and on `--extra_splits` (default `test_jpeg`), each
+5. **Proven before published**: everything is written to a new folder beside DIR, which
+   replaces DIR at the end (nothing half-written is left at DIR). Each artefact is loaded
+   and run (a batch of 1 and of its largest batch size) in a child process first
+   (`export.probe`), since a model can abort the process that runs it; one that fails is
+   left out, reported in report.json's `failed` and in an `error:` line (exit status 1),
+   and the others are kept. The converter's own log lines go to `DIR/converter.log`.
+6. **`DIR/report.json`**: on `test` and on `--extra_splits` (default `test_jpeg`), each
    model's `{label}_accuracy` and `{label}_agreement` (the fraction of images whose class is
-   the one the run's own float32 logits give); the artefacts' sizes; and their CPU latency
-   (batch 1) and throughput (batch 256), timed in turns in this process (`--timing_repeats`),
-   the LiteRT ones with 1 and 2 interpreter threads. The CLI prints it as a table.
+   the one the run's own float32 logits give); the Qwix int8 model, many times slower than
+   float32 on a CPU, on `test` only unless `--full`; the artefacts' sizes; and their CPU
+   latency (batch 1) and throughput (batch 256), timed in turns in this process
+   (`--timing_repeats`), the LiteRT ones with 1 and 2 interpreter threads. The CLI prints
+   it as a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import flax.linen
 import jax
@@ -61,6 +72,7 @@ from jaxcifar.runs import Run, add_run_arguments, load_run
 
 log = logging.getLogger("jaxcifar")
 REPORT = "report.json"
+CONVERTER_LOG = "converter.log"  # TensorFlow's converter writes its own lines, not this tool's
 # The folded float32 network must give the run's logits to float rounding.
 FOLD_TOLERANCE = 1e-3
 SCHEME = ("BatchNorm folded; int8 weights per output channel (symmetric, absmax); int8 inputs of every conv and "
@@ -208,19 +220,68 @@ def timed_label(label: str, threads: int) -> str:
     return f"{label}_threads{threads}"
 
 
+@contextlib.contextmanager
+def output_to(log_file: pathlib.Path) -> Iterator[None]:
+    """This process's stdout and stderr, as file descriptors (so the converter's C++ log lines
+    and its warnings too), appended to `log_file` inside the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with log_file.open("a") as log_stream:
+            os.dup2(log_stream.fileno(), 1)
+            os.dup2(log_stream.fileno(), 2)
+            yield
+            sys.stdout.flush()
+            sys.stderr.flush()
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+@contextlib.contextmanager
+def staged(out: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A new folder beside `out` to write into, renamed to `out` (replacing it) when the
+    block ends normally and deleted when it raises: nothing half-written lands at `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():  # renamed away first, so that `out` is never a mix of two runs
+            old = staging.with_suffix(".replaced")
+            out.rename(old)
+            shutil.rmtree(old)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, checkpoint: str | int = "best",
                      data_dir: str | None = None, calibration_images: int = 1000,
                      extra_splits: tuple[str, ...] = ("test_jpeg",), timing_repeats: int = 20,
                      train_split: data_lib.ArraySplit | None = None,
-                     eval_splits: dict[str, data_lib.ArraySplit] | None = None, tta: bool | None = None) -> dict:
+                     eval_splits: dict[str, data_lib.ArraySplit] | None = None, tta: bool | None = None,
+                     full: bool = False) -> dict:
     """Library form of the CLI; returns the report. `train_split` and `eval_splits` (name ->
     split) replace reading the run's data, e.g. for synthetic runs in tests. `tta` (default:
-    the run's own) applies to every model's evaluations, exports and timings alike."""
+    the run's own) applies to every model's evaluations, exports and timings alike. The Qwix
+    int8 model, slow on a CPU (XLA has no fast int8 convolution), is evaluated on the run's
+    eval split only, unless `full`. Every artefact is proven in a child process
+    (`export.probe`) before it is published; one that fails is left out, and
+    `report["failed"]` says why."""
+    out = pathlib.Path(out)
+    with staged(out) as staging:
+        return _quantize_into(staging, workdir, checkpoint, data_dir, calibration_images, extra_splits,
+                              timing_repeats, train_split, eval_splits, tta, full)
+
+
+def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration_images, extra_splits, timing_repeats,
+                   train_split, eval_splits, tta, full) -> dict:
     from jaxcifar import train
 
     started = time.perf_counter()
     progress = lambda message, *args: log.info(f"[%4.0f s] {message}", time.perf_counter() - started, *args)  # noqa: E731
-    out = pathlib.Path(out)
     run = load_run(workdir, checkpoint)
     run.require_classifier()
     if train_split is None:
@@ -242,29 +303,50 @@ def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, check
         export.export_run(candidate, out / label, fmt="stablehlo", tta=tta, platforms=("cpu",))
         paths[label] = out / label / export.STABLEHLO_FILE
     for label, images in (("litert_float32", None), ("litert_int8", calibration)):
-        progress("converting to %s%s", ARTEFACTS[label], "" if images is None else f" ({len(images)} images)")
-        paths[label] = export_litert(run, out / label, tta, images)
+        progress("converting to %s%s (the converter's log: %s)", ARTEFACTS[label],
+                 "" if images is None else f", calibrated on {len(images)} images", CONVERTER_LOG)
+        with output_to(out / CONVERTER_LOG):
+            paths[label] = export_litert(run, out / label, tta, images)
+    report["failed"] = {}
+    for label, path in list(paths.items()):
+        progress("proving %s in a child process", ARTEFACTS[label])
+        failure = export.probe(path)
+        if failure:
+            report["failed"][label] = failure
+            shutil.rmtree(path.parent)  # not published
+            del paths[label]
     report["bytes"] = {label: path.stat().st_size for label, path in paths.items()}
-    litert_calls = {label: export.load_exported(paths[label]) for label in LITERT_ARTEFACTS}
+    models = {"float32": lambda split: evaluate.evaluate_run(run, split, tta).logits,
+              "int8": lambda split: evaluate.evaluate_run(int8_run, split, tta).logits,
+              **{label: evaluator(export.load_exported(paths[label]), run) for label in LITERT_ARTEFACTS
+                 if label in paths}}
     for name, split in eval_splits.items():
-        progress("evaluating every model on %s (%d images)", name, len(split))
-        logits = {"float32": evaluate.evaluate_run(run, split, tta).logits,
-                  "int8": evaluate.evaluate_run(int8_run, split, tta).logits,
-                  **{label: artefact_logits(call, artefact_input(run, split.images))
-                     for label, call in litert_calls.items()}}
+        # The run's float32 logits are evaluated whatever became of its artefact: they are the
+        # reference every agreement is measured against.
+        labels = [label for label in models
+                  if label != "int8" or ("int8" in paths and (full or name == run.config.data.eval_split))]
+        logits = {}
+        for label in labels:
+            progress("evaluating %s on %s (%d images)%s", ARTEFACTS[label], name, len(split),
+                     " -- slow: XLA has no fast int8 convolution on a CPU" if label == "int8" else "")
+            logits[label] = models[label](split)
         report[name] = {**agreement(logits, split.labels), "examples": len(split)}
-    calls = {label: export.load_exported(paths[label]) for label in ("float32", "int8")}
+    calls = {label: export.load_exported(paths[label]) for label in ("float32", "int8") if label in paths}
     calls.update({timed_label(label, threads): export.load_exported(paths[label], threads)
-                  for label in LITERT_ARTEFACTS for threads in THREADS})
+                  for label in LITERT_ARTEFACTS if label in paths for threads in THREADS})
     progress("timing %d models at batch 1 and 256, %d calls each, in turns", len(calls), timing_repeats)
     images = artefact_input(run, next(iter(eval_splits.values())).images[:256])
     report["latency"] = time_artefacts(calls, images, (1, 256), timing_repeats)
     report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform,
                          "loadavg_at_end": list(os.getloadavg())}
-    out.mkdir(parents=True, exist_ok=True)
     (out / REPORT).write_text(json.dumps(report, indent=2))
     progress("done")
     return report
+
+
+def evaluator(call: Callable[[np.ndarray], np.ndarray], run: Run) -> Callable[[data_lib.ArraySplit], np.ndarray]:
+    """split -> logits of an artefact's `call`, on the split's images at the run's image size."""
+    return lambda split: artefact_logits(call, artefact_input(run, split.images))
 
 
 def tradeoff_table(report: dict) -> str:
@@ -272,21 +354,29 @@ def tradeoff_table(report: dict) -> str:
     and agreement with the run's float32 logits on each split, batch-1 latency and batch-256
     throughput, and speed against the float32 StableHLO export."""
     splits = [name for name, row in report.items() if isinstance(row, dict) and "float32_accuracy" in row]
-    base = report["latency"]["float32"]
+    base = report["latency"].get("float32")
     lines = ["| model | size | " + " | ".join(f"{s} accuracy (agreement)" for s in splits)
              + " | batch 1 | batch 256 | speed vs float32 (1 / 256) |", "|---" * (len(splits) + 5) + "|"]
     for timed, latency in report["latency"].items():
         label, _, threads = timed.partition("_threads")
         threads = f", {threads} interpreter thread{'s' if threads != '1' else ''}" if threads else ""
-        cells = [f"{report[s][f'{label}_accuracy']:.2%}"
-                 + ("" if label == "float32" else f" ({report[s][f'{label}_agreement']:.2%})") for s in splits]
+        cells = [accuracy_cell(report[s], label) for s in splits]
         one, many = latency["batch_1"], latency["batch_256"]
-        lines.append(f"| {ARTEFACTS[label]}{threads} | {report['bytes'][label] / 1024:,.0f} KiB "
-                     f"({report['bytes']['float32'] / report['bytes'][label]:.1f}x smaller) | " + " | ".join(cells)
-                     + f" | {one['median_seconds'] * 1000:.2f} ms | {many['images_per_second']:,.0f} img/s | "
-                     f"{one['images_per_second'] / base['batch_1']['images_per_second']:.2f}x / "
-                     f"{many['images_per_second'] / base['batch_256']['images_per_second']:.2f}x |")
+        size = report["bytes"][label] / 1024
+        smaller = (f" ({report['bytes']['float32'] / report['bytes'][label]:.1f}x smaller)"
+                   if "float32" in report["bytes"] else "")
+        speed = (f"{one['images_per_second'] / base['batch_1']['images_per_second']:.2f}x / "
+                 f"{many['images_per_second'] / base['batch_256']['images_per_second']:.2f}x" if base else "n/a")
+        lines.append(f"| {ARTEFACTS[label]}{threads} | {size:,.0f} KiB{smaller} | " + " | ".join(cells)
+                     + f" | {one['median_seconds'] * 1000:.2f} ms | {many['images_per_second']:,.0f} img/s | {speed} |")
     return "\n".join(lines)
+
+
+def accuracy_cell(row: dict, label: str) -> str:
+    """'accuracy (agreement)' of `label` on one split's row; '-' where it was not evaluated."""
+    if f"{label}_accuracy" not in row:
+        return "-"
+    return f"{row[f'{label}_accuracy']:.2%}" + ("" if label == "float32" else f" ({row[f'{label}_agreement']:.2%})")
 
 
 @reports_user_errors
@@ -301,16 +391,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra_splits", default="test_jpeg",
                         help="comma-separated splits evaluated besides the run's eval split ('' = none)")
     parser.add_argument("--timing_repeats", type=int, default=20, help="timed calls per artefact and batch size")
+    parser.add_argument("--full", action="store_true",
+                        help="also evaluate the Qwix int8 model (slow on a CPU) on --extra_splits")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO)  # this module's progress, not every library's INFO lines
     if args.calibration_images < 1:
         parser.error(f"--calibration_images={args.calibration_images} must be at least 1.")
     report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
-                              tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats, tta=args.tta)
+                              tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats, tta=args.tta,
+                              full=args.full)
     print(tradeoff_table(report))
     print(f"report: {pathlib.Path(args.out) / REPORT}")
-    return 0
+    for label, reason in report["failed"].items():
+        print(f"error: {ARTEFACTS[label]} was not published: {reason}", file=sys.stderr)
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":

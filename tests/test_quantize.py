@@ -95,10 +95,13 @@ def test_the_report_puts_every_model_next_to_float32_on_every_split(quantized):
     root, report, test, _ = quantized
     assert json.loads((root / "out" / quantize.REPORT).read_text()) == report
     labels = set(quantize.ARTEFACTS)
+    assert report["failed"] == {}
     for split in ("test", "test_jpeg"):
-        assert set(report[split]) == ({f"{label}_accuracy" for label in labels} | {"examples"}
-                                      | {f"{label}_agreement" for label in labels - {"float32"}})
-        for label in labels - {"float32"}:
+        # The Qwix int8 model, slow on a CPU, on the eval split only (without --full).
+        evaluated = labels if split == "test" else labels - {"int8"}
+        assert set(report[split]) == ({f"{label}_accuracy" for label in evaluated} | {"examples"}
+                                      | {f"{label}_agreement" for label in evaluated - {"float32"}})
+        for label in evaluated - {"float32"}:
             assert abs(report[split][f"{label}_accuracy"] - report[split]["float32_accuracy"]) <= 0.05
             assert report[split][f"{label}_agreement"] >= 0.9
     assert report["test"]["litert_float32_agreement"] == 1.0

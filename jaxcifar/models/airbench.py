@@ -23,13 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcifar.models.layers import Conv, LoRA, max_pool_2x2
+from jaxcifar.models.layers import Conv, LoRA, gelu, max_pool_2x2
 
 WIDTHS = (64, 256, 256)
 WHITEN_CHANNELS = 24  # 2 x (2*2*3) eigenvectors
 # PyTorch's default for Conv2d/Linear weights: kaiming_uniform(a=sqrt(5)) = U(+/-1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-gelu = lambda x: nn.gelu(x, approximate=False)  # PyTorch's exact GELU  # noqa: E731
 
 
 def batch_norm(use_running_average: bool, name: str, dtype: jnp.dtype = jnp.float32) -> nn.BatchNorm:

@@ -1,10 +1,34 @@
 """Small building blocks shared by the models."""
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+_TANH_GELU = contextvars.ContextVar("tanh_gelu", default=False)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """PyTorch's exact GELU, x * Phi(x) (airbench's activation); its tanh form while
+    `tanh_gelu_traced()` is active."""
+    return nn.gelu(x, approximate=_TANH_GELU.get())
+
+
+@contextlib.contextmanager
+def tanh_gelu_traced() -> Iterator[None]:
+    """Trace `gelu` in its tanh form inside this block: the form that TFLite's converter turns
+    into its one GELU op (litert.convert says why it needs that, and restores the exact GELU).
+    Only what is traced inside the block changes; a network traced before or after is exact."""
+    token = _TANH_GELU.set(True)
+    try:
+        yield
+    finally:
+        _TANH_GELU.reset(token)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -246,6 +246,58 @@ def ssl_label_efficiency() -> str:
         source("ssl_label_efficiency")])
 
 
+FEW_LABEL_WAYS = (("scratch", "scratch (same network)"), ("finetune", "SSL probe, then fine-tune"),
+                  ("propagate", "label propagation alone"), ("student", "self-trained student"))
+
+
+def _seed_cell(parts: dict, prefix: str, key: str = "test_accuracy", seeds: int = 3) -> str:
+    """Mean ± std over the seeds recorded as PREFIX_SEED, with how many; 'pending' if none."""
+    values = [parts[f"{prefix}_{seed}"][key] for seed in range(seeds) if f"{prefix}_{seed}" in parts]
+    if not values:
+        return "pending"
+    spread = f" ± {100 * statistics.pstdev(values):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.1f}{spread}% ({plural(len(values), 'seed')})"
+
+
+def few_labels() -> str:
+    if not (RESULTS / "few_labels.json").exists():
+        return "Every part pending: `python experiments/few_labels.py --data_dir ../shared/tensorflow_datasets`."
+    parts = load("few_labels")["parts"]
+    out = []
+    if "budget" in parts:
+        b = parts["budget"]
+        out.append(f"A `fast` epoch took {b['fast_epoch_seconds']:.0f} s here (150 s in the issue's budget), so the "
+                   f"budgets scale to {b['pretrain_budget_minutes']:.0f} minutes of pretraining and "
+                   f"{b['row_budget_minutes']:.0f} per row.")
+    if "pretrain" in parts:
+        r, simclr = parts["pretrain"], load("ssl_label_efficiency")["pretraining"]
+        mine = list(zip(r["knn_accuracy_per_epoch"], _cumulative(r["train_seconds_per_epoch"])))
+        theirs = list(zip(simclr["knn_accuracy_per_epoch"], _cumulative(simclr["train_seconds_per_epoch"])))
+        rows = [[str(e + 1), *(f"{pct(c[e][0])} at {c[e][1] / 60:.0f} min" if e < len(c) else "" for c in (mine, theirs))]
+                for e in range(max(len(mine), len(theirs)))]
+        target = "reached" if r["test_knn_accuracy"] >= 0.8 else "missed"
+        out += [f"`{r['recipe']}` ({r['method']['crops']} crops of {r['method']['crop_size']} px per image, widths "
+                f"{tuple(r['model_kwargs']['widths'])}) pretrained {r['epochs']} epochs, labels unread: kNN on `test` "
+                "after each epoch and the cumulative training minutes, beside the recorded SimCLR run:", "",
+                table(["epoch", r["recipe"], "ssl_simclr (recorded)"], rows), "",
+                f"**kNN {pct(r['test_knn_accuracy'])} after {r['train_seconds'] / 60:.0f} minutes of training: the "
+                f"80% target is {target}.** Linear probe with every label: "
+                f"{pct(r['test_linear_probe_accuracy_all_labels'])}."]
+    else:
+        out.append("Pretraining: pending.")
+    rows = [[f"{n}", *(_seed_cell(parts, f"{way}_{n}") for way, _ in FEW_LABEL_WAYS)] for n in (25, 10)]
+    out += ["", "Accuracy on `test` (mean ± std over label seeds; the same images for every method at a seed):", "",
+            table(["labels per class", *(name for _, name in FEW_LABEL_WAYS)], rows), "",
+            "1 label per class, through label propagation: TypiClust's choice against a random draw of one per class: "
+            f"{_seed_cell(parts, 'select_typiclust')} against {_seed_cell(parts, 'select_random')}.", "",
+            source("few_labels")]
+    return "\n".join(out)
+
+
+def _cumulative(values: list[float]) -> list[float]:
+    return [sum(values[:i + 1]) for i in range(len(values))]
+
+
 def _peft_rows(part: dict, jpeg: bool) -> list[list[str]]:
     rows = []
     for mode, m in part["modes"].items():
@@ -358,7 +410,7 @@ def rounding_drift() -> str:
 
 BLOCKS = {block.__name__: block for block in (
     make_train, recipes, simple_cnn, fast_cpu, fast_muon, fast_muon_sitting2, split_cifar_transfer,
-    ssl_label_efficiency, efficient_finetune, compress_models, litert_int8, channel_pruning, image_folder_run,
+    ssl_label_efficiency, few_labels, efficient_finetune, compress_models, litert_int8, channel_pruning, image_folder_run,
     rounding_drift)}
 
 

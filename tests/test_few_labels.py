@@ -207,20 +207,36 @@ def student_config(targets, **method):
 
 
 def test_the_student_trains_on_the_propagated_labels_and_never_on_the_unlabelled_images_labels(ssl_run, tmp_path):
+    """Propagation, then the student, twice: with every label beyond a budget of listed rows
+    changed, the student's weights are bit-identical."""
     whole, test = synthetic_split(256, 0), synthetic_split(77, 1)
-    propagated(ssl_run, tmp_path / "targets", whole)
-    labelled, unlabelled = data_lib.split_label_budget(whole, 3, 1)
-    config = student_config(tmp_path / "targets" / propagate.TARGETS, consistency_weight=1.0)
-    train.fit(config, tmp_path / "student", data=train.Data(labelled, test, 10, unlabeled=unlabelled),
-              init_from=str(ssl_run))
-    assert {"train_propagated", "train_consistency"} <= set(evaluate.read_history(tmp_path / "student")[-1])
-    weights, _ = checkpoint.load_variables(tmp_path / "student", "latest")
+    rows = np.flatnonzero(data_lib.label_budget(whole.labels, 3, 1))
+    budget = write_labels_csv(tmp_path / "budget.csv", [(r, whole.labels[r]) for r in rows])
+    others = np.setdiff1d(np.arange(256), rows)
+    relabelled = whole.labels.copy()
+    relabelled[others] = np.random.default_rng(5).permutation(relabelled[others])
+    weights = []
+    for name, labels in (("a", whole.labels), ("b", relabelled)):
+        split = data_lib.ArraySplit(whole.images, labels)
+        config = student_config(tmp_path / name / "targets" / propagate.TARGETS, consistency_weight=1.0)
+        config.data.examples_per_class, config.data.label_seed, config.data.labels_csv = 0, None, budget
+        propagate.propagate_run(ssl_run, tmp_path / name / "targets", config, whole=split, test=test, k=10)
+        labelled, unlabelled = data_lib.split_label_budget(split, 0, labels_csv=budget,
+                                                           class_names=tuple(map(str, range(10))))
+        train.fit(config, tmp_path / name / "student", data=train.Data(labelled, test, 10, unlabeled=unlabelled),
+                  init_from=str(ssl_run))
+        weights.append(checkpoint.load_variables(tmp_path / name / "student", "latest")[0])
+    for a, b in zip(jax.tree_util.tree_leaves(weights[0]), jax.tree_util.tree_leaves(weights[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    student = tmp_path / "a" / "student"
+    assert {"train_propagated", "train_consistency"} <= set(evaluate.read_history(student)[-1])
     start, _ = checkpoint.load_variables(ssl_run, "latest")
-    moved = jax.tree_util.tree_leaves(weights["params"]["backbone"])[0] - jax.tree_util.tree_leaves(
+    moved = jax.tree_util.tree_leaves(weights[0]["params"]["backbone"])[0] - jax.tree_util.tree_leaves(
         start["params"]["backbone"])[0]
     assert np.abs(np.asarray(moved)).max() > 0  # the backbone trains from the SSL weights
-    # Opens in the inference tools in a fresh process, from its config.json alone.
+    # Opens in the inference tools in a fresh process, from its workdir alone: no targets file needed.
+    (tmp_path / "a" / "targets" / propagate.TARGETS).unlink()
     result = subprocess.run([sys.executable, "-c", "import sys; from jaxcifar.runs import load_run; "
                              "run = load_run(sys.argv[1]); print(run.config.method.unlabeled_ratio, run.is_classifier)",
-                             str(tmp_path / "student")], capture_output=True, text=True, cwd=REPO)
+                             str(student)], capture_output=True, text=True, cwd=REPO)
     assert result.stdout.split() == ["2", "True"], result.stderr

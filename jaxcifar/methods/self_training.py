@@ -47,19 +47,24 @@ class SelfTraining(Classification):
 
     def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
         super().__init__(config, num_classes)
-        own = config.method
-        self.unlabeled_ratio = own.unlabeled_ratio
-        if not own.targets:
+        self.unlabeled_ratio = config.method.unlabeled_ratio
+
+    def propagated_targets(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(propagated class, weight, class prior) of every image of the unlabelled stream.
+        Read when a loss is built, not with the method: the tools that open a finished run
+        (evaluate, export, serve) need no targets file."""
+        if not self.config.method.targets:
             raise ValueError("objective=self_training trains on propagated labels: run python -m jaxcifar.propagate for "
                              "this label budget, then pass --config.method.targets=OUT/targets.npz.")
-        soft, certainty = propagate.read_targets(own.targets, config)
+        soft, certainty = propagate.read_targets(self.config.method.targets, self.config)
+        pseudo = soft.argmax(axis=1)
         # Iscen et al.: the propagated class, weighted by its certainty; scaled to mean 1 so
         # that `unlabeled_weight` means the same whatever the graph's overall confidence.
-        self._pseudo = jnp.asarray(soft.argmax(axis=1), jnp.int32)
-        self._weight = jnp.asarray(certainty / max(float(certainty.mean()), 1e-12), jnp.float32)
+        weight = certainty / max(float(certainty.mean()), 1e-12)
         # Distribution alignment's prior: the class frequencies of the propagated labels, which
         # come from the budget (a budget of N per class gives the uniform prior).
-        self._prior = jnp.asarray(np.bincount(soft.argmax(axis=1), minlength=num_classes) / len(soft), jnp.float32)
+        prior = np.bincount(pseudo, minlength=self.num_classes) / len(pseudo)
+        return jnp.asarray(pseudo, jnp.int32), jnp.asarray(weight, jnp.float32), jnp.asarray(prior, jnp.float32)
 
     def init_state(self, state: steps_lib.TrainState) -> Any:
         """The running mean of the model's predictions on unlabelled images (alignment)."""
@@ -68,7 +73,7 @@ class SelfTraining(Classification):
 
     def loss(self, stage: StageContext) -> steps_lib.LossFn:
         supervised, model, config, own = super().loss(stage), self.model, self.config, self.config.method
-        pseudo, weight, prior = self._pseudo, self._weight, self._prior
+        pseudo, weight, prior = self.propagated_targets()
 
         def loss_fn(params, state, batch, key):
             loss, (batch_stats, method_state, sums) = supervised(params, state, batch, key)

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import json
 import os
 import pathlib
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -56,7 +58,8 @@ def record(part: str, result: dict) -> None:
     """Write `result` as `part` of few_labels.json, keeping the parts already there."""
     path = RESULTS / f"{NAME}.json"
     parts = json.loads(path.read_text()).get("parts", {}) if path.exists() else {}
-    parts[part] = {**result, "commit": commit(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    parts[part] = {**result, "command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
+                   "commit": commit(), "load_average": [round(x, 2) for x in os.getloadavg()]}
     write_result(NAME, {"parts": parts})
 
 

@@ -282,7 +282,8 @@ def few_labels() -> str:
                 table(["epoch", r["recipe"], "ssl_simclr (recorded)"], rows), "",
                 f"**kNN {pct(r['test_knn_accuracy'])} after {r['train_seconds'] / 60:.0f} minutes of training: the "
                 f"80% target is {target}.** Linear probe with every label: "
-                f"{pct(r['test_linear_probe_accuracy_all_labels'])}."]
+                f"{pct(r['test_linear_probe_accuracy_all_labels'])}. The last epoch took "
+                f"{r['train_seconds_per_epoch'][-1] / 60:.0f} minutes."]
     else:
         out.append("Pretraining: pending.")
     rows = [[f"{n}", *(_seed_cell(parts, f"{way}_{n}") for way, _ in FEW_LABEL_WAYS)] for n in (25, 10)]
@@ -290,7 +291,8 @@ def few_labels() -> str:
             table(["labels per class", *(name for _, name in FEW_LABEL_WAYS)], rows), "",
             "1 label per class, through label propagation: TypiClust's choice against a random draw of one per class: "
             f"{_seed_cell(parts, 'select_typiclust')} against {_seed_cell(parts, 'select_random')}.", "",
-            source("few_labels")]
+            source("few_labels"), *sorted({f"- parts written by `{part['command']}`" for part in parts.values()
+                                           if "command" in part})]
     return "\n".join(out)
 
 

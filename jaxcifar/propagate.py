@@ -151,7 +151,7 @@ def propagate_run(workdir: str | pathlib.Path, out: str | pathlib.Path, data_con
              budget=json.dumps(budget_settings(data_config)))
     # Scores for the report only, computed after propagation: the true labels of the images it labelled.
     predicted = p.argmax(axis=1)
-    report = {"workdir": str(pathlib.Path(workdir).absolute()), "labels": int(labelled.sum()), "k": k,
+    report = {"workdir": str(workdir), "labels": int(labelled.sum()), "k": k,  # as given: no machine path
               "alpha": alpha, "gamma": gamma, "budget": budget_settings(data_config),
               "unlabeled_accuracy": float(np.mean(predicted[~labelled] == whole.labels[~labelled])),
               "mean_certainty": float(certainty[~labelled].mean())}

@@ -1,6 +1,6 @@
 """The input pipeline alone: TFDS split in memory -> tf.data batches -> global jax.Arrays.
 
-This is what train.py feeds the step (``data.train_batches`` + ``parallel.to_global``),
+This is what train.py feeds the step (``batch_order.train_batches`` + ``parallel.to_global``),
 timed without any training, so it shows whether input could ever be the bottleneck.
 Loading the split from TFDS is setup, not timed; epochs follow one another endlessly.
 """
@@ -18,10 +18,10 @@ DEFAULT_DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
 
 def endless_batches(split, batch: int) -> Iterator[dict]:
     """Epoch after epoch of train batches, exactly as train.py iterates them."""
-    from jaxcifar import data
+    from jaxcifar import batch_order
 
     for epoch in itertools.count():
-        yield from data.train_batches(split, batch, seed=0, epoch=epoch)
+        yield from batch_order.train_batches(split, batch, seed=0, epoch=epoch)
 
 
 def build(spec: Spec) -> Target:

@@ -55,15 +55,15 @@ def formulation(swap: tuple[str, str]):
 
 
 def random_data(train_images: int):
-    """`train.Data` of random uint8 images and labels of CIFAR-10's shape (1,000 to evaluate)."""
+    """`data_lib.Data` of random uint8 images and labels of CIFAR-10's shape (1,000 to evaluate)."""
     import numpy as np
 
-    from jaxcifar import data as data_lib, train
+    from jaxcifar import data as data_lib
 
     rng = np.random.default_rng(0)
     split = lambda n: data_lib.ArraySplit(rng.integers(0, 256, (n, 32, 32, 3), np.uint8),  # noqa: E731
                                           rng.integers(0, 10, n).astype(np.int32))
-    return train.Data(split(train_images), split(1_000), 10)
+    return data_lib.Data(split(train_images), split(1_000), 10)
 
 
 def prime(trainer) -> dict:

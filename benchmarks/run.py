@@ -140,7 +140,7 @@ def markdown(results: dict[str, list[dict]], machine: dict) -> str:
         ("- compile s: jaxcifar's `jit(...).lower().compile()`; for Keras the first `train_on_batch` "
          "(tracing and one step). PyTorch is eager."),
         "- Optimizer everywhere: SGD, momentum 0.9, weight decay 5e-4, constant learning rate; float32.",
-        "- `input pipeline`: `data.train_batches` + `parallel.to_global`, images/s with no training.",
+        "- `input pipeline`: `batch_order.train_batches` + `parallel.to_global`, images/s with no training.",
         "- `vs fastest peer`: against the best PyTorch or Keras row of that network.",
     ]
     return "\n".join(lines) + "\n"

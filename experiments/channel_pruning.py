@@ -20,6 +20,7 @@ import time
 from common import write_result
 
 from jaxcifar import config as config_lib
+from jaxcifar import data as data_lib
 from jaxcifar import export, optim, quantize, runs, train
 
 
@@ -52,7 +53,7 @@ def main() -> None:
                                "block_widths": run.config.model_kwargs.get("block_widths"),
                                "export_bytes": artefacts[str(fraction)].stat().st_size}
         print(f"channels removed {fraction}: test {summary['test_accuracy']:.4f}", flush=True)
-    images = train.load_data(runs.read_config(args.base), args.data_dir).eval.images
+    images = data_lib.load_data(runs.read_config(args.base), args.data_dir).eval.images
     speed = quantize.time_artefacts(artefacts, images, (1, 256), args.timing_repeats)
     for fraction, row in rows.items():
         row["latency"] = speed[fraction]

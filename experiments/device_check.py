@@ -109,10 +109,11 @@ def train_fast_muon(pack: str, precision: str, dry_run: bool) -> dict:
     import jax
     from fast_cpu import collect, recipe_config
 
+    from jaxcifar import data as data_lib
     from jaxcifar import train
 
     splits = load_pack(pack, dry_run)
-    data = train.Data(splits["train"], splits["test"], 10)
+    data = data_lib.Data(splits["train"], splits["test"], 10)
     config = recipe_config("fast_muon", seed=0, epochs=DRY_RUN["epochs"] if dry_run else None)
     config.precision = precision
     if dry_run:

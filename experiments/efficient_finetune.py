@@ -40,6 +40,7 @@ import split_cifar_transfer
 from common import stats, write_result
 
 from jaxcifar import checkpoint, evaluate, train
+from jaxcifar import data as data_lib
 from jaxcifar import config as config_lib
 
 LORA_RANKS = (8, 4)
@@ -78,7 +79,7 @@ def ssl_config(mode: str, rank: int, seed: int):
     return with_mode(config, mode, rank, finetune["lr"])
 
 
-def measure(config, workdir: pathlib.Path, data: train.Data, base: pathlib.Path) -> dict:
+def measure(config, workdir: pathlib.Path, data: data_lib.Data, base: pathlib.Path) -> dict:
     summary = train.fit(config, workdir, data=data, init_from=str(base))
     last_stage = config.stages[-1]["name"]
     epoch_seconds = [h["epoch_train_seconds"] for h in evaluate.read_history(workdir) if h["stage"] == last_stage]
@@ -129,7 +130,7 @@ def main() -> None:
 
     split_base = pathlib.Path(args.split_dir) / "pretrain"
     train.fit(split_cifar_transfer.pretrain_config(args.pretrain_epochs), split_base, data_dir=args.data_dir)
-    split_data = train.load_data(split_cifar_config("full", 0, args.transfer_epochs, 0), args.data_dir)
+    split_data = data_lib.load_data(split_cifar_config("full", 0, args.transfer_epochs, 0), args.data_dir)
     rows = variants(args.lora_ranks)
     results = {"split_cifar": {}, "ssl": {}}
     for seed in args.seeds:
@@ -141,7 +142,7 @@ def main() -> None:
 
     ssl_base = pathlib.Path(args.ssl_dir) / "ssl"
     if (ssl_base / "checkpoints").is_dir():
-        ssl_data = train.load_data(ssl_config("full", 0, 0), args.data_dir)
+        ssl_data = data_lib.load_data(ssl_config("full", 0, 0), args.data_dir)
         for seed in args.ssl_seeds:
             for row, (mode, rank) in rows.items():
                 run = measure(ssl_config(mode, rank, seed), out / f"ssl_{row}_{seed}", ssl_data, ssl_base)

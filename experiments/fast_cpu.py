@@ -24,6 +24,7 @@ import numpy as np
 from common import seconds_to, stats, write_result
 
 from jaxcifar import config as config_lib
+from jaxcifar import data as data_lib
 from jaxcifar import evaluate, runs, train
 
 # Each recipe's anchor on one of this project's 2-core CPU machines, as its issue quotes it:
@@ -50,7 +51,7 @@ def recipe_config(recipe: str, seed: int, epochs: int | None) -> config_lib.ml_c
     return cfg
 
 
-def collect(workdir: pathlib.Path, seed: int, data: train.Data) -> dict:
+def collect(workdir: pathlib.Path, seed: int, data: data_lib.Data) -> dict:
     """The seed's record from its workdir; usable while a run is still going (`complete`
     says whether it finished), since CPU runs are long."""
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -89,7 +90,7 @@ def main() -> None:
                         help="write the JSON from the workdirs as they are (e.g. while runs are unfinished)")
     parser.add_argument("--note", help="recorded in the JSON, e.g. how the runs were scheduled")
     args = parser.parse_args()
-    data = train.load_data(config_lib.load_recipe(args.recipe), args.data_dir)
+    data = data_lib.load_data(config_lib.load_recipe(args.recipe), args.data_dir)
     out_dir = pathlib.Path(args.out_dir or f"runs/{args.recipe}_cpu")
     workdirs = {s: out_dir / f"seed{s}" for s in args.seeds}
     if not args.collect_only:

@@ -43,7 +43,7 @@ from common import FAST_EPOCH_REFERENCE_SECONDS, RESULTS, fast_epoch_seconds, wr
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import evaluate, propagate, select_labels, train
+from jaxcifar import batch_order, evaluate, propagate, select_labels, train
 
 NAME = "few_labels"
 PRETRAIN_RECIPE = "ssl_multicrop"
@@ -66,7 +66,7 @@ def record(part: str, result: dict) -> None:
 def pretrain(out: pathlib.Path, data_dir: str | None, grid) -> None:
     del grid
     config = config_lib.load_recipe(PRETRAIN_RECIPE)
-    data = train.load_data(config, data_dir)
+    data = data_lib.load_data(config, data_dir)
     started = time.time()
     summary = train.fit(config, out / "pretrain", data=data)
     history = evaluate.read_history(out / "pretrain")
@@ -89,7 +89,7 @@ ROW_STEPS = 750  # optimizer steps of every training row: about 15 minutes here 
 
 def budget(out: pathlib.Path, data_dir: str | None, grid) -> None:
     del grid
-    data = train.load_data(config_lib.load_recipe("fast"), data_dir)
+    data = data_lib.load_data(config_lib.load_recipe("fast"), data_dir)
     seconds = fast_epoch_seconds(data, out / "fast_timing", steps=6)
     scale = seconds / FAST_EPOCH_REFERENCE_SECONDS
     record("budget", {"fast_epoch_seconds": seconds, "fast_epoch_reference_seconds": FAST_EPOCH_REFERENCE_SECONDS,
@@ -150,12 +150,12 @@ def labels_csv_config(path: pathlib.Path) -> config_lib.ml_collections.ConfigDic
 
 def row_schedule(config, labelled: int) -> None:
     """ROW_STEPS steps, whatever the budget: epochs over the labelled images to match."""
-    steps_per_epoch = data_lib.steps_per_epoch(labelled, config.batch_size)
+    steps_per_epoch = batch_order.steps_per_epoch(labelled, config.batch_size)
     config.epochs = max(1, round(ROW_STEPS / steps_per_epoch))
 
 
 def train_row(name: str, config, out: pathlib.Path, data_dir: str | None, init_from: pathlib.Path | None) -> None:
-    data = train.load_data(config, data_dir)
+    data = data_lib.load_data(config, data_dir)
     started = time.time()
     summary = train.fit(config, out / name, data=data, init_from=None if init_from is None else str(init_from))
     record(name, {"test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],

@@ -21,6 +21,7 @@ import time
 from common import stats, write_result
 
 from jaxcifar import config as config_lib
+from jaxcifar import data as data_lib
 from jaxcifar import train
 
 GROUPS = {"backbone": "backbone/.*", "head": "head/.*"}
@@ -56,7 +57,7 @@ def main() -> None:
     start = time.time()
 
     pretrain = train.fit(pretrain_config(args.pretrain_epochs), out / "pretrain", data_dir=args.data_dir)
-    transfer_data = train.load_data(transfer_config("scratch", args.transfer_epochs, 0), args.data_dir)
+    transfer_data = data_lib.load_data(transfer_config("scratch", args.transfer_epochs, 0), args.data_dir)
     results: dict[str, dict[str, list[float]]] = {}
     for mode in ("scratch", "frozen", "finetune"):
         for seed in args.seeds:

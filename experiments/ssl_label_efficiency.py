@@ -63,7 +63,7 @@ def main() -> None:
 
     ssl_config = config_lib.load_recipe(args.method)
     ssl_config.epochs = args.pretrain_epochs
-    data = train.load_data(ssl_config, args.data_dir)
+    data = data_lib.load_data(ssl_config, args.data_dir)
     timing = out / "fast_epoch_seconds.json"
     if not timing.exists():
         timing.write_text(json.dumps(fast_epoch_seconds(data, out / "fast_timing", args.fast_steps)))
@@ -78,7 +78,7 @@ def main() -> None:
 
     results: dict[str, dict[str, dict]] = {}
     for labels_per_class in BUDGETS:
-        budget = train.Data(data_lib.select_examples(data.train, examples_per_class=labels_per_class), data.eval,
+        budget = data_lib.Data(data_lib.select_examples(data.train, examples_per_class=labels_per_class), data.eval,
                             data.num_classes, class_names=data.class_names)
         results[str(labels_per_class)] = {}
         for way in ("scratch", "probe", "finetune"):

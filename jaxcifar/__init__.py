@@ -3,17 +3,18 @@
 Import surface (each a module, imported on first use so `import jaxcifar` stays light
 and TensorFlow is only loaded by the tf.data path):
 
-    jaxcifar.config      recipes, overrides, stages          jaxcifar.data     TFDS -> tf.data batches
+    jaxcifar.config      recipes, overrides, stages          jaxcifar.data     TFDS -> a run's splits (Data)
+    jaxcifar.batch_order which rows make each batch          jaxcifar.cli      the tools' command lines
     jaxcifar.augment     on-device augmentation              jaxcifar.models   Flax models, weight import
     jaxcifar.optim       parameter groups, multi_transform   jaxcifar.steps    pure train/eval steps
-    jaxcifar.checkpoint  Orbax checkpoints                   jaxcifar.train    the loop: fit(), CLI
+    jaxcifar.checkpoint  Orbax checkpoints                   jaxcifar.train    the loop: fit()
     jaxcifar.parallel    mesh, shardings, multi-process      jaxcifar.pretrained  --init_from
     jaxcifar.runs        open a trained workdir              jaxcifar.evaluate  report + plots
     jaxcifar.predict     classify image files                jaxcifar.export    StableHLO / SavedModel
     jaxcifar.methods     classification, SimCLR, VICReg      jaxcifar.ssl      SSL losses, kNN, probe
     jaxcifar.peft        linear/bitfit/lora modes, adapters  jaxcifar.quantize  int8 (Qwix, LiteRT)
     jaxcifar.prune       magnitude and channel pruning       jaxcifar.precision  mixed precision
-    jaxcifar.cli         one error style for every tool      jaxcifar.litert   LiteRT conversion, runtime
+    jaxcifar.litert      LiteRT conversion, runtime
     jaxcifar.xla_cpu     XLA:CPU flags set on import (Eigen convolutions)
 """
 
@@ -28,7 +29,7 @@ from jaxcifar import xla_cpu
 xla_cpu.configure()
 
 __version__ = "0.1.0"
-_SUBMODULES = ("augment", "checkpoint", "cli", "config", "data", "evaluate", "export", "litert", "methods", "models",
+_SUBMODULES = ("augment", "batch_order", "checkpoint", "cli", "config", "data", "evaluate", "export", "litert", "methods", "models",
                "optim", "parallel", "peft", "precision", "predict", "pretrained", "prune", "quantize", "runs", "ssl",
                "steps", "train", "workdir", "xla_cpu")
 

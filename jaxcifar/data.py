@@ -1,4 +1,4 @@
-"""Input: TFDS (or a folder of images) -> host memory -> tf.data batches -> global `jax.Array`s on a mesh.
+"""Input: TFDS (or a folder of images) -> host memory -> a run's `Data` (its splits, label budget and classes).
 
 Design decisions (and why):
 * A run's source is a TFDS image-classification dataset (`data.dataset`, CIFAR-10 by
@@ -12,19 +12,12 @@ Design decisions (and why):
   vary in size (a folder, a TFDS dataset without a fixed shape, predict's files) are
   resized on the host when read, with Pillow's filter of the same kind (image_files.py),
   because a batch needs one size.
-* Each split is read once into host memory (CIFAR-10 is 150 MB).
-  The batch order is then a pure function of (seed, epoch): a resumed run skips exactly
-  the batches it already consumed, and the global batch sequence is the same for any
-  number of devices or processes. Each process materialises only its own rows of every
-  global batch, so per-host input work and host->device traffic scale as 1/processes.
-  (For a dataset that did not fit in memory, `tfds.split_for_jax_process` per-process
-  shards would replace the full read, at the cost of topology-dependent batch order.)
-* tf.data does the streaming work: slicing, batching, padding, prefetching in a
-  background thread. Augmentation and normalisation run on the device inside the
-  jitted step (jaxcifar/augment.py).
+* Each split is read once into host memory (CIFAR-10 is 150 MB); which rows make each
+  batch is jaxcifar/batch_order.py's, a pure function of (seed, epoch, step).
+* Augmentation and normalisation run on the device inside the jitted step
+  (jaxcifar/augment.py).
 * TensorFlow is imported lazily and never sees a GPU/TPU, so it cannot take accelerator
   memory from JAX, and the device-resident path runs where TensorFlow is absent.
-* Evaluation pads the last batch and carries a `mask`, so every example counts exactly once.
 """
 
 from __future__ import annotations
@@ -34,7 +27,6 @@ import os
 import socket
 import threading
 import urllib.parse
-from typing import Iterator
 
 import ml_collections
 import numpy as np
@@ -252,7 +244,7 @@ def check_labels(split: ArraySplit, num_classes: int, name: str) -> None:
         raise ValueError(
             f"The {name} split has labels from {split.labels.min()} to {split.labels.max()}, but the run has "
             f"{num_classes} classes (labels 0..{num_classes - 1}); a label outside that range would be trained "
-            "against an all-zero target. Give the run the dataset's real class count (train.Data(..., "
+            "against an all-zero target. Give the run the dataset's real class count (Data(..., "
             "num_classes=N)), or keep a subset of classes with --config.data.classes.")
 
 
@@ -388,77 +380,47 @@ def _selection(labels: np.ndarray, classes: tuple[int, ...], examples_per_class:
     return keep, new_labels
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The epoch's example order: a pure function of (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """The splits of a run, in host memory, and its classes. Every label must be below
+    `num_classes` (checked here, the one door all data comes through).
+
+    Model selection (the best checkpoint, early stopping) reads `validation` only, a part held
+    out of the training images; `eval` is the test split, evaluated after every epoch for
+    monitoring and at the end for the report, and never selects anything. `unlabeled`: images
+    without labels, for the methods that read them (None: none)."""
+
+    train: ArraySplit
+    eval: ArraySplit | None  # the test split (data.eval_split); None when eval_split=''
+    num_classes: int
+    extra_evals: dict[str, ArraySplit] = dataclasses.field(default_factory=dict)  # final eval only
+    class_names: tuple[str, ...] = ()  # in label order; () names the classes by label id: '0', '1', ...
+    validation: ArraySplit | None = None  # held out of train (data.validation_fraction); selects
+    unlabeled: UnlabeledSplit | None = None
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            object.__setattr__(self, "class_names", tuple(str(i) for i in range(self.num_classes)))
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names {list(self.class_names)} for "
+                             f"num_classes={self.num_classes}; give one name per class, in label order.")
+        if self.eval is None and self.validation is None:
+            raise ValueError("A run needs a test split (eval) or a validation split to be evaluated on.")
+        splits = {"train": self.train, "eval": self.eval, "validation": self.validation, **self.extra_evals}
+        for name, split in splits.items():
+            if split is not None:
+                check_labels(split, self.num_classes, name)
 
 
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-    """Train batches per epoch; the remainder is dropped (a new permutation next epoch)."""
-    return num_examples // global_batch_size
-
-
-def train_batches(split: ArraySplit, global_batch_size: int, seed: int, epoch: int, start_step: int = 0,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """This process's rows of each global train batch of `epoch`, from `start_step` on."""
-    tf = import_tf()
-    rows = epoch_rows(len(split), global_batch_size, seed, epoch, start_step, process_index, process_count)
-    return _gather_batches(tf, rows, image=split.images, label=split.labels, index=np.arange(len(split)))
-
-
-def epoch_rows(num_examples: int, global_batch_size: int, seed: int, epoch: int, start_step: int = 0,
-               process_index: int = 0, process_count: int = 1) -> np.ndarray:
-    """(steps, local batch) example indices: this process's rows of the epoch's global
-    batches from `start_step` on. Shared by the tf.data and device-resident paths."""
-    local = global_batch_size // process_count
-    steps = steps_per_epoch(num_examples, global_batch_size)
-    order = epoch_permutation(num_examples, seed, epoch)[: steps * global_batch_size]
-    return order.reshape(steps, process_count, local)[start_step:, process_index]
-
-
-# The unlabelled stream's shuffles are drawn from [seed, UNLABELED_STREAM, pass], apart from
-# the labelled epochs' [seed, epoch].
-UNLABELED_STREAM = 0x554E4C42  # "UNLB"
-
-
-def unlabeled_rows(num_examples: int, global_batch_size: int, seed: int, first_step: int, num_steps: int,
-                   process_index: int = 0, process_count: int = 1) -> np.ndarray:
-    """(num_steps, local batch) indices of unlabelled images: this process's rows of the
-    unlabelled batches of global steps first_step, first_step + 1, ... The stream is an
-    endless sequence of shuffles of the images, one per pass, cut into batches, so a step's
-    images are a pure function of (seed, step): a resumed run reads exactly what it would
-    have, whatever the epoch length and whether the batch is larger than the set."""
-    positions = np.arange(first_step * global_batch_size, (first_step + num_steps) * global_batch_size)
-    passes = positions // num_examples
-    rows = np.empty_like(positions)
-    for k in np.unique(passes):
-        order = np.random.default_rng([seed, UNLABELED_STREAM, int(k)]).permutation(num_examples)
-        rows[passes == k] = order[positions[passes == k] % num_examples]
-    return rows.reshape(num_steps, process_count, global_batch_size // process_count)[:, process_index]
-
-
-def eval_batches(split: ArraySplit, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Every example exactly once: the split is padded to whole global batches and `mask`
-    marks the real rows. Each process gets the same number of batches. Plain NumPy slicing,
-    not tf.data: evaluation sets are small, and this keeps the device-resident path (train
-    batches gathered on the device) free of TensorFlow, for machines that lack it."""
-    local = global_batch_size // process_count
-    steps = -(-len(split) // global_batch_size)
-    padded = steps * global_batch_size
-    images = np.concatenate([split.images, np.zeros((padded - len(split), *split.images.shape[1:]), np.uint8)])
-    labels = np.concatenate([split.labels, np.zeros(padded - len(split), np.int32)])
-    mask = np.arange(padded) < len(split)
-    for rows in np.arange(padded).reshape(steps, process_count, local)[:, process_index]:
-        yield {"image": images[rows], "label": labels[rows], "mask": mask[rows]}
-
-
-def _gather_batches(tf, rows: np.ndarray, **columns: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-    """tf.data pipeline yielding {name: column[rows[i]]} for each row-index vector, prefetched
-    in a background thread. The columns become eager tensors first, so the dataset graph
-    captures them by reference instead of embedding 150 MB constants."""
-    tensors = {name: tf.convert_to_tensor(col) for name, col in columns.items()}
-    ds = tf.data.Dataset.from_tensor_slices(rows).map(
-        lambda idx: {name: tf.gather(t, idx) for name, t in tensors.items()},
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(2).as_numpy_iterator()
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> Data:
+    """The config's splits (TFDS `data.dataset` or `data.image_folder`), restricted to its
+    class subset, with its validation part held out of train and the label budget applied."""
+    d = config.data
+    whole = read_split(d, d.train_split, data_dir)
+    names = class_names(d, data_dir)  # after reading: TFDS knows some names only once prepared
+    labelled, rest = split_label_budget(whole, d.examples_per_class, d.label_seed, d.labels_csv, names)
+    # The validation part comes out of the labels the run was given, never from beyond its budget.
+    train, validation = split_train(d, labelled)
+    extra_evals = {split: read_split(d, split, data_dir) for split in d.extra_eval_splits}
+    return Data(train, load_eval_split(d, data_dir), len(names), extra_evals, names, validation,
+                unlabeled_images(d, rest))

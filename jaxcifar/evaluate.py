@@ -46,7 +46,7 @@ import jax
 
 from jaxcifar.cli import reports_user_errors
 from jaxcifar import data as data_lib
-from jaxcifar import ssl
+from jaxcifar import batch_order, ssl
 from jaxcifar.methods.two_view import make_features_fn
 from jaxcifar.runs import Run, add_run_arguments, load_run
 
@@ -140,12 +140,12 @@ class Evaluation:
 def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
                  batch_size: int | None = None) -> Evaluation:
     """Logits and report of `run` on an in-memory split (e.g. a synthetic one in tests).
-    Fixed-size padded batches (data.eval_batches), so the model compiles once."""
+    Fixed-size padded batches (batch_order.eval_batches), so the model compiles once."""
     if not len(split):
         raise ValueError("The split to evaluate is empty.")
     tta = run.resolve_tta(tta)
     chunks = [np.asarray(run.logits(batch["image"], tta=tta))[batch["mask"]]
-              for batch in data_lib.eval_batches(split, batch_size or run.config.eval_batch_size)]
+              for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size)]
     logits = np.concatenate(chunks)
     report = build_report(split.labels, logits, run.class_names)
     report.update(tta=tta, checkpoint_step=run.step)
@@ -156,7 +156,7 @@ def backbone_features(run: Run, split: data_lib.ArraySplit, batch_size: int | No
     """Backbone features of every image of `split`, in order (fixed-size padded batches)."""
     features = jax.jit(make_features_fn(run.model, run.config))
     return np.concatenate([np.asarray(features(run.variables, batch["image"]))[batch["mask"]]
-                           for batch in data_lib.eval_batches(split, batch_size or run.config.eval_batch_size)])
+                           for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size)])
 
 
 def self_supervised_report(workdir: str | pathlib.Path, train_split: data_lib.ArraySplit,
@@ -311,9 +311,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, checkpoint: str | int = "best"
     split_name = split_name or IN_MEMORY
     out_dir = split_dir(run.workdir, split_name) if out is None else pathlib.Path(out)
     if not run.is_classifier:
-        from jaxcifar.train import load_data  # the run's own train split: its bank and probe data
-
-        train_split = train_split or load_data(run.config, data_dir).train
+        # The run's own train split is its kNN bank and its probe's data.
+        train_split = train_split or data_lib.load_data(run.config, data_dir).train
         report = self_supervised_report(workdir, train_split, split, checkpoint)
         report.update(workdir=str(run.workdir), checkpoint=checkpoint_label(run, checkpoint), split=split_name)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -278,15 +278,13 @@ def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, check
 
 def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration_images, extra_splits, timing_repeats,
                    train_split, eval_splits, tta, full) -> dict:
-    from jaxcifar import train
-
     started = time.perf_counter()
     progress = lambda message, *args: log.info(f"[%4.0f s] {message}", time.perf_counter() - started, *args)  # noqa: E731
     run = load_run(workdir, checkpoint)
     run.require_classifier()
     if train_split is None:
         progress("reading the training split for calibration")
-        train_split = train.load_data(run.config, data_dir).train
+        train_split = data_lib.load_data(run.config, data_dir).train
     if eval_splits is None:
         eval_splits = {name: evaluate.load_eval_split(run, name, data_dir)
                        for name in (run.config.data.eval_split, *extra_splits)}

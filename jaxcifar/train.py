@@ -1,7 +1,5 @@
-"""The training loop and `python -m jaxcifar.train`.
-
-    python -m jaxcifar.train --config simple_cnn --workdir runs/cnn --data_dir ../shared/tensorflow_datasets \
-        --config.epochs=3
+"""The training loop: `fit(config, workdir)` (its command line, `python -m jaxcifar.train`, is
+jaxcifar/cli/train.py).
 
 Side effects live here (data loading, logging, checkpoints, signals); the math is in
 steps.py, optim.py and augment.py. Running the same command on the same workdir resumes
@@ -10,7 +8,6 @@ from the latest good checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -29,9 +26,8 @@ from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, checkpoint, early_stopping, methods, models, optim, parallel, peft, precision, prune, steps
+from jaxcifar import augment, batch_order, checkpoint, early_stopping, methods, models, optim, parallel, peft, precision, prune, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
-from jaxcifar.cli import USAGE_ERROR, reports_user_errors
 from jaxcifar.methods.base import Evaluator, Method, StageContext
 from jaxcifar.pretrained import TORCH_SUFFIXES, load_pretrained_backbone
 from jaxcifar.workdir import Workdir
@@ -39,53 +35,7 @@ from jaxcifar.workdir import Workdir
 log = logging.getLogger("jaxcifar")
 
 
-@dataclasses.dataclass(frozen=True)
-class Data:
-    """The splits of a run, in host memory, and its classes. Every label must be below
-    `num_classes` (checked here, the one door all data comes through).
-
-    Model selection (the best checkpoint, early stopping) reads `validation` only, a part held
-    out of the training images; `eval` is the test split, evaluated after every epoch for
-    monitoring and at the end for the report, and never selects anything. `unlabeled`: images
-    without labels, for the methods that read them (None: none)."""
-
-    train: data_lib.ArraySplit
-    eval: data_lib.ArraySplit | None  # the test split (data.eval_split); None when eval_split=''
-    num_classes: int
-    extra_evals: dict[str, data_lib.ArraySplit] = dataclasses.field(default_factory=dict)  # final eval only
-    class_names: tuple[str, ...] = ()  # in label order; () names the classes by label id: '0', '1', ...
-    validation: data_lib.ArraySplit | None = None  # held out of train (data.validation_fraction); selects
-    unlabeled: data_lib.UnlabeledSplit | None = None
-
-    def __post_init__(self) -> None:
-        if not self.class_names:
-            object.__setattr__(self, "class_names", tuple(str(i) for i in range(self.num_classes)))
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names {list(self.class_names)} for "
-                             f"num_classes={self.num_classes}; give one name per class, in label order.")
-        if self.eval is None and self.validation is None:
-            raise ValueError("A run needs a test split (eval) or a validation split to be evaluated on.")
-        splits = {"train": self.train, "eval": self.eval, "validation": self.validation, **self.extra_evals}
-        for name, split in splits.items():
-            if split is not None:
-                data_lib.check_labels(split, self.num_classes, name)
-
-
-def load_data(config: ml_collections.ConfigDict, data_dir: str | None = None) -> Data:
-    """The config's splits (TFDS `data.dataset` or `data.image_folder`), restricted to its
-    class subset, with its validation part held out of train and the label budget applied."""
-    d = config.data
-    whole = data_lib.read_split(d, d.train_split, data_dir)
-    names = data_lib.class_names(d, data_dir)  # after reading: TFDS knows some names only once prepared
-    labelled, rest = data_lib.split_label_budget(whole, d.examples_per_class, d.label_seed, d.labels_csv, names)
-    # The validation part comes out of the labels the run was given, never from beyond its budget.
-    train, validation = data_lib.split_train(d, labelled)
-    extra_evals = {split: data_lib.read_split(d, split, data_dir) for split in d.extra_eval_splits}
-    return Data(train, data_lib.load_eval_split(d, data_dir), len(names), extra_evals, names, validation,
-                data_lib.unlabeled_images(d, rest))
-
-
-def check_data_fits(config: ml_collections.ConfigDict, data: Data) -> None:
+def check_data_fits(config: ml_collections.ConfigDict, data: data_lib.Data) -> None:
     """Refuse a config that cannot train on `data`, saying which flag to change."""
     n = len(data.train)
     if config.batch_size > n:
@@ -94,10 +44,10 @@ def check_data_fits(config: ml_collections.ConfigDict, data: Data) -> None:
                          f"--config.batch_size=N with N at most {n}, e.g. --config.batch_size={fits}.")
     if early_stopping.is_enabled(config) and data.validation is None:
         raise ValueError("early stopping picks epochs on a validation split, and this data has none: hold one out "
-                         "with --config.data.validation_fraction=0.1 (or pass Data(validation=...)).")
+                         "with --config.data.validation_fraction=0.1 (or pass data.Data(validation=...)).")
 
 
-def check_streams(method: Method, config: ml_collections.ConfigDict, data: Data) -> None:
+def check_streams(method: Method, config: ml_collections.ConfigDict, data: data_lib.Data) -> None:
     """Refuse a run whose method reads a stream it cannot get."""
     if not method.unlabeled_ratio:
         return
@@ -183,7 +133,7 @@ class Trainer:
     """Holds what a run needs between epochs: mesh, objective (with its model), data,
     compiled steps, writers."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: Data,
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: data_lib.Data,
                  init_from: str | None = None, overwrite: bool = False):
         self.config = config
         self.mesh = parallel.make_mesh()
@@ -201,7 +151,7 @@ class Trainer:
         if config.data.scan_epoch and jax.default_backend() == "cpu":
             log.warning("data.scan_epoch=True on a CPU: measured 25x slower than per-step dispatch for simple_cnn "
                         "(docs/design.md, 'An epoch can run as one lax.scan'). It is meant for accelerators.")
-        self.steps_per_epoch = data_lib.steps_per_epoch(len(data.train), config.batch_size)
+        self.steps_per_epoch = batch_order.steps_per_epoch(len(data.train), config.batch_size)
         self.checkpointer = Checkpointer(self.workdir.path, keep=config.keep_checkpoints)
         self.init_from = init_from
         self.replicated = parallel.replicated(self.mesh)
@@ -292,18 +242,18 @@ class Trainer:
         args = self._epoch_args(epoch, start_step)
         if self.config.data.device_resident:
             resident = self._resident_train()
-            for rows in data_lib.epoch_rows(len(self.data.train), *args):
+            for rows in batch_order.epoch_rows(len(self.data.train), *args):
                 yield self._gather(resident, parallel.to_global({"index": rows}, self.mesh)["index"])
         else:
-            for local in data_lib.train_batches(self.data.train, *args):
+            for local in batch_order.train_batches(self.data.train, *args):
                 yield parallel.to_global(local, self.mesh)
 
     def _unlabeled_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
-        """The unlabelled images of the epoch's steps from `start_step` (data.unlabeled_rows:
+        """The unlabelled images of the epoch's steps from `start_step` (batch_order.unlabeled_rows:
         `unlabeled_ratio` per labelled image), sharded over the mesh like the labelled batch,
         with their rows in the stream (`unlabeled_index`: where a method finds what it
         derived for an image before the run, such as a propagated label)."""
-        rows = data_lib.unlabeled_rows(len(self.data.unlabeled), self.objective.unlabeled_ratio * self.config.batch_size,
+        rows = batch_order.unlabeled_rows(len(self.data.unlabeled), self.objective.unlabeled_ratio * self.config.batch_size,
                                        self.config.seed, epoch * self.steps_per_epoch + start_step,
                                        self.steps_per_epoch - start_step, jax.process_index(), jax.process_count())
         for local in rows:
@@ -311,7 +261,7 @@ class Trainer:
                                       "unlabeled_index": local.astype(np.int32)}, self.mesh)
 
     def _epoch_args(self, epoch: int, start_step: int) -> tuple:
-        """This process's arguments to data.epoch_rows / data.train_batches."""
+        """This process's arguments to batch_order.epoch_rows / batch_order.train_batches."""
         return (self.config.batch_size, self.config.seed, epoch, start_step, jax.process_index(),
                 jax.process_count())
 
@@ -536,7 +486,7 @@ class Trainer:
         compile is kept out of the training seconds. Outputs are pinned replicated, as the
         compiled call requires of its inputs next epoch. A stop signal is acted on by `run`
         once the epoch is logged and saved."""
-        local_rows = data_lib.epoch_rows(len(self.data.train), *self._epoch_args(epoch, start_step))
+        local_rows = batch_order.epoch_rows(len(self.data.train), *self._epoch_args(epoch, start_step))
         rows = parallel.steps_to_global(local_rows, self.mesh)
         resident, key, compile_s = self._resident_train(), (stage.index, len(local_rows)), 0.0
         if key not in self._epoch_scans:
@@ -688,70 +638,15 @@ def result_line(summary: dict) -> str:
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
-        data: Data | None = None, init_from: str | None = None, overwrite: bool = False) -> dict:
+        data: data_lib.Data | None = None, init_from: str | None = None, overwrite: bool = False) -> dict:
     """Library entry point: train (or resume) `config` in `workdir`; returns summary.json's content."""
-    data = data or load_data(config, data_dir)
+    data = data or data_lib.load_data(config, data_dir)
     config = prune.with_block_widths(config, init_from)
     trainer = Trainer(config, workdir, data, init_from=init_from, overwrite=overwrite)
     try:
         return trainer.run()
     finally:
         trainer.checkpointer.close()
-
-
-# ----- command line -----
-def help_epilog(argv: list[str]) -> str:
-    """--help's field list, with the values of the recipe named by --config (if it loads),
-    so `--config simple_cnn --help` shows what simple_cnn will really use."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    name = pre.parse_known_args(argv)[0].config
-    try:
-        config, source = config_lib.load_recipe(name), f"recipe {name!r}"
-    except (ValueError, TypeError, OSError, SyntaxError):  # no or a broken --config: show the base defaults
-        config, source = config_lib.default_config(), "the base defaults (pass --config NAME for a recipe's)"
-    stages = "".join(f"\n  {stage}" for stage in config.stages)
-    return (f"Recipes (--config NAME): {', '.join(config_lib.recipe_names())}\n"
-            "Or --config path/to/file.py defining get_config().\n\n"
-            f"Fields, with the values of {source}. Override any with --config.FIELD=VALUE (Python literals):\n"
-            f"{config_lib.describe_fields(config)}\n\n"
-            f"Stages{' of this recipe:' + stages if stages else ': this recipe has one stage, `train`.'}\n"
-            "Override a stage's field with --config.stages.NAME.FIELD=VALUE; stage fields: "
-            f"{', '.join(config_lib.STAGE_FIELDS)}.\n")
-
-
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcifar.train",
-        description="Train an image classifier (CIFAR-10, any TFDS dataset, or a folder of images) with JAX.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog(argv))
-    parser.add_argument("--config", required=True, help="recipe name or path to a config file")
-    parser.add_argument("--workdir", required=True, help="run directory: checkpoints, logs, summary.json")
-    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
-    parser.add_argument("--init_from", default=None,
-                        help="backbone source: a jaxcifar workdir/checkpoint dir, or torchvision/timm .safetensors/.pth")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start over in a workdir holding an incompatible run (the old run is moved aside, not deleted)")
-    parser.add_argument("--distributed.coordinator", dest="coordinator", default=None, help="HOST:PORT of process 0")
-    parser.add_argument("--distributed.num_processes", dest="num_processes", type=int, default=None)
-    parser.add_argument("--distributed.process_id", dest="process_id", type=int, default=None)
-    parser.add_argument("--distributed.auto", dest="auto_distributed", action="store_true",
-                        help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
-    args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config.") or "=" not in item:
-            parser.error(f"unrecognized argument {item!r}; config overrides look like --config.FIELD=VALUE")
-        key, value = item[len("--config."):].split("=", 1)
-        overrides.append((key, value))
-    return args, overrides
-
-
-def build_config(name_or_path: str, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
-    config = config_lib.load_recipe(name_or_path)
-    for key, value in overrides:
-        config_lib.override(config, key, value)
-    return config
 
 
 def configure_compilation_cache() -> None:
@@ -762,32 +657,7 @@ def configure_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
 
 
-@reports_user_errors
-def main(argv: list[str] | None = None) -> int:
-    # Our own handler: absl (imported by TF/Orbax) may already have configured the root logger.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("jaxcifar: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        config = build_config(args.config, overrides)
-        if args.coordinator or args.auto_distributed:
-            parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        configure_compilation_cache()
-        summary = fit(config, args.workdir, data_dir=args.data_dir, init_from=args.init_from,
-                      overwrite=args.overwrite)
-    except StopRequested as e:
-        log.info("%s", e)
-        return e.exit_status
-    except NonFiniteLoss as e:  # the run diverged: not a bug, so reported like a user error
-        print(f"error: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    if jax.process_index() == 0:
-        print(finished_line(summary, args.workdir))
-    return 0
+if __name__ == "__main__":  # the command line lives in jaxcifar/cli/train.py
+    from jaxcifar.cli.train import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -80,7 +80,7 @@ def write_jpeg_pack(path, splits):
 
 @pytest.fixture
 def tiny_data():
-    from jaxcifar.train import Data
+    from jaxcifar.data import Data
 
     return Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
 
@@ -133,7 +133,7 @@ def tiny_run_dir(tmp_path_factory):
     from jaxcifar import train
 
     workdir, eval_split = tmp_path_factory.mktemp("tiny_run"), synthetic_split(77, 1)
-    summary = train.fit(tiny_config(epochs=1), workdir, data=train.Data(synthetic_split(256, 0), eval_split, 10))
+    summary = train.fit(tiny_config(epochs=1), workdir, data=data_lib.Data(synthetic_split(256, 0), eval_split, 10))
     return workdir, eval_split, summary
 
 

@@ -19,6 +19,7 @@ import sys
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from tests.conftest import synthetic_split, tiny_config  # noqa: E402
 from jaxcifar import checkpoint, config as config_lib, parallel, train  # noqa: E402
+from jaxcifar import data as data_lib
 
 
 def params_digest(workdir: str) -> str:
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> None:
     for item in rest:
         if item.startswith("--config."):
             config_lib.override(cfg, *item[len("--config."):].split("=", 1))
-    data = train.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
+    data = data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
     try:
         summary = train.fit(cfg, workdir, data=data)
     except train.StopRequested as e:  # exit as the CLI does: 128 + the signal

@@ -1,7 +1,7 @@
 import pytest
 
 from jaxcifar import config as config_lib
-from jaxcifar.train import build_config, parse_args
+from jaxcifar.cli.train import build_config, parse_args
 
 
 def test_every_recipe_loads_and_validates():

@@ -5,33 +5,33 @@ import sys
 import numpy as np
 import pytest
 
-from jaxcifar import augment, data as data_lib, image_files, train
+from jaxcifar import augment, batch_order, data as data_lib, image_files, train
 from jaxcifar.cli import USAGE_ERROR
 from jaxcifar.runs import load_run
 from tests.conftest import synthetic_split, tiny_config
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
-    a = data_lib.epoch_permutation(1000, seed=3, epoch=2)
-    assert np.array_equal(a, data_lib.epoch_permutation(1000, seed=3, epoch=2))
-    assert not np.array_equal(a, data_lib.epoch_permutation(1000, seed=3, epoch=3))
-    assert not np.array_equal(a, data_lib.epoch_permutation(1000, seed=4, epoch=2))
+    a = batch_order.epoch_permutation(1000, seed=3, epoch=2)
+    assert np.array_equal(a, batch_order.epoch_permutation(1000, seed=3, epoch=2))
+    assert not np.array_equal(a, batch_order.epoch_permutation(1000, seed=3, epoch=3))
+    assert not np.array_equal(a, batch_order.epoch_permutation(1000, seed=4, epoch=2))
     assert sorted(a) == list(range(1000))
 
 
 def test_train_batches_drop_remainder_and_resume_skips_consumed_batches():
     split = synthetic_split(100)
-    full = list(data_lib.train_batches(split, 32, seed=0, epoch=1))
+    full = list(batch_order.train_batches(split, 32, seed=0, epoch=1))
     assert len(full) == 3 and all(b["image"].shape == (32, 32, 32, 3) for b in full)
     assert len({int(i) for b in full for i in b["label"]}) > 1
-    resumed = list(data_lib.train_batches(split, 32, seed=0, epoch=1, start_step=2))
+    resumed = list(batch_order.train_batches(split, 32, seed=0, epoch=1, start_step=2))
     assert len(resumed) == 1 and np.array_equal(resumed[0]["image"], full[2]["image"])
 
 
 def test_processes_get_disjoint_rows_of_the_same_global_batch():
     split = synthetic_split(64)
-    whole = next(data_lib.train_batches(split, 32, seed=5, epoch=0))
-    parts = [next(data_lib.train_batches(split, 32, seed=5, epoch=0, process_index=p, process_count=2))
+    whole = next(batch_order.train_batches(split, 32, seed=5, epoch=0))
+    parts = [next(batch_order.train_batches(split, 32, seed=5, epoch=0, process_index=p, process_count=2))
              for p in range(2)]
     assert np.array_equal(np.concatenate([p["image"] for p in parts]), whole["image"])
 
@@ -41,7 +41,7 @@ def test_eval_batches_count_every_example_exactly_once(process_count):
     split = synthetic_split(77)
     seen = []
     for p in range(process_count):
-        batches = list(data_lib.eval_batches(split, 20, process_index=p, process_count=process_count))
+        batches = list(batch_order.eval_batches(split, 20, process_index=p, process_count=process_count))
         assert len(batches) == 4  # ceil(77 / 20), the same on every process
         for b in batches:
             seen += [img.tobytes() for img, m in zip(b["image"], b["mask"]) if m]
@@ -93,7 +93,8 @@ def test_reachable_means_a_connection_opens():
 # A new user's first run offline: no data_dir, nothing prepared in TFDS's default folder.
 OFFLINE_FIRST_RUN = """
 import sys, time
-from jaxcifar import data, train
+from jaxcifar import data
+from jaxcifar.cli import train
 data.reachable = lambda url, timeout_s=data.REACHABLE_TIMEOUT_S: False
 data.import_tf()  # the clock times the run, not TensorFlow's import
 start = time.monotonic()
@@ -146,7 +147,7 @@ def test_other_tfds_datasets_train_with_their_own_class_count(tmp_path, dataset,
 
     config = tiny_config(epochs=1, data={"dataset": dataset})
     with tfds.testing.mock_data(num_examples=64):
-        data = train.load_data(config, MOCKED_DATA_DIR)
+        data = data_lib.load_data(config, MOCKED_DATA_DIR)
         assert data.num_classes == num_classes and len(data.class_names) == num_classes
         assert data.train.images.shape[1:] == native_shape
         summary = train.fit(config, tmp_path, data=data)
@@ -165,7 +166,7 @@ def test_a_tfds_dataset_of_varying_image_sizes_is_resized_by_the_image_file_rule
     # tf_flowers has only a train split: a validation part of it, and no test split.
     config = tiny_config(data={"dataset": "tf_flowers", "validation_fraction": 0.25, "eval_split": "", "image_size": 24})
     with tfds.testing.mock_data(num_examples=20):
-        data = train.load_data(config, MOCKED_DATA_DIR)
+        data = data_lib.load_data(config, MOCKED_DATA_DIR)
     assert data.class_names[:2] == ("dandelion", "daisy")  # tf_flowers names its classes in code
     assert data.train.images.shape[1:] == (24, 24, 3) and len(data.train) + len(data.validation) == 20
     assert data.eval is None
@@ -186,14 +187,14 @@ def test_device_resize_and_host_resize_are_the_same_filter():
 def test_labels_beyond_the_class_count_are_refused():
     split = synthetic_split(20)
     with pytest.raises(ValueError, match=r"train split has labels from 1 to 12, but the run has 10 classes"):
-        train.Data(data_lib.ArraySplit(split.images, np.where(split.labels == 0, 12, split.labels)), split, 10)
+        data_lib.Data(data_lib.ArraySplit(split.images, np.where(split.labels == 0, 12, split.labels)), split, 10)
     with pytest.raises(ValueError, match="3 class names"):
-        train.Data(split, split, 10, class_names=("a", "b", "c"))
-    assert train.Data(split, split, 10).class_names == tuple(str(i) for i in range(10))
+        data_lib.Data(split, split, 10, class_names=("a", "b", "c"))
+    assert data_lib.Data(split, split, 10).class_names == tuple(str(i) for i in range(10))
 
 
 def test_a_class_subset_beyond_the_dataset_is_refused(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=8), pytest.raises(ValueError, match=r"class ids \[10\].*has 10 classes"):
-        train.load_data(tiny_config(data={"dataset": "svhn_cropped", "classes": (1, 10)}), MOCKED_DATA_DIR)
+        data_lib.load_data(tiny_config(data={"dataset": "svhn_cropped", "classes": (1, 10)}), MOCKED_DATA_DIR)

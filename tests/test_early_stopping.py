@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from jaxcifar import augment, early_stopping, steps, train
+from jaxcifar import data as data_lib
 from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
 from jaxcifar.checkpoint import Checkpointer
@@ -26,7 +27,7 @@ WITH_VALIDATION = {"validation_fraction": 0.25}
 @pytest.fixture
 def tiny_data():
     """The shared tiny splits plus a validation split, which early stopping selects on."""
-    return train.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10, validation=synthetic_split(64, 2))
+    return data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10, validation=synthetic_split(64, 2))
 
 
 def history(workdir):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import augment, export, steps, train
+from jaxcifar import data as data_lib
 from jaxcifar.runs import load_run
 from tests.conftest import REPO, synthetic_split, tiny_config
 
@@ -122,7 +123,7 @@ def test_a_run_with_another_image_size_exports_and_predicts_at_that_size(tmp_pat
 
     from jaxcifar import image_files, predict
 
-    data = train.Data(synthetic_split(64, 0), synthetic_split(20, 1), 10, class_names=tuple("abcdefghij"))
+    data = data_lib.Data(synthetic_split(64, 0), synthetic_split(20, 1), 10, class_names=tuple("abcdefghij"))
     train.fit(tiny_config(epochs=1, data={"image_size": 24}), tmp_path / "run", data=data)
     run = load_run(tmp_path / "run", "latest")
     assert run.image_size == 24 and run.class_names == tuple("abcdefghij")

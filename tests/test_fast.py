@@ -222,7 +222,7 @@ from jaxcifar import data, train
 from tests.conftest import tiny_config
 splits = data.load_jpeg_pack({pack!r})
 summary = train.fit(tiny_config(epochs=1, batch_size=16, data={{"device_resident": True, "scan_epoch": True}}),
-                    {workdir!r}, data=train.Data(splits["train"], splits["test"], 10))
+                    {workdir!r}, data=data_lib.Data(splits["train"], splits["test"], 10))
 print("RESULT", summary["steps"], summary["eval_examples"])
 """
 

@@ -93,7 +93,7 @@ def test_a_few_label_runs_validation_comes_out_of_its_budget(monkeypatch):
     monkeypatch.setattr(data_lib, "read_split", lambda d, split, data_dir=None: whole)
     monkeypatch.setattr(data_lib, "class_names", lambda d, data_dir=None: tuple(map(str, range(10))))
     config = tiny_config(data={"examples_per_class": 6, "label_seed": 3, "validation_fraction": 0.34})
-    data = train.load_data(config, None)
+    data = data_lib.load_data(config, None)
     budget = data_lib.label_budget(whole.labels, 6, 3)
     given = {image.tobytes() for image in whole.images[budget]}
     assert len(data.train) + len(data.validation) == 60 == len(given)
@@ -127,7 +127,7 @@ def ssl_run(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("multicrop")
     train.fit(tiny_ssl_config("ssl_multicrop", epochs=1), workdir,
-              data=train.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10))
+              data=data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10))
     return workdir
 
 
@@ -223,7 +223,7 @@ def test_the_student_trains_on_the_propagated_labels_and_never_on_the_unlabelled
         propagate.propagate_run(ssl_run, tmp_path / name / "targets", config, whole=split, test=test, k=10)
         labelled, unlabelled = data_lib.split_label_budget(split, 0, labels_csv=budget,
                                                            class_names=tuple(map(str, range(10))))
-        train.fit(config, tmp_path / name / "student", data=train.Data(labelled, test, 10, unlabeled=unlabelled),
+        train.fit(config, tmp_path / name / "student", data=data_lib.Data(labelled, test, 10, unlabeled=unlabelled),
                   init_from=str(ssl_run))
         weights.append(checkpoint.load_variables(tmp_path / name / "student", "latest")[0])
     for a, b in zip(jax.tree_util.tree_leaves(weights[0]), jax.tree_util.tree_leaves(weights[1])):

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from jaxcifar import config as config_lib
+from jaxcifar import data as data_lib
 from jaxcifar import predict, pretrained, train
 from jaxcifar.checkpoint import Checkpointer
+from jaxcifar.cli import train as train_cli
 from tests.conftest import synthetic_split, tiny_config
 
 
 def test_a_refused_start_leaves_nothing_behind_and_names_the_flag(tmp_path):
-    data = train.Data(synthetic_split(60, 0), synthetic_split(20, 1), 10)
+    data = data_lib.Data(synthetic_split(60, 0), synthetic_split(20, 1), 10)
     with pytest.raises(ValueError, match=r"batch_size=64 is larger than the 60 .*--config\.batch_size=32"):
         train.fit(tiny_config(batch_size=64, epochs=1), tmp_path, data=data)
     assert not (tmp_path / "config.json").exists()
@@ -23,7 +25,7 @@ def test_a_refused_start_leaves_nothing_behind_and_names_the_flag(tmp_path):
 
 
 def test_a_run_that_never_saved_a_step_does_not_block_its_corrected_command(tmp_path):
-    data = train.Data(synthetic_split(64, 0), synthetic_split(20, 1), 10)
+    data = data_lib.Data(synthetic_split(64, 0), synthetic_split(20, 1), 10)
     train.Trainer(tiny_config(lr=1.0), tmp_path, data).checkpointer.close()  # wrote config.json, saved no step
     train.fit(tiny_config(epochs=1), tmp_path, data=data)  # a different config, no --overwrite needed
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == tiny_config().lr
@@ -51,7 +53,7 @@ def test_a_user_error_is_one_line_and_status_2_in_every_tool(tmp_path, capsys):
                        (export.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]),
                        (quantize.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "q")]),
                        (serve.main, ["--workdir", str(tmp_path / "missing")]),
-                       (train.main, ["--config", "nope", "--workdir", str(tmp_path / "w")])):
+                       (train_cli.main, ["--config", "nope", "--workdir", str(tmp_path / "w")])):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err, err
@@ -81,7 +83,7 @@ def test_the_stop_message_starts_its_own_line(tmp_path, shared_data_dir, monkeyp
         return signal.SIGINT if len(calls) == 2 else None
 
     monkeypatch.setattr(train.Trainer, "_agreed_stop_signal", stop_on_second_check)
-    status = train.main(["--config", "simple_cnn", "--workdir", str(tmp_path), "--data_dir", shared_data_dir,
+    status = train_cli.main(["--config", "simple_cnn", "--workdir", str(tmp_path), "--data_dir", shared_data_dir,
                          "--config.epochs=1", "--config.data.examples_per_class=20", "--config.batch_size=50",
                          "--config.data.eval_split=test[:100]", "--config.eval_batch_size=50"])
     err = capsys.readouterr().err

@@ -52,7 +52,7 @@ def folder_config(root, **fields):
 
 
 def test_folder_is_read_with_the_image_file_rule_and_named_by_its_folders(folder):
-    data = train.load_data(folder_config(folder))
+    data = data_lib.load_data(folder_config(folder))
     assert data.class_names == ("cat", "dog", "fish")  # sorted folder names, label = position
     assert data.train.images.shape == (72, 32, 32, 3) and data.train.images.dtype == np.uint8
     assert data.eval.images.shape == (18, 32, 32, 3)
@@ -67,7 +67,7 @@ def test_folder_is_read_with_the_image_file_rule_and_named_by_its_folders(folder
 
 
 def test_image_size_sets_the_size_images_are_read_at(folder):
-    data = train.load_data(folder_config(folder, data={"image_folder": str(folder), "image_size": 24}))
+    data = data_lib.load_data(folder_config(folder, data={"image_folder": str(folder), "image_size": 24}))
     assert data.train.images.shape[1:] == (24, 24, 3)
 
 
@@ -76,17 +76,17 @@ def test_validation_fraction_holds_out_each_class_deterministically(folder, tmp_
     shutil.copytree(folder / "train", train_only / "train")  # no test/ folder at all
     held_out = {"image_folder": str(train_only), "validation_fraction": 0.25, "eval_split": ""}
     config = folder_config(train_only, data=held_out)
-    data = train.load_data(config)
+    data = data_lib.load_data(config)
     assert data.eval is None  # eval_split='': no test split to read
     assert np.bincount(data.validation.labels).tolist() == [6, 6, 6]  # stratified: a quarter of each class
     assert np.bincount(data.train.labels).tolist() == [18, 18, 18]
     whole = data_lib.read_split(config.data, "train")
     together = np.concatenate([data.train.images, data.validation.images]).reshape(72, -1)
     assert sorted(map(bytes, together)) == sorted(map(bytes, whole.images.reshape(72, -1)))  # a partition
-    again = train.load_data(config)
+    again = data_lib.load_data(config)
     np.testing.assert_array_equal(again.validation.images, data.validation.images)
     # The run's seed does not move it: every seed of a comparison validates on the same images.
-    np.testing.assert_array_equal(train.load_data(folder_config(train_only, seed=5, data=held_out)).validation.images,
+    np.testing.assert_array_equal(data_lib.load_data(folder_config(train_only, seed=5, data=held_out)).validation.images,
                                   data.validation.images)
 
 
@@ -131,7 +131,7 @@ def test_bad_folders_get_errors_that_name_the_problem(tmp_path, problem, message
     root = write_folder(tmp_path / "images", {"train": 4, "test": 2})
     break_folder(root, problem)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        train.load_data(folder_config(root))
+        data_lib.load_data(folder_config(root))
 
 
 def run_training_cli(workdir, image_folder, *overrides):
@@ -180,7 +180,7 @@ def test_predict_names_the_folder_classes_and_agrees_with_the_run(cli_run, folde
     assert predict.main(["--workdir", str(workdir), "--checkpoint", "latest", "--json", "--top_k", "3", *files]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     run = load_run(workdir, "latest")
-    data = train.load_data(run.config)
+    data = data_lib.load_data(run.config)
     expected = jax.nn.softmax(run.logits(data.eval.images[data.eval.labels == 2][:2]), axis=-1)
     for result, probabilities in zip(results, np.asarray(expected)):
         assert {p["class"] for p in result["predictions"]} == {"cat", "dog", "fish"}
@@ -210,7 +210,7 @@ def test_a_run_without_classes_json_says_how_to_get_one(cli_run, tmp_path):
 
 def test_transfer_from_a_cifar_like_run_onto_the_folder_gets_a_new_head(folder, tmp_path):
     source = tmp_path / "cifar_like"
-    train.fit(tiny_config(epochs=1), source, data=train.Data(synthetic_split(128, 0), synthetic_split(40, 1), 10))
+    train.fit(tiny_config(epochs=1), source, data=data_lib.Data(synthetic_split(128, 0), synthetic_split(40, 1), 10))
     pretrained, _ = checkpoint.load_variables(source, "best")
     frozen_backbone = folder_config(folder, param_groups={"backbone": "backbone/.*", "head": "head/.*"},
                                     lr_multipliers={"backbone": None, "head": 1.0}, epochs=1)
@@ -227,7 +227,7 @@ def test_a_held_out_split_is_named_after_the_train_split_and_selects(folder, tmp
     held_out = folder_config(folder, data={"image_folder": str(folder), "validation_fraction": 0.25})
     assert data_lib.validation_split_name(held_out.data) == "train-validation"
     held_out.epochs = 1
-    summary = train.fit(held_out, tmp_path / "run", data=train.load_data(held_out))
+    summary = train.fit(held_out, tmp_path / "run", data=data_lib.load_data(held_out))
     # summary.json names what was evaluated, and what selected the reported weights
     assert (summary["eval_split"], summary["validation_split"]) == ("test", "train-validation")
     assert summary["selection"]["split"] == "train-validation" and summary["validation_examples"] == 18

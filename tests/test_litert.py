@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import evaluate, export, litert, quantize, runs, train
+from jaxcifar import data as data_lib
 from tests.conftest import REPO, synthetic_split, tiny_config
 
 AIRBENCH = dict(model="airbench", model_kwargs={"widths": (8, 16, 16)})
@@ -20,7 +21,7 @@ def airbench_quantized(tmp_path_factory):
     """(root, report, test split, train split) of a tiny airbench run quantized into root/out."""
     root = tmp_path_factory.mktemp("airbench")
     train_split, test = synthetic_split(256, 0), synthetic_split(100, 1)
-    train.fit(tiny_config(**AIRBENCH, epochs=1), root / "run", data=train.Data(train_split, test, 10))
+    train.fit(tiny_config(**AIRBENCH, epochs=1), root / "run", data=data_lib.Data(train_split, test, 10))
     report = quantize.quantize_workdir(root / "run", root / "out", train_split=train_split, eval_splits={"test": test},
                                        calibration_images=64, timing_repeats=1)
     return root, report, test, train_split
@@ -106,7 +107,7 @@ def test_quantize_publishes_what_runs_and_reports_what_does_not(airbench_quantiz
     # The float32 model comes out truncated, the int8 one aborts on its first call.
     monkeypatch.setattr(litert, "convert", lambda serving_fn, image_shape, batch_sizes, calibration=None:
                         broken["truncated" if calibration is None else "aborting"])
-    monkeypatch.setattr(train, "load_data", lambda config, data_dir: train.Data(train_split, test, 10))
+    monkeypatch.setattr(train, "load_data", lambda config, data_dir: data_lib.Data(train_split, test, 10))
     monkeypatch.setattr(evaluate, "load_eval_split", lambda run, name, data_dir: test)
     out = tmp_path / "out"
     status = quantize.main(["--workdir", str(root / "run"), "--out", str(out), "--calibration_images", "64",

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import augment, methods, parallel, runs, steps, train
+from jaxcifar import augment, batch_order, methods, parallel, runs, steps, train
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar.methods.base import StageContext
@@ -85,10 +85,10 @@ def recipe(**fields):
 BUDGET = 8  # labelled images per class: 80 of the 256 synthetic ones; the other 176 are unlabelled
 
 
-def budget_data(whole: data_lib.ArraySplit | None = None) -> train.Data:
-    """The synthetic split through the label budget's door, as train.load_data sends it."""
+def budget_data(whole: data_lib.ArraySplit | None = None) -> data_lib.Data:
+    """The synthetic split through the label budget's door, as data_lib.load_data sends it."""
     labelled, rest = data_lib.split_label_budget(whole or synthetic_split(256, 0), BUDGET)
-    return train.Data(labelled, synthetic_split(40, 1), 10, unlabeled=rest)
+    return data_lib.Data(labelled, synthetic_split(40, 1), 10, unlabeled=rest)
 
 
 def final_state(config, workdir, data) -> steps.TrainState:
@@ -165,18 +165,18 @@ def test_the_step_reads_the_unlabelled_images(mean_teacher):
 
 
 def test_unlabelled_rows_are_a_pure_function_of_seed_and_step():
-    rows = data_lib.unlabeled_rows(10, 4, seed=3, first_step=0, num_steps=10)
+    rows = batch_order.unlabeled_rows(10, 4, seed=3, first_step=0, num_steps=10)
     # Every pass over the set shows each image once (40 positions = 4 passes of 10 images).
     for k in range(4):
         assert sorted(rows.reshape(-1)[10 * k:10 * (k + 1)]) == list(range(10))
     assert not np.array_equal(rows.reshape(-1)[:10], rows.reshape(-1)[10:20])  # each pass its own shuffle
     # A resumed run's steps 6.. are the straight run's; each process takes its share of a batch.
-    np.testing.assert_array_equal(data_lib.unlabeled_rows(10, 4, 3, first_step=6, num_steps=4), rows[6:])
-    halves = [data_lib.unlabeled_rows(10, 4, 3, 0, 10, process_index=p, process_count=2) for p in (0, 1)]
+    np.testing.assert_array_equal(batch_order.unlabeled_rows(10, 4, 3, first_step=6, num_steps=4), rows[6:])
+    halves = [batch_order.unlabeled_rows(10, 4, 3, 0, 10, process_index=p, process_count=2) for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves, axis=1), rows)
     # A batch larger than the set spans passes; another seed, another stream.
-    assert data_lib.unlabeled_rows(3, 8, 3, 0, 2).shape == (2, 8)
-    assert not np.array_equal(data_lib.unlabeled_rows(10, 4, 4, 0, 10), rows)
+    assert batch_order.unlabeled_rows(3, 8, 3, 0, 2).shape == (2, 8)
+    assert not np.array_equal(batch_order.unlabeled_rows(10, 4, 4, 0, 10), rows)
 
 
 def test_unlabelled_batches_reach_the_step_sharded_like_the_labelled_ones(tmp_path, mean_teacher):
@@ -189,13 +189,13 @@ def test_unlabelled_batches_reach_the_step_sharded_like_the_labelled_ones(tmp_pa
     assert batch["unlabeled"].shape == (2 * 16, 32, 32, 3) and batch["unlabeled"].dtype == np.uint8
     assert batch["unlabeled"].sharding.is_equivalent_to(parallel.batch_sharding(trainer.mesh), 4)
     global_step = 1 * trainer.steps_per_epoch + 2
-    expected = data_lib.unlabeled_rows(len(data.unlabeled), 32, 0, global_step, 1)[0]
+    expected = batch_order.unlabeled_rows(len(data.unlabeled), 32, 0, global_step, 1)[0]
     np.testing.assert_array_equal(np.asarray(batch["unlabeled"]), data.unlabeled.images[expected])
 
 
 def test_a_method_that_reads_unlabelled_images_is_refused_without_them(tmp_path, mean_teacher):
     with pytest.raises(ValueError, match="examples_per_class=N.*DIR/unlabeled/"):
-        train.fit(recipe(), tmp_path / "a", data=train.Data(synthetic_split(64, 0), synthetic_split(20, 1), 10))
+        train.fit(recipe(), tmp_path / "a", data=data_lib.Data(synthetic_split(64, 0), synthetic_split(20, 1), 10))
     with pytest.raises(ValueError, match="scan_epoch=False"):
         train.fit(recipe(data={"device_resident": True, "scan_epoch": True}), tmp_path / "b", data=budget_data())
 
@@ -234,11 +234,11 @@ def test_an_unregistered_method_is_refused_with_the_registered_names():
 def test_image_folder_unlabeled_images_join_the_stream(tmp_path):
     root = write_folder(tmp_path / "images", {"train": 6, "test": 2})
     write_images(root / "unlabeled" / "any" / "depth", (128, 128, 128), 5, seed=99)
-    data = train.load_data(folder_config(root, data={"image_folder": str(root), "examples_per_class": 2}))
+    data = data_lib.load_data(folder_config(root, data={"image_folder": str(root), "examples_per_class": 2}))
     assert len(data.train) == 3 * 2 and len(data.unlabeled) == 3 * 4 + 5
     np.testing.assert_array_equal(data.unlabeled.images[-5:].reshape(5, -1).mean(1).round(-1), 130)
-    without_budget = train.load_data(folder_config(root))
+    without_budget = data_lib.load_data(folder_config(root))
     assert len(without_budget.train) == 18 and len(without_budget.unlabeled) == 5
     (root / "unlabeled" / "any" / "depth" / "000.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="1 of 5 images in .*unlabeled could not be read"):
-        train.load_data(folder_config(root))
+        data_lib.load_data(folder_config(root))

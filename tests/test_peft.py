@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import config as config_lib
+from jaxcifar import data as data_lib
 from jaxcifar import checkpoint, evaluate, models, peft, runs, train
 from jaxcifar.models.layers import LoRA
 from tests.conftest import synthetic_split, tiny_config
@@ -19,8 +20,8 @@ NET = dict(model="resnet18", model_kwargs={"width": 8}, param_groups={"backbone"
 PEFT = {"rank": 2, "alpha": 4.0}
 
 
-def data(seed: int) -> train.Data:
-    return train.Data(synthetic_split(128, seed), synthetic_split(40, seed + 1), 10)
+def data(seed: int) -> data_lib.Data:
+    return data_lib.Data(synthetic_split(128, seed), synthetic_split(40, seed + 1), 10)
 
 
 @pytest.fixture(scope="module")

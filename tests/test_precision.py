@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import checkpoint, methods, models, runs, train
+from jaxcifar import data as data_lib
 from jaxcifar import config as config_lib
 from jaxcifar import steps as steps_lib
 from jaxcifar.precision import compute_dtype
@@ -75,7 +76,7 @@ def test_float32_is_the_default_and_builds_the_registrys_models_unchanged():
 
 
 def curve_run(root, precision: str) -> tuple[list[float], dict]:
-    data = train.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
+    data = data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
     summary = train.fit(tiny_config(precision=precision, **CURVE), root / precision, data=data)
     history = (root / precision / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["train_loss"] for line in history], summary

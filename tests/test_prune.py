@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from jaxcifar import checkpoint, models, optim, peft, prune, runs, train
+from jaxcifar import data as data_lib
 from jaxcifar import config as config_lib
 from tests.conftest import crash_on_first_save, synthetic_split, tiny_config
 
@@ -49,7 +50,7 @@ def pruning_config(**fields):
 
 
 def data():
-    return train.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10)
+    return data_lib.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10)
 
 
 def test_a_pruning_run_reaches_its_sparsity_and_resumes_exactly(tmp_path, monkeypatch):

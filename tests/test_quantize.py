@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import evaluate, export, litert, models, peft, quantize, runs, train
+from jaxcifar import data as data_lib
 from tests.conftest import synthetic_split, tiny_config
 
 RESNET = dict(model="resnet18", model_kwargs={"width": 8})
@@ -65,7 +66,7 @@ def test_batch_norms_are_paired_with_the_conv_before_them():
 def quantized(tmp_path_factory):
     root = tmp_path_factory.mktemp("quantize")
     train_split, test = synthetic_split(512, 0), synthetic_split(200, 1)
-    train.fit(tiny_config(**RESNET, epochs=3), root / "run", data=train.Data(train_split, test, 10))
+    train.fit(tiny_config(**RESNET, epochs=3), root / "run", data=data_lib.Data(train_split, test, 10))
     report = quantize.quantize_workdir(root / "run", root / "out", train_split=train_split,
                                        eval_splits={"test": test, "test_jpeg": synthetic_split(100, 2)},
                                        calibration_images=256, timing_repeats=1)

@@ -21,7 +21,7 @@ def with_validation(test_labels_seed=None):
     test = synthetic_split(77, 1)
     if test_labels_seed is not None:
         test = dataclasses.replace(test, labels=np.random.default_rng(test_labels_seed).permutation(test.labels))
-    return train.Data(synthetic_split(256, 0), test, 10, validation=synthetic_split(64, 2))
+    return data_lib.Data(synthetic_split(256, 0), test, 10, validation=synthetic_split(64, 2))
 
 
 def weights(workdir, step):

@@ -20,6 +20,7 @@ parser = pytest.importorskip("prometheus_client.parser")
 from PIL import Image  # noqa: E402
 
 from jaxcifar import data, export, predict  # noqa: E402
+from jaxcifar import data as data_lib
 from jaxcifar.image_files import read_image  # noqa: E402
 from tests.conftest import REPO, synthetic_split, tiny_config  # noqa: E402
 
@@ -417,7 +418,7 @@ def litert_export(tmp_path_factory):
     from jaxcifar import quantize, runs, train
 
     root = tmp_path_factory.mktemp("litert")
-    train.fit(tiny_config(epochs=1), root / "run", data=train.Data(three_class_split(256, 0), three_class_split(40, 1),
+    train.fit(tiny_config(epochs=1), root / "run", data=data_lib.Data(three_class_split(256, 0), three_class_split(40, 1),
                                                                    len(CLASSES), class_names=CLASSES))
     run = runs.load_run(root / "run", "latest")
     quantize.export_litert(run, root / "litert_int8", tta=False, calibration=three_class_split(64, 2).images)

@@ -37,7 +37,7 @@ def tiny_data(labels_seed=None):
     if labels_seed is not None:  # the same images with other labels
         train_split = data_lib.ArraySplit(train_split.images,
                                           np.random.default_rng(labels_seed).permutation(train_split.labels))
-    return train.Data(train_split, synthetic_split(77, 1), 10)
+    return data_lib.Data(train_split, synthetic_split(77, 1), 10)
 
 
 def leaves(tree):

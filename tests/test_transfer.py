@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from jaxcifar import checkpoint, optim, train
+from jaxcifar import config as config_lib
+from jaxcifar import data as data_lib
 from tests.conftest import crash_on_first_save, tiny_config
 
 TINY_RESNET = {"stage_sizes": (1, 1), "width": 8}
@@ -33,7 +35,7 @@ def same(a, b):
 
 def one_stage_optimizer(params, **fields):
     """The optimizer of a one-stage `staged_config(**fields)`, at 10 steps per epoch."""
-    stage = dict(train.config_lib.stage_plan(staged_config(stages=(), **fields)))["train"]
+    stage = dict(config_lib.stage_plan(staged_config(stages=(), **fields)))["train"]
     return optim.make_optimizer(stage, GROUPS, params, 10)[0]
 
 
@@ -103,7 +105,7 @@ def test_init_from_run_with_other_head_size_and_mismatched_backbone(tmp_path, ti
     train.fit(staged_config(stages=()), source, data=tiny_data)
     pretrained, _ = checkpoint.load_variables(source, "best")
 
-    three_class = train.Data(*(train.data_lib.select_examples(s, (0, 1, 2)) for s in (tiny_data.train, tiny_data.eval)), 3)
+    three_class = data_lib.Data(*(data_lib.select_examples(s, (0, 1, 2)) for s in (tiny_data.train, tiny_data.eval)), 3)
     config = staged_config(data={"classes": (0, 1, 2)})
     trainer = train.Trainer(config, tmp_path / "transfer", three_class, init_from=str(source))
     state = trainer.initial_state()
@@ -169,7 +171,7 @@ def test_weight_decay_multipliers_and_weight_decay_on_all_reach_biases():
 
 
 def test_linear_schedule_runs_from_start_factor_to_peak_to_end_factor():
-    stage = dict(train.config_lib.stage_plan(staged_config(
+    stage = dict(config_lib.stage_plan(staged_config(
         stages=(), schedule="linear", lr=2.0, epochs=10, warmup_epochs=2.0, lr_start_factor=0.2,
         lr_end_factor=0.07)))["train"]
     schedule = optim.make_schedule(stage, 10)
@@ -179,6 +181,6 @@ def test_linear_schedule_runs_from_start_factor_to_peak_to_end_factor():
 
 def test_group_fields_naming_unknown_groups_are_rejected():
     with pytest.raises(ValueError, match="group_epochs names unknown groups"):
-        train.config_lib.validate(staged_config(stages=(), group_epochs={"nope": 1}), 1)
+        config_lib.validate(staged_config(stages=(), group_epochs={"nope": 1}), 1)
     with pytest.raises(ValueError, match=r"group_epochs.head=99 must be in"):
-        train.config_lib.validate(staged_config(stages=(), group_epochs={"head": 99}), 1)
+        config_lib.validate(staged_config(stages=(), group_epochs={"head": 99}), 1)

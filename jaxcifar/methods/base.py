@@ -14,8 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcifar import data as data_lib
-from jaxcifar import methods, parallel, peft, precision
+from jaxcifar import batch_order, methods, parallel, peft, precision
 from jaxcifar import steps as steps_lib
 from jaxcifar.data import ArraySplit
 
@@ -100,7 +99,7 @@ class Evaluator:
         self._jitted: dict[Callable, Callable] = {}
 
     def _batches(self, split: ArraySplit) -> Iterator[dict]:
-        for local in data_lib.eval_batches(split, self.batch_size, jax.process_index(), jax.process_count()):
+        for local in batch_order.eval_batches(split, self.batch_size, jax.process_index(), jax.process_count()):
             yield parallel.to_global(local, self.mesh)
 
     def sums(self, eval_step: Callable[[steps_lib.TrainState, dict], dict], state: steps_lib.TrainState,

@@ -46,8 +46,7 @@ import jax
 
 from jaxcifar.cli import reports_user_errors
 from jaxcifar import data as data_lib
-from jaxcifar import batch_order, ssl
-from jaxcifar.methods.two_view import make_features_fn
+from jaxcifar import batch_order, ssl, steps
 from jaxcifar.runs import Run, add_run_arguments, load_run
 
 REPORT = "report.json"
@@ -154,7 +153,7 @@ def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
 
 def backbone_features(run: Run, split: data_lib.ArraySplit, batch_size: int | None = None) -> np.ndarray:
     """Backbone features of every image of `split`, in order (fixed-size padded batches)."""
-    features = jax.jit(make_features_fn(run.model, run.config))
+    features = jax.jit(steps.make_features(run.model, run.image_size, run.config.augment.normalization))
     return np.concatenate([np.asarray(features(run.variables, batch["image"]))[batch["mask"]]
                            for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size)])
 
@@ -167,10 +166,10 @@ def self_supervised_report(workdir: str | pathlib.Path, train_split: data_lib.Ar
     if run.is_classifier:
         raise ValueError(f"{workdir} is a {run.config.objective} run, not a self-supervised one.")
     bank, queries = backbone_features(run, train_split), backbone_features(run, split)
-    knn = ssl.knn_predict(bank, train_split.labels, queries, run.num_classes, run.config.ssl.knn_k,
-                          run.config.ssl.knn_temperature)
     probe = ssl.linear_probe(bank, train_split.labels, queries, run.num_classes)
-    return {"objective": run.config.objective, "knn_accuracy": float(np.mean(knn == split.labels)),
+    return {"objective": run.config.objective,
+            "knn_accuracy": ssl.knn_accuracy(bank, train_split.labels, queries, split.labels, run.num_classes,
+                                             run.config.ssl),
             "linear_probe_accuracy": float(np.mean(probe == split.labels)), "num_examples": len(split),
             "train_examples": len(train_split), "knn_k": run.config.ssl.knn_k,
             "knn_temperature": run.config.ssl.knn_temperature, "checkpoint_step": run.step}

@@ -83,6 +83,14 @@ def knn_predict(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, 
                            for i in range(0, len(queries), chunk)])
 
 
+def knn_accuracy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, labels: np.ndarray,
+                 num_classes: int, ssl_config) -> float:
+    """The kNN monitor's accuracy with a run's `config.ssl` (k, temperature): one definition
+    for the monitor during training and for `evaluate` afterwards, so the two agree."""
+    predicted = knn_predict(bank, bank_labels, queries, num_classes, ssl_config.knn_k, ssl_config.knn_temperature)
+    return float(np.mean(predicted == labels))
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
 def _fit_linear(features: jax.Array, labels: jax.Array, num_classes: int, steps: int, lr: float,
                 weight_decay: float) -> dict:

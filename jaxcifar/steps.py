@@ -198,6 +198,16 @@ def make_forward(model: nn.Module, image_size: int, normalization: str, tta_tran
     return forward
 
 
+def make_features(model: nn.Module, image_size: int, normalization: str) -> Callable[[dict, jax.Array], jax.Array]:
+    """(variables, uint8 images) -> backbone features, through the same input path as
+    `make_forward`: what the kNN monitor, `evaluate`, `propagate` and `select_labels` embed."""
+
+    def features(variables: dict, images: jax.Array) -> jax.Array:
+        return model.apply(variables, augment.model_input(images, image_size, normalization), method="features")
+
+    return features
+
+
 def predict_logits(model: nn.Module, variables: dict, images: jax.Array, tta: bool = False,
                    translate: bool = False) -> jax.Array:
     """Eval-mode logits of normalised images. With `tta`, averaged with the mirrored images;

@@ -1,15 +1,12 @@
 """The base of two-view self-supervised methods (SimCLR, VICReg): two random views of each
 image (augment.ssl_view, on the device), both through backbone + projector, and a loss of
 the pair of projections. Labels are never read while training. Evaluated by the weighted
-kNN classifier on backbone features (`ssl.knn`; its bank is the train split with its
+kNN classifier on backbone features (`ssl.knn_accuracy`; its bank is the train split with its
 labels), as solo-learn and lightly monitor their runs; the best checkpoint is the one with
 the best kNN accuracy. A subclass gives the loss of the pair (`pair_loss`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,7 +24,8 @@ class TwoViewMethod(Method):
         super().__init__(config, num_classes)
         self.model = models.create_self_supervised(config.model, tuple(config.ssl.projector_dims),
                                                    **model_kwargs(config))
-        self._features = make_features_fn(self.model, config)
+        self._features = steps_lib.make_features(self.model, config.data.image_size,
+                                                 config.augment.normalization)
         self._bank: tuple[jax.Array, np.ndarray] | None = None  # (a weight of the evaluated state, its bank)
 
     def pair_loss(self, z1: jax.Array, z2: jax.Array) -> jax.Array:
@@ -67,16 +65,5 @@ class TwoViewMethod(Method):
         if self._bank is None or self._bank[0] is not weight:
             self._bank = (weight, evaluator.outputs(self._features, state, evaluator.train))
         queries = evaluator.outputs(self._features, state, split)
-        predicted = ssl.knn_predict(self._bank[1], evaluator.train.labels, queries, self.num_classes,
-                                    self.config.ssl.knn_k, self.config.ssl.knn_temperature)
-        return {"knn_accuracy": float(np.mean(predicted == split.labels))}
-
-
-def make_features_fn(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[[dict, jax.Array], jax.Array]:
-    """(variables, uint8 images) -> backbone features, with the run's input pipeline."""
-
-    def features(variables: dict, images: jax.Array) -> jax.Array:
-        x = augment.model_input(images, config.data.image_size, config.augment.normalization)
-        return model.apply(variables, x, method="features")
-
-    return features
+        return {"knn_accuracy": ssl.knn_accuracy(self._bank[1], evaluator.train.labels, queries, split.labels,
+                                                 self.num_classes, self.config.ssl)}

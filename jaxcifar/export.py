@@ -31,6 +31,7 @@ SavedModel was skipped, and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -100,15 +101,45 @@ def load_exported(path: str | pathlib.Path, num_threads: int = litert.NUM_THREAD
     return call
 
 
-def open_model(path: pathlib.Path, num_threads: int = litert.NUM_THREADS
-               ) -> tuple[Callable[[np.ndarray], ArrayLike], tuple, tuple[int, ...]]:
-    """(uint8 images -> logits, input shape with a symbolic batch, batch sizes to prove it
-    at) of a model file, unchecked. A StableHLO model takes any batch size; it is proven at
-    those of the LiteRT models, so that every artefact is proven alike."""
-    if litert.is_model_file(path):
-        return litert.load(path, num_threads)
+OpenedModel = tuple[Callable[[np.ndarray], ArrayLike], tuple, tuple[int, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtefactFormat:
+    """One kind of exported model file: how `load_exported`, `probe` and `serve` open it. A new
+    format is one entry in FORMATS."""
+
+    file: str  # the model file's name in an export folder; a file is recognised by its suffix
+    platform: str  # its name in the serving metadata (the KServe `platform` field)
+    open: Callable[[pathlib.Path, int], OpenedModel]  # (file, threads) -> open_model's triple
+    device: Callable[[], str]  # where its logits are computed
+
+
+def _open_stablehlo(path: pathlib.Path, num_threads: int) -> OpenedModel:
+    """A StableHLO model takes any batch size; it is proven at the LiteRT models' sizes, so
+    that every artefact is proven alike. XLA picks its own thread count."""
+    del num_threads
     exported = jax_export.deserialize(bytearray(path.read_bytes()))
     return jax.jit(exported.call), exported.in_avals[0].shape, litert.BATCH_SIZES  # compiled once per batch size
+
+
+FORMATS = (ArtefactFormat(STABLEHLO_FILE, "jax_stablehlo", _open_stablehlo, jax.default_backend),
+           # LiteRT runs on the CPU whatever JAX's default device is.
+           ArtefactFormat(litert.MODEL_FILE, "litert_tflite", litert.load, lambda: "cpu"))
+
+
+def artefact_format(file: pathlib.Path) -> ArtefactFormat:
+    """The format of a model file, by its suffix."""
+    for fmt in FORMATS:
+        if file.suffix == pathlib.Path(fmt.file).suffix:
+            return fmt
+    raise ValueError(f"{file} is not an exported model: expected one of {', '.join(f.file for f in FORMATS)}.")
+
+
+def open_model(path: pathlib.Path, num_threads: int = litert.NUM_THREADS) -> OpenedModel:
+    """(uint8 images -> logits, input shape with a symbolic batch, batch sizes to prove it
+    at) of a model file, unchecked."""
+    return artefact_format(path).open(path, num_threads)
 
 
 def probe(path: str | pathlib.Path, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
@@ -158,13 +189,13 @@ def prove_here(path: str) -> None:
 
 def artefact_file(path: pathlib.Path) -> pathlib.Path:
     """The model file at `path`: the file itself, or the one model file of a directory."""
-    found = [path / name for name in (STABLEHLO_FILE, litert.MODEL_FILE)] if path.is_dir() else [path]
+    found = [path / fmt.file for fmt in FORMATS] if path.is_dir() else [path]
     found = [f for f in found if f.is_file()]
     if not found:
         raise FileNotFoundError(f"No exported model at {path}; write one with `python -m jaxcifar.export` "
                                 "(or a LiteRT one with `python -m jaxcifar.quantize`).")
     if len(found) > 1:
-        raise ValueError(f"{path} holds both {STABLEHLO_FILE} and {litert.MODEL_FILE}; pass the file to load.")
+        raise ValueError(f"{path} holds {' and '.join(f.name for f in found)}; pass the file to load.")
     return found[0]
 
 

@@ -73,10 +73,6 @@ NUM_THREADS = 1
 OUTPUT = "logits"
 
 
-def is_model_file(path: pathlib.Path) -> bool:
-    return path.suffix == pathlib.Path(MODEL_FILE).suffix
-
-
 def signature_key(batch_size: int) -> str:
     return f"{SIGNATURE_PREFIX}{batch_size}"
 

@@ -107,7 +107,7 @@ def test_quantize_publishes_what_runs_and_reports_what_does_not(airbench_quantiz
     # The float32 model comes out truncated, the int8 one aborts on its first call.
     monkeypatch.setattr(litert, "convert", lambda serving_fn, image_shape, batch_sizes, calibration=None:
                         broken["truncated" if calibration is None else "aborting"])
-    monkeypatch.setattr(train, "load_data", lambda config, data_dir: data_lib.Data(train_split, test, 10))
+    monkeypatch.setattr(data_lib, "load_data", lambda config, data_dir: data_lib.Data(train_split, test, 10))
     monkeypatch.setattr(evaluate, "load_eval_split", lambda run, name, data_dir: test)
     out = tmp_path / "out"
     status = quantize.main(["--workdir", str(root / "run"), "--out", str(out), "--calibration_images", "64",

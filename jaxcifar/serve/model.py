@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcifar import export, litert, runs
+from jaxcifar import export, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ServedModel:
     class_names: tuple[str, ...]
     image_size: int  # S: the run's data.image_size (32 for the CIFAR recipes)
     step: int
-    platform: str  # the artefact's format: "jax_orbax", "jax_stablehlo" or "litert_tflite"
+    platform: str  # "jax_orbax" for a checkpoint, else its export format's (export.FORMATS)
     device: str  # where the logits are computed: JAX's backend, or "cpu" for LiteRT
     tta: bool
     accuracy: float | None  # summary.json's test_accuracy, if the run wrote one
@@ -58,11 +58,9 @@ def from_export(name: str, directory: str | pathlib.Path) -> ServedModel:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: the class names come from it; re-run jaxcifar.export.")
     meta = json.loads(meta_path.read_text())
-    # LiteRT runs on the CPU whatever JAX's default device is.
-    platform, device = (("litert_tflite", "cpu") if litert.is_model_file(export.artefact_file(directory))
-                        else ("jax_stablehlo", jax.default_backend()))
+    fmt = export.artefact_format(export.artefact_file(directory))
     return ServedModel(name, lambda images: np.asarray(call(images)), tuple(meta["class_names"]),
-                       int(meta["input"]["shape"][1]), int(meta["checkpoint_step"]), platform, device,
+                       int(meta["input"]["shape"][1]), int(meta["checkpoint_step"]), fmt.platform, fmt.device(),
                        bool(meta["tta"]), summary_accuracy(pathlib.Path(meta["workdir"])))
 
 

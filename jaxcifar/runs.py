@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxcifar import checkpoint, methods, peft, steps
 from jaxcifar import config as config_lib
-from jaxcifar.workdir import read_class_names
+from jaxcifar.workdir import METHOD_MODULE, read_class_names
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Run:
@@ -112,13 +112,16 @@ def uint8_pixels(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
 
 def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The run's full config from `config.json`, rebuilt through `config.recipe` so that
-    JSON lists become the tuples the schema expects."""
+    JSON lists become the tuples the schema expects; the module of a method defined outside
+    the package, recorded beside it, is imported first (so it registers itself)."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a jaxcifar workdir "
                                 "(pass the --workdir that training wrote to).")
+    stored = json.loads(path.read_text())
+    methods.import_recorded(stored.get("objective"), stored.pop(METHOD_MODULE, ""))
     try:
-        return config_lib.recipe(json.loads(path.read_text()))
+        return config_lib.recipe(stored)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path} does not fit this version of jaxcifar's config schema: {e}") from None
 

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 
 from jaxcifar import config as config_lib
+from jaxcifar import methods
 
 log = logging.getLogger("jaxcifar")
 
@@ -31,6 +32,10 @@ log = logging.getLogger("jaxcifar")
 # alone (a bfloat16 run resumes as float32 and back; tta and precision change the numbers).
 RESUMABLE_CHANGES = ("log_every_steps", "keep_checkpoints", "eval_batch_size", "tta", "precision")
 CLASSES_FILE = "classes.json"
+# config.json's one key beyond the config: the module defining the run's method
+# (methods.module_of), so that a fresh process can open a run of a method defined outside
+# the package. Written with the config, never compared: it names code, not a setting.
+METHOD_MODULE = "method_module"
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -102,7 +107,9 @@ class Workdir:
         config_file = self.path / "config.json"
         classes_file = self.path / CLASSES_FILE
         if config_file.exists():
-            stored = with_defaults(json.loads(config_file.read_text()), config_json(config_lib.default_config()))
+            stored = json.loads(config_file.read_text())
+            stored.pop(METHOD_MODULE, None)
+            stored = with_defaults(stored, config_json(config_lib.default_config()))
             diff = incompatible_fields(stored, new)
             recorded = read_class_names(self.path) if classes_file.exists() else None
             if class_names is not None and recorded is not None and recorded != tuple(class_names):
@@ -120,7 +127,8 @@ class Workdir:
                 log.warning("Moved the previous run in %s to %s.", self.path, aside)
         if self.is_writer:
             self.path.mkdir(parents=True, exist_ok=True)
-            write_atomically(config_file, json.dumps(new, indent=2))
+            record = {**new, METHOD_MODULE: methods.module_of(config.objective)}
+            write_atomically(config_file, json.dumps(record, indent=2))
             if class_names is not None:
                 write_atomically(classes_file, json.dumps({"class_names": list(class_names)}, indent=2))
         self._tb = None

@@ -6,7 +6,11 @@ train.py, steps.py or config.py: this file and a recipe are all it takes. And th
 unlabelled stream: the images the label budget leaves out reach a method without labels."""
 
 import dataclasses
+import importlib
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import jax
@@ -21,7 +25,7 @@ from jaxcifar import data as data_lib
 from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
 from jaxcifar.models import create_model
-from tests.conftest import crash_on_first_save, synthetic_split, tiny_config
+from tests.conftest import REPO, crash_on_first_save, synthetic_split, tiny_config
 from tests.test_image_folder import folder_config, write_folder, write_images
 
 TEACHER_DECAY = 0.9
@@ -242,3 +246,38 @@ def test_image_folder_unlabeled_images_join_the_stream(tmp_path):
     (root / "unlabeled" / "any" / "depth" / "000.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="1 of 5 images in .*unlabeled could not be read"):
         data_lib.load_data(folder_config(root))
+
+
+OUTSIDE_METHOD = '''
+from jaxcifar import methods
+from jaxcifar.methods.classification import Classification
+
+
+class Outside(Classification):
+    """A method defined in a user's own module, registered when the module is imported."""
+
+
+methods.register(methods.MethodInfo("outside", "a method outside the package (test)", f"{__name__}:Outside",
+                                    {"loss": False, "accuracy": True}, "accuracy"))
+'''
+
+OPEN_IN_FRESH_PROCESS = "import sys; from jaxcifar import runs; print(runs.load_run(sys.argv[1]).config.objective)"
+
+
+def test_a_run_of_a_method_defined_outside_the_package_opens_in_a_fresh_process(own_registry, tiny_data, tmp_path,
+                                                                               monkeypatch):
+    (tmp_path / "my_methods").mkdir()
+    (tmp_path / "my_methods" / "outside.py").write_text(OUTSIDE_METHOD)
+    monkeypatch.syspath_prepend(str(tmp_path / "my_methods"))
+    importlib.import_module("outside")
+    train.fit(tiny_config(objective="outside", epochs=1), tmp_path / "run", data=tiny_data)
+
+    def open_run(pythonpath: list[str]) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([*pythonpath, str(REPO)])}
+        return subprocess.run([sys.executable, "-c", OPEN_IN_FRESH_PROCESS, str(tmp_path / "run")],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    opened = open_run([str(tmp_path / "my_methods")])
+    assert opened.returncode == 0 and opened.stdout.split()[-1] == "outside", opened.stderr
+    unreachable = open_run([])  # the module is not importable: the error names it
+    assert unreachable.returncode != 0 and "the module 'outside'" in unreachable.stderr.splitlines()[-1]

@@ -92,6 +92,28 @@ def settings(name: str) -> tuple:
     return tuple(getattr(importlib.import_module(module), attribute))
 
 
+def module_of(name: str) -> str:
+    """The module that defines method `name`: what a run records, so that a fresh process
+    can import it (and so register a method defined outside the package) before opening it."""
+    return info(name).factory.split(":")[0]
+
+
+def import_recorded(name: str | None, module: str) -> None:
+    """Make method `name` known by importing `module`, the one its run recorded, unless it
+    is registered already. A method defined outside the package registers itself when its
+    module is imported (`register` at the module's top level)."""
+    if name in _REGISTRY or not module:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"This run's objective {name!r} is defined in the module {module!r}, which cannot be "
+                         f"imported here ({e}): put its folder on PYTHONPATH, or import it before opening the run.") from None
+    if name not in _REGISTRY:
+        raise ValueError(f"Importing {module!r} did not register the objective {name!r}: call "
+                         "jaxcifar.methods.register(...) at that module's top level.")
+
+
 def create(config: Any, num_classes: int) -> Any:
     """The method `config.objective` names (a base.Method), built for `num_classes` classes."""
     module, attribute = info(config.objective).factory.split(":")

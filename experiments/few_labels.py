@@ -43,7 +43,7 @@ from common import FAST_EPOCH_REFERENCE_SECONDS, RESULTS, fast_epoch_seconds, wr
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import batch_order, evaluate, propagate, select_labels, train
+from jaxcifar import batch_order, evaluate, propagate, select_labels, targets, train
 
 NAME = "few_labels"
 PRETRAIN_RECIPE = "ssl_multicrop"
@@ -166,7 +166,7 @@ def train_row(name: str, config, out: pathlib.Path, data_dir: str | None, init_f
 def student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
     for n, seed in grid:
         config = budget_config("ssl_student", n, seed)
-        config.method.targets = str(propagated(out, n, seed) / propagate.TARGETS)
+        config.method.targets = str(propagated(out, n, seed) / targets.TARGETS)
         config.batch_size = 2 * n  # 5 steps an epoch at 25 per class; 350 unlabelled images a step
         config.method.unlabeled_ratio = 350 // config.batch_size
         row_schedule(config, 10 * n)

@@ -34,14 +34,11 @@ import sys
 import numpy as np
 
 from jaxcifar import config as config_lib
+from jaxcifar import targets
 from jaxcifar.cli import reports_user_errors
 from jaxcifar.runs import read_config
 
-TARGETS = "targets.npz"
 REPORT = "report.json"
-# The data settings that decide which images are labelled and the unlabelled stream's order.
-BUDGET_FIELDS = ("dataset", "image_folder", "train_split", "classes", "examples_per_class", "label_seed",
-                 "labels_csv", "validation_fraction")
 
 
 def knn_graph(features: np.ndarray, k: int, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -111,10 +108,6 @@ def propagate(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, nu
     return p, certainty
 
 
-def budget_settings(config) -> dict:
-    return json.loads(json.dumps({field: config.data[field] for field in BUDGET_FIELDS}))
-
-
 def propagate_run(workdir: str | pathlib.Path, out: str | pathlib.Path, data_config, data_dir: str | None = None,
                   k: int = 20, alpha: float = 0.99, gamma: float = 3.0, checkpoint: str | int = "best",
                   whole: "data_lib.ArraySplit | None" = None, test: "data_lib.ArraySplit | None" = None) -> dict:
@@ -147,12 +140,11 @@ def propagate_run(workdir: str | pathlib.Path, out: str | pathlib.Path, data_con
     p, certainty = propagate(features, labelled, budget_labels, len(names), k, alpha, gamma)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / TARGETS, soft_labels=p[~labelled], certainty=certainty[~labelled],
-             budget=json.dumps(budget_settings(data_config)))
+    targets.write(out / targets.TARGETS, p[~labelled], certainty[~labelled], data_config)
     # Scores for the report only, computed after propagation: the true labels of the images it labelled.
     predicted = p.argmax(axis=1)
     report = {"workdir": str(workdir), "labels": int(labelled.sum()), "k": k,  # as given: no machine path
-              "alpha": alpha, "gamma": gamma, "budget": budget_settings(data_config),
+              "alpha": alpha, "gamma": gamma, "budget": targets.budget_settings(data_config),
               "unlabeled_accuracy": float(np.mean(predicted[~labelled] == whole.labels[~labelled])),
               "mean_certainty": float(certainty[~labelled].mean())}
     if test is not None:
@@ -165,30 +157,12 @@ def propagate_run(workdir: str | pathlib.Path, out: str | pathlib.Path, data_con
     return report
 
 
-def read_targets(path: str | pathlib.Path, config) -> tuple[np.ndarray, np.ndarray]:
-    """(soft labels, certainties) of `path` (a propagation's targets.npz), after checking that
-    they were made for the label budget `config` chooses (else their rows would be another
-    stream's images)."""
-    try:
-        stored = np.load(pathlib.Path(path))
-    except OSError as e:
-        raise ValueError(f"Cannot read the propagated targets {str(path)!r}: {e}. Run python -m "
-                         "jaxcifar.propagate first.") from None
-    made_for, wanted = json.loads(str(stored["budget"])), budget_settings(config)
-    if made_for != wanted:
-        changed = ", ".join(f"data.{k}: {made_for.get(k)!r} there, {v!r} here" for k, v in wanted.items()
-                            if made_for.get(k) != v)
-        raise ValueError(f"{path} was propagated for another label budget ({changed}); propagate again with this "
-                         "run's data settings.")
-    return stored["soft_labels"], stored["certainty"]
-
-
 @reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxcifar.propagate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a self-supervised run (its backbone embeds the images)")
-    parser.add_argument("--out", required=True, help=f"directory for {TARGETS} and {REPORT}")
+    parser.add_argument("--out", required=True, help=f"directory for {targets.TARGETS} and {REPORT}")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
     parser.add_argument("--k", type=int, default=20, help="neighbours of each image in the graph (Iscen et al.: 50)")
     parser.add_argument("--alpha", type=float, default=0.99, help="diffusion strength in (0, 1)")

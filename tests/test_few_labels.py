@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcifar import checkpoint, evaluate, propagate, schema, select_labels, train
+from jaxcifar import checkpoint, evaluate, propagate, schema, select_labels, targets, train
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar.methods import multicrop
@@ -152,10 +152,10 @@ def test_propagation_never_reads_a_label_beyond_its_budget(ssl_run, tmp_path):
     relabelled[others] = np.random.default_rng(5).permutation(relabelled[others])
     reports = [propagate.propagate_run(ssl_run, tmp_path / name, config, whole=split, test=synthetic_split(77, 1), k=10)
                for name, split in (("a", whole), ("b", data_lib.ArraySplit(whole.images, relabelled)))]
-    targets = [np.load(tmp_path / name / propagate.TARGETS) for name in "ab"]
+    written = [np.load(tmp_path / name / targets.TARGETS) for name in "ab"]
     for key in ("soft_labels", "certainty"):
-        np.testing.assert_array_equal(targets[0][key], targets[1][key])
-    assert targets[0]["soft_labels"].shape == (226, 10)  # one row per unlabelled image, in stream order
+        np.testing.assert_array_equal(written[0][key], written[1][key])
+    assert written[0]["soft_labels"].shape == (226, 10)  # one row per unlabelled image, in stream order
     assert reports[0]["unlabeled_accuracy"] != reports[1]["unlabeled_accuracy"]  # the report reads them, after
 
 
@@ -163,7 +163,7 @@ def test_targets_made_for_another_budget_are_refused(ssl_run, tmp_path):
     propagated(ssl_run, tmp_path, synthetic_split(256, 0))
     other = tiny_config(data={**BUDGET, "label_seed": 2})
     with pytest.raises(ValueError, match="data.label_seed: 1 there, 2 here"):
-        propagate.read_targets(tmp_path / propagate.TARGETS, other)
+        targets.read(tmp_path / targets.TARGETS, other)
 
 
 # ----- choosing what to label -----
@@ -218,7 +218,7 @@ def test_the_student_trains_on_the_propagated_labels_and_never_on_the_unlabelled
     weights = []
     for name, labels in (("a", whole.labels), ("b", relabelled)):
         split = data_lib.ArraySplit(whole.images, labels)
-        config = student_config(tmp_path / name / "targets" / propagate.TARGETS, consistency_weight=1.0)
+        config = student_config(tmp_path / name / "targets" / targets.TARGETS, consistency_weight=1.0)
         config.data.examples_per_class, config.data.label_seed, config.data.labels_csv = 0, None, budget
         propagate.propagate_run(ssl_run, tmp_path / name / "targets", config, whole=split, test=test, k=10)
         labelled, unlabelled = data_lib.split_label_budget(split, 0, labels_csv=budget,
@@ -235,7 +235,7 @@ def test_the_student_trains_on_the_propagated_labels_and_never_on_the_unlabelled
         start["params"]["backbone"])[0]
     assert np.abs(np.asarray(moved)).max() > 0  # the backbone trains from the SSL weights
     # Opens in the inference tools in a fresh process, from its workdir alone: no targets file needed.
-    (tmp_path / "a" / "targets" / propagate.TARGETS).unlink()
+    (tmp_path / "a" / "targets" / targets.TARGETS).unlink()
     result = subprocess.run([sys.executable, "-c", "import sys; from jaxcifar.runs import load_run; "
                              "run = load_run(sys.argv[1]); print(run.config.method.unlabeled_ratio, run.is_classifier)",
                              str(student)], capture_output=True, text=True, cwd=REPO)

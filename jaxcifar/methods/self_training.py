@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcifar import augment, propagate, schema
+from jaxcifar import augment, schema, targets
 from jaxcifar import steps as steps_lib
 from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
@@ -56,7 +56,7 @@ class SelfTraining(Classification):
         if not self.config.method.targets:
             raise ValueError("objective=self_training trains on propagated labels: run python -m jaxcifar.propagate for "
                              "this label budget, then pass --config.method.targets=OUT/targets.npz.")
-        soft, certainty = propagate.read_targets(self.config.method.targets, self.config)
+        soft, certainty = targets.read(self.config.method.targets, self.config)
         pseudo = soft.argmax(axis=1)
         # Iscen et al.: the propagated class, weighted by its certainty; scaled to mean 1 so
         # that `unlabeled_weight` means the same whatever the graph's overall confidence.

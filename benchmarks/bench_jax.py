@@ -1,4 +1,4 @@
-"""jaxcifar's own train step (``train.build_stage``), jitted and sharded as train.py does.
+"""jaxcifar's own train step (``stages.build_stage``), jitted and sharded as train.py does.
 
 Options (``Spec.options``):
 * ``augment`` (default True): the recipe's on-device pad-4 crop + flip. False keeps
@@ -43,7 +43,7 @@ def compile_step(spec: Spec) -> tuple[Callable, Any, dict, float]:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxcifar import models, parallel, steps, train
+    from jaxcifar import models, parallel, stages, steps
     from jaxcifar.methods.classification import Classification
 
     if "pool" in spec.options:
@@ -61,8 +61,8 @@ def compile_step(spec: Spec) -> tuple[Callable, Any, dict, float]:
     mesh = parallel.make_mesh()
     state = steps.create_state(model, jax.random.PRNGKey(0))
     # The training loop's own stage builder, so the benchmark times the step train.py runs.
-    stage = train.plan_stages(config)[0]
-    built = train.build_stage(Classification(config, 10, model), config, stage, state.params,
+    stage = stages.plan_stages(config)[0]
+    built = stages.build_stage(Classification(config, 10, model), config, stage, state.params,
                               STEPS_PER_EPOCH)
     state = state.replace(opt_state=built.tx.init(state.params))
     state = jax.device_put(state, parallel.replicated(mesh))

@@ -77,7 +77,7 @@ def prime(trainer) -> dict:
     state, _ = trainer.restore_or_init()
     before = flat(state.params)
     step = trainer.train_step_fn(trainer.stages[0], state.params)
-    batches = trainer.batches(0, 0)
+    batches = trainer.stream.batches(0, 0)
     t0 = time.time()
     state, metrics = step(state, next(batches))
     loss = float(metrics["loss_sum"] / metrics["count"])

@@ -34,7 +34,7 @@ def compiled_step_text(recipe: str, batch_size: int | None) -> str:
         trainer = train.Trainer(cfg, workdir, random_data(2 * cfg.batch_size))
         state, _ = trainer.restore_or_init()
         built = trainer.built(trainer.stages[0], state.params)
-        text = jax.jit(built.train_step).lower(state, next(trainer.batches(0, 0))).compile().as_text()
+        text = jax.jit(built.train_step).lower(state, next(trainer.stream.batches(0, 0))).compile().as_text()
         trainer.checkpointer.close()
     return text
 

@@ -5,7 +5,7 @@ recipe's choice of a half-width `fast` network.
     .venv/bin/python benchmarks/ssl_step_width.py               # writes benchmarks/results/ssl_step_width.json
     .venv/bin/python benchmarks/ssl_step_width.py --steps 2 --out /tmp/w.json
 
-Each width's step is built by `train.build_stage`, as the training loop builds it, on random
+Each width's step is built by `stages.build_stage`, as the training loop builds it, on random
 uint8 images; the widths are timed in turns (round robin) so that a change in the machine's
 load falls on all of them alike, and the median step of each is reported.
 """
@@ -31,7 +31,7 @@ def compile_width(widths: tuple[int, ...], batch_size: int):
     import jax
     import numpy as np
 
-    from jaxcifar import config as config_lib, methods, steps, train
+    from jaxcifar import config as config_lib, methods, stages, steps
 
     config = config_lib.load_recipe("ssl_simclr")
     config.batch_size = batch_size
@@ -39,7 +39,7 @@ def compile_width(widths: tuple[int, ...], batch_size: int):
     objective = methods.create(config, num_classes=10)
     state = steps.create_state(objective.model, jax.random.PRNGKey(0))
     steps_per_epoch = TRAIN_IMAGES // batch_size
-    built = train.build_stage(objective, config, train.plan_stages(config)[0], state.params, steps_per_epoch)
+    built = stages.build_stage(objective, config, stages.plan_stages(config)[0], state.params, steps_per_epoch)
     state = state.replace(opt_state=built.tx.init(state.params))
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),

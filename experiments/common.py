@@ -63,7 +63,7 @@ def fast_epoch_seconds(data, workdir: pathlib.Path, steps: int) -> float:
     trainer = train.Trainer(config_lib.load_recipe("fast"), workdir, data, overwrite=True)
     state = trainer.with_fresh_opt_state(trainer.initial_state(), trainer.stages[0])
     step = trainer.train_step_fn(trainer.stages[0], state.params)
-    batches = trainer.batches(0, 0)
+    batches = trainer.stream.batches(0, 0)
     state, metrics = step(state, next(batches))
     jax.block_until_ready(metrics)
     start = time.time()

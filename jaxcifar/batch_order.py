@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import jax
+import ml_collections
 import numpy as np
 
-from jaxcifar.data import ArraySplit, import_tf
+from jaxcifar import parallel, steps
+from jaxcifar.data import ArraySplit, Data, import_tf
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -90,3 +93,84 @@ def _gather_batches(tf, rows: np.ndarray, **columns: np.ndarray) -> Iterator[dic
         lambda idx: {name: tf.gather(t, idx) for name, t in tensors.items()},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(2).as_numpy_iterator()
+
+
+class TrainStream:
+    """A run's global train batches on the mesh, epoch by epoch: labelled batches (gathered on
+    the device from the resident split, or streamed through tf.data: the same examples in the
+    same order) and, for a method that reads them, `unlabeled_ratio` unlabelled images per
+    labelled one. Refuses, before anything is written, a batch larger than the split and a
+    method whose stream this data cannot give."""
+
+    def __init__(self, config: ml_collections.ConfigDict, data: Data, mesh: jax.sharding.Mesh, unlabeled_ratio: int):
+        check_batch_fits(config.batch_size, len(data.train))
+        check_unlabeled_stream(config, data, unlabeled_ratio)
+        self.config, self.data, self.mesh, self.unlabeled_ratio = config, data, mesh, unlabeled_ratio
+        self.steps_per_epoch = steps_per_epoch(len(data.train), config.batch_size)
+        self._resident: dict | None = None  # the device-resident train split (data.device_resident)
+
+    def batches(self, epoch: int, start_step: int) -> Iterator[dict]:
+        """Global train batches of `epoch` from `start_step`, with the unlabelled images of
+        each step as batch['unlabeled'] when the method reads them."""
+        labelled = self._labelled(epoch, start_step)
+        if not self.unlabeled_ratio:
+            return labelled
+        return ({**batch, **unlabeled} for batch, unlabeled in zip(labelled, self._unlabeled(epoch, start_step)))
+
+    def epoch_rows(self, epoch: int, start_step: int) -> np.ndarray:
+        """This process's rows of the epoch's global batches from `start_step` on."""
+        return epoch_rows(len(self.data.train), self.config.batch_size, self.config.seed, epoch, start_step,
+                          jax.process_index(), jax.process_count())
+
+    def resident(self) -> dict:
+        """The uint8 train split on the devices, uploaded once per process."""
+        if self._resident is None:
+            train_split = {"image": self.data.train.images, "label": self.data.train.labels}
+            self._resident = jax.device_put(train_split, parallel.replicated(self.mesh))
+        return self._resident
+
+    def _labelled(self, epoch: int, start_step: int) -> Iterator[dict]:
+        if self.config.data.device_resident:
+            resident = self.resident()
+            for rows in self.epoch_rows(epoch, start_step):
+                yield _gather(resident, parallel.to_global({"index": rows}, self.mesh)["index"])
+        else:
+            for local in train_batches(self.data.train, self.config.batch_size, self.config.seed, epoch, start_step,
+                                       jax.process_index(), jax.process_count()):
+                yield parallel.to_global(local, self.mesh)
+
+    def _unlabeled(self, epoch: int, start_step: int) -> Iterator[dict]:
+        """The unlabelled images of the epoch's steps from `start_step` (`unlabeled_rows`),
+        sharded over the mesh like the labelled batch, with their rows in the stream
+        (`unlabeled_index`: where a method finds what it derived for an image before the run,
+        such as a propagated label)."""
+        rows = unlabeled_rows(len(self.data.unlabeled), self.unlabeled_ratio * self.config.batch_size,
+                              self.config.seed, epoch * self.steps_per_epoch + start_step,
+                              self.steps_per_epoch - start_step, jax.process_index(), jax.process_count())
+        for local in rows:
+            yield parallel.to_global({"unlabeled": self.data.unlabeled.images[local],
+                                      "unlabeled_index": local.astype(np.int32)}, self.mesh)
+
+
+_gather = jax.jit(steps.gather_batch)
+
+
+def check_batch_fits(batch_size: int, examples: int) -> None:
+    """Refuse a batch larger than the training split, saying which size would fit."""
+    if batch_size > examples:
+        fits = max(jax.device_count(), 2 ** (examples.bit_length() - 1) // jax.device_count() * jax.device_count())
+        raise ValueError(f"batch_size={batch_size} is larger than the {examples} training examples: pass "
+                         f"--config.batch_size=N with N at most {examples}, e.g. --config.batch_size={fits}.")
+
+
+def check_unlabeled_stream(config: ml_collections.ConfigDict, data: Data, unlabeled_ratio: int) -> None:
+    """Refuse a run whose method reads unlabelled images that it cannot get."""
+    if not unlabeled_ratio:
+        return
+    if data.unlabeled is None:
+        raise ValueError(f"objective={config.objective!r} learns from unlabelled images, and this run has none: set "
+                         "--config.data.examples_per_class=N (the rest of the train split is then used without its "
+                         "labels), or with data.image_folder=DIR put images in DIR/unlabeled/.")
+    if config.data.scan_epoch:
+        raise ValueError(f"objective={config.objective!r} reads unlabelled images, which a scanned epoch does not "
+                         "carry yet: set --config.data.scan_epoch=False.")

@@ -16,12 +16,19 @@ The state is plain JSON in each checkpoint's record, so a resumed run keeps its 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 from flax.training.early_stopping import EarlyStopping
 
 from jaxcifar import config as config_lib
+
+log = logging.getLogger("jaxcifar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +52,13 @@ class StageStopper:
 
 def is_enabled(config: ml_collections.ConfigDict) -> bool:
     return config.early_stopping.patience > 0
+
+
+def require_validation(config: ml_collections.ConfigDict, has_validation: bool) -> None:
+    """Refuse early stopping on data without a validation split, saying how to hold one out."""
+    if is_enabled(config) and not has_validation:
+        raise ValueError("early stopping picks epochs on a validation split, and this data has none: hold one out "
+                         "with --config.data.validation_fraction=0.1 (or pass data.Data(validation=...)).")
 
 
 def start(config: ml_collections.ConfigDict, stage_index: int) -> StageStopper:
@@ -95,3 +109,37 @@ def from_json(config: ml_collections.ConfigDict, saved: dict) -> StageStopper:
                                           should_stop=saved["should_stop"], has_improved=saved["has_improved"])
     return dataclasses.replace(fresh, flax_state=flax_state, best_epoch=saved["best_epoch"],
                                best_step=saved["best_step"])
+
+
+def from_record(config: ml_collections.ConfigDict, record: dict) -> StageStopper | None:
+    """Early stopping's count for a checkpoint's stage, as saved with it (None when off)."""
+    if not is_enabled(config):
+        return None
+    saved = record.get("early_stopping")
+    if saved is None:
+        return start(config, record["stage_index"])
+    return from_json(config, saved)
+
+
+def end_stage_if_over(config: ml_collections.ConfigDict, stopper: StageStopper | None, stages: list,
+                      steps_per_epoch: int, state: Any, stopped_early: list[dict],
+                      restore: Callable[[int, Any], tuple[Any, dict]], sharding: jax.sharding.Sharding) -> Any:
+    """Once the stopper's stage is over (its patience ran out, or its epochs did): the
+    weights of its best epoch, restored from that epoch's checkpoint (`restore(step, state)`),
+    at the next stage's first step, so that stage keeps its planned schedule and data order.
+    An early stop is appended to `stopped_early`. Follows from the checkpoint's record alone,
+    so a run resumed from the checkpoint saved just before does the same."""
+    if stopper is None:
+        return state
+    stage = stages[stopper.stage_index]
+    end_step = stage.end_epoch * steps_per_epoch
+    if not stopper.should_stop and int(state.step) < end_step:
+        return state
+    if stopper.should_stop:
+        stopped_early.append(report(config, stopper, stage.name, int(state.step) // steps_per_epoch))
+        log.info("Stage %r stopped early after epoch %d: %s did not improve for %d epochs. Going on from its "
+                 "best epoch, %d.", stage.name, stopped_early[-1]["epoch"], config.early_stopping.metric,
+                 config.early_stopping.patience, stopper.best_epoch)
+    if stopper.best_step not in (None, int(state.step)):  # None: the stage trained no epoch
+        state, _ = restore(stopper.best_step, state)
+    return state.replace(step=jax.device_put(np.int32(end_step), sharding))

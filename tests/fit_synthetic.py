@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from tests.conftest import synthetic_split, tiny_config  # noqa: E402
-from jaxcifar import checkpoint, config as config_lib, parallel, train  # noqa: E402
+from jaxcifar import checkpoint, config as config_lib, parallel, stop_signals, train  # noqa: E402
 from jaxcifar import data as data_lib
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
     data = data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
     try:
         summary = train.fit(cfg, workdir, data=data)
-    except train.StopRequested as e:  # exit as the CLI does: 128 + the signal
+    except stop_signals.StopRequested as e:  # exit as the CLI does: 128 + the signal
         print(e, file=sys.stderr, flush=True)
         sys.exit(e.exit_status)
     import jax

@@ -9,7 +9,7 @@ import pytest
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import predict, pretrained, train
+from jaxcifar import predict, pretrained, stop_signals, train
 from jaxcifar.checkpoint import Checkpointer
 from jaxcifar.cli import train as train_cli
 from tests.conftest import synthetic_split, tiny_config
@@ -82,7 +82,7 @@ def test_the_stop_message_starts_its_own_line(tmp_path, shared_data_dir, monkeyp
         calls.append(1)
         return signal.SIGINT if len(calls) == 2 else None
 
-    monkeypatch.setattr(train.Trainer, "_agreed_stop_signal", stop_on_second_check)
+    monkeypatch.setattr(stop_signals.StopSignals, "agreed", stop_on_second_check)
     status = train_cli.main(["--config", "simple_cnn", "--workdir", str(tmp_path), "--data_dir", shared_data_dir,
                          "--config.epochs=1", "--config.data.examples_per_class=20", "--config.batch_size=50",
                          "--config.data.eval_split=test[:100]", "--config.eval_batch_size=50"])

@@ -187,7 +187,7 @@ def test_unlabelled_batches_reach_the_step_sharded_like_the_labelled_ones(tmp_pa
     data = budget_data()
     trainer = train.Trainer(recipe(), tmp_path, data)
     try:
-        batch = next(iter(trainer.batches(epoch=1, start_step=2)))
+        batch = next(iter(trainer.stream.batches(epoch=1, start_step=2)))
     finally:
         trainer.checkpointer.close()
     assert batch["unlabeled"].shape == (2 * 16, 32, 32, 3) and batch["unlabeled"].dtype == np.uint8

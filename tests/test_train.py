@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcifar import checkpoint, train
+from jaxcifar import checkpoint, progress, train
 from jaxcifar.checkpoint import Checkpointer
 from tests.conftest import EVAL_FLIPS, REPO, TRAJECTORY_RTOL, crash_on_first_save, tiny_config
 
@@ -189,13 +189,13 @@ def test_cli_prints_a_line_per_epoch_and_ctrl_c_exits_130_with_a_checkpoint(tmp_
 def test_epoch_line_says_what_keras_says():
     entry = {"epoch": 3, "stage": "finetune", "train_loss": 1.23456, "train_accuracy": 0.5, "eval_loss": 0.9,
              "eval_accuracy": 0.615, "epoch_train_seconds": 12.34, "train_images_per_second": 4051.2}
-    assert train.epoch_line(entry, 10) == ("epoch 3/10 [finetune]  train loss 1.2346 acc 50.00%  |  "
+    assert progress.epoch_line(entry, 10) == ("epoch 3/10 [finetune]  train loss 1.2346 acc 50.00%  |  "
                                            "eval loss 0.9000 acc 61.50%  |  12.3 s, 4,051 img/s")
     # The validation split comes first (it selects); each split is named as the run names it.
     data = tiny_config(data={"validation_fraction": 0.1}).data
     both = {**entry, "val_loss": 1.0, "val_accuracy": 0.5}
     assert "[finetune]  train loss 1.2346 acc 50.00%  |  train-validation loss 1.0000 acc 50.00%  |  " \
-           "test loss 0.9000 acc 61.50%  |  12.3 s" in train.epoch_line(both, 10, data_config=data)
+           "test loss 0.9000 acc 61.50%  |  12.3 s" in progress.epoch_line(both, 10, data_config=data)
 
 
 def test_an_epoch_too_short_to_time_reports_no_speed(tmp_path, tiny_data):
@@ -203,6 +203,6 @@ def test_an_epoch_too_short_to_time_reports_no_speed(tmp_path, tiny_data):
     summary = train.fit(tiny_config(epochs=1, batch_size=256), tmp_path, data=tiny_data)
     entry = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert entry["train_images_per_second"] is None and summary["train_images_per_second"] is None
-    assert "speed not measured" in train.epoch_line(entry, 1)
-    finished = train.finished_line(summary, tmp_path)
+    assert "speed not measured" in progress.epoch_line(entry, 1)
+    finished = progress.finished_line(summary, tmp_path)
     assert "speed not measured" in finished and "images/s" not in finished

@@ -16,7 +16,9 @@ import ml_collections
 from jaxcifar import config as config_lib
 from jaxcifar import parallel
 from jaxcifar.cli import USAGE_ERROR, reports_user_errors
-from jaxcifar.train import NonFiniteLoss, StopRequested, configure_compilation_cache, finished_line, fit, log
+from jaxcifar.progress import finished_line
+from jaxcifar.stop_signals import StopRequested
+from jaxcifar.train import NonFiniteLoss, configure_compilation_cache, fit, log
 
 
 def help_epilog(argv: list[str]) -> str:

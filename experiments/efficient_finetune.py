@@ -39,7 +39,7 @@ import jax
 import split_cifar_transfer
 from common import stats, write_result
 
-from jaxcifar import checkpoint, evaluate, train
+from jaxcifar import checkpoint, evaluate, parallel, train
 from jaxcifar import data as data_lib
 from jaxcifar import config as config_lib
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--lora_ranks", type=int, nargs="+", default=list(LORA_RANKS))
     args = parser.parse_args()
     out = pathlib.Path(args.out_dir)
-    train.configure_compilation_cache()
+    parallel.configure_compilation_cache()
     start = time.time()
 
     split_base = pathlib.Path(args.split_dir) / "pretrain"

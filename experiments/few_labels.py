@@ -43,7 +43,7 @@ from common import FAST_EPOCH_REFERENCE_SECONDS, RESULTS, fast_epoch_seconds, wr
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import batch_order, evaluate, propagate, select_labels, targets, train
+from jaxcifar import batch_order, evaluate, parallel, propagate, select_labels, targets, train
 
 NAME = "few_labels"
 PRETRAIN_RECIPE = "ssl_multicrop"
@@ -199,7 +199,7 @@ def main() -> None:
                         choices=list(LABELS_PER_CLASS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="label seeds")
     args = parser.parse_args()
-    train.configure_compilation_cache()
+    parallel.configure_compilation_cache()
     grid = [(n, seed) for seed in args.seeds for n in args.labels_per_class]  # seed-major: a whole seed first
     for part in args.parts:
         PARTS[part](pathlib.Path(args.out_dir), args.data_dir, grid)

@@ -29,7 +29,7 @@ from common import fast_epoch_seconds, stats, write_result
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import evaluate, train
+from jaxcifar import evaluate, parallel, train
 
 BUDGETS = {10: 60, 25: 40, 100: 20}  # labels per class -> epochs (about 120, 200 and 400 steps of 50)
 
@@ -58,7 +58,7 @@ def main() -> None:
                         help="run only the first N seeds at 100 labels per class (the costliest budget)")
     args = parser.parse_args()
     out = pathlib.Path(args.out_dir)
-    train.configure_compilation_cache()
+    parallel.configure_compilation_cache()
     start = time.time()
 
     ssl_config = config_lib.load_recipe(args.method)

@@ -1,4 +1,5 @@
-"""Devices, processes and shardings: one data-parallel mesh axis, `data`.
+"""Devices, processes and shardings: one data-parallel mesh axis, `data`; and what a process
+sets up before it trains (the distributed runtime, the on-disk compilation cache).
 
 Parameters are replicated; batches are split along their leading axis. `jax.jit` with
 `NamedSharding` handles 1..N devices and multi-host runs with the same code (pmap is in
@@ -8,10 +9,21 @@ global batch, exactly as on one device.
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def configure_compilation_cache() -> None:
+    """Persist compiled steps across runs (a resumed or repeated run skips recompiling):
+    $JAXCIFAR_COMPILATION_CACHE, default ~/.cache/jaxcifar/xla; set it to '' to disable."""
+    cache_dir = os.environ.get("JAXCIFAR_COMPILATION_CACHE", str(pathlib.Path.home() / ".cache/jaxcifar/xla"))
+    if cache_dir and jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,

@@ -1,12 +1,51 @@
-"""What a run prints: the line after each epoch, and the result line when it is done."""
+"""What a run shows: each epoch's progress bar, the line after each epoch, and the result
+line when it is done."""
 
 from __future__ import annotations
 
 import pathlib
+import time
+from collections.abc import Callable
 
+import jax
 import ml_collections
+from tqdm.auto import tqdm
 
 from jaxcifar import data as data_lib
+from jaxcifar import steps
+
+
+class EpochBar:
+    """An epoch's progress bar, told of every step (`after_step`) and acting every `every`
+    steps, as CommonLoopUtils' periodic actions do: it pulls that window's metric sums to the
+    host (the loop's only sync with the devices), passes the averages to `check` (the NaN
+    check) and shows them with the window's images/s. Process 0 draws it."""
+
+    def __init__(self, total: int, initial: int, description: str, every: int,
+                 train_metrics: Callable[[dict], dict], check: Callable[[dict], None]):
+        self.bar = tqdm(total=total, initial=initial, desc=description, disable=jax.process_index() != 0,
+                        leave=False, dynamic_ncols=True)
+        self.every, self.train_metrics, self.check = every, train_metrics, check
+        self.window: dict | None = None
+        self.window_start = time.time()  # the loop restarts it once the first step has compiled
+
+    def after_step(self, i: int, metrics: dict) -> None:
+        self.window = steps.accumulate(self.window, metrics)
+        if (i + 1) % self.every:
+            return
+        averages = steps.summarize(self.window, self.train_metrics)
+        self.check(averages)
+        now = time.time()
+        self.bar.set_postfix({name: f"{value:.3f}" for name, value in averages.items()},
+                             img_s=f"{float(self.window['count']) / (now - self.window_start):.0f}")
+        self.bar.update(self.every)
+        self.window, self.window_start = None, now
+
+    def __enter__(self) -> EpochBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy"),

@@ -9,7 +9,6 @@ from the latest good checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -26,7 +25,7 @@ from jaxcifar import augment, batch_order, early_stopping, methods, models, opti
 from jaxcifar import run_summary, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
 from jaxcifar.methods.base import Evaluator
-from jaxcifar.progress import epoch_line, images_per_second
+from jaxcifar.progress import EpochBar, epoch_line, images_per_second
 from jaxcifar.pretrained import load_pretrained_backbone
 from jaxcifar.stop_signals import StopRequested, StopSignals
 from jaxcifar.stages import BuiltStage, Stage, build_stage, plan_stages, stage_of_epoch
@@ -231,30 +230,22 @@ class Trainer:
         seconds_before = 0.0 if partial_epoch is None else partial_epoch["seconds"]
         # Images of the steps inside the timed seconds: a step that compiled is left out of both.
         timed_images = 0.0 if partial_epoch is None else partial_epoch.get("timed_images", partial_epoch["sums"]["count"])
-        window, compile_s = None, 0.0
-        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1} [{stage.name}]",
-                   disable=jax.process_index() != 0, leave=False, dynamic_ncols=True)
-        t0 = t_window = time.time()
-        try:  # the bar is closed before anything else prints, a stop message included
+        compile_s = 0.0
+        bar = EpochBar(self.steps_per_epoch, start_step, f"epoch {epoch + 1} [{stage.name}]",
+                       self.config.log_every_steps, self.objective.train_metrics, self._check_finite)
+        t0 = time.time()
+        with bar:  # closed before anything else prints, a stop message included
             for i, batch in enumerate(self.stream.batches(epoch, start_step)):
                 state, metrics = train_step(state, batch)
                 if stage.index not in self._warm:
                     jax.block_until_ready(metrics)  # the first call compiles: keep it out of images/s
                     compile_s = time.time() - t0
-                    t0 = t_window = time.time()
+                    t0 = bar.window_start = time.time()
                     self._warm.add(stage.index)
                 else:
                     timed_images += self.config.batch_size
                 sums = steps.accumulate(sums, metrics)
-                window = steps.accumulate(window, metrics)
-                if (i + 1) % self.config.log_every_steps == 0:
-                    window_metrics = steps.summarize(window, self.objective.train_metrics)  # the only host sync
-                    self._check_finite(window_metrics)
-                    now = time.time()
-                    bar.set_postfix({name: f"{value:.3f}" for name, value in window_metrics.items()},
-                                    img_s=f"{float(window['count']) / (now - t_window):.0f}")
-                    bar.update(self.config.log_every_steps)
-                    window, t_window = None, now
+                bar.after_step(i, metrics)
                 more_steps_in_epoch = start_step + i + 1 < self.steps_per_epoch
                 if more_steps_in_epoch and self.signals.check_due(i + 1) and (signum := self.signals.agreed()):
                     partial = {"sums": steps.sums_to_host(sums), "seconds": seconds_before + time.time() - t0,
@@ -262,8 +253,6 @@ class Trainer:
                     self._save_and_stop(signum, state, dict(record, partial_epoch=partial))
             jax.block_until_ready(sums)
             seconds = seconds_before + time.time() - t0
-        finally:
-            bar.close()
         self._check_finite(steps.summarize(sums, self.objective.train_metrics))
         return state, sums, seconds, timed_images, compile_s
 
@@ -329,14 +318,6 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
         return trainer.run()
     finally:
         trainer.checkpointer.close()
-
-
-def configure_compilation_cache() -> None:
-    """Persist compiled steps across runs (a resumed or repeated run skips recompiling):
-    $JAXCIFAR_COMPILATION_CACHE, default ~/.cache/jaxcifar/xla; set it to '' to disable."""
-    cache_dir = os.environ.get("JAXCIFAR_COMPILATION_CACHE", str(pathlib.Path.home() / ".cache/jaxcifar/xla"))
-    if cache_dir and jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
 
 
 if __name__ == "__main__":  # the command line lives in jaxcifar/cli/train.py

@@ -37,9 +37,9 @@ os.environ.setdefault("JAXCIFAR_COMPILATION_CACHE", str(TEST_COMPILATION_CACHE))
 
 
 def pytest_configure(config):
-    from jaxcifar import train
+    from jaxcifar import parallel
 
-    train.configure_compilation_cache()
+    parallel.configure_compilation_cache()
     config.addinivalue_line("markers", "slow: trains on the real data or in fresh processes; "
                                        "`make test-fast` leaves these out")
 

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
     if distributed:
         parallel.initialize_distributed(distributed["coordinator"], int(distributed["num_processes"]),
                                         int(distributed["process_id"]))
-    train.configure_compilation_cache()  # as the CLI does: the suite's shared cache (tests/conftest.py)
+    parallel.configure_compilation_cache()  # as the CLI does: the suite's shared cache (tests/conftest.py)
     if "JAXCIFAR_TEST_CRASH_AFTER_SAVES" in os.environ:
         crash_after_saves(int(os.environ["JAXCIFAR_TEST_CRASH_AFTER_SAVES"]))
     if "JAXCIFAR_TEST_NUDGE_SEED" in os.environ:

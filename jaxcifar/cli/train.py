@@ -18,7 +18,7 @@ from jaxcifar import parallel
 from jaxcifar.cli import USAGE_ERROR, reports_user_errors
 from jaxcifar.progress import finished_line
 from jaxcifar.stop_signals import StopRequested
-from jaxcifar.train import NonFiniteLoss, configure_compilation_cache, fit, log
+from jaxcifar.train import NonFiniteLoss, fit, log
 
 
 def help_epilog(argv: list[str]) -> str:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args.config, overrides)
         if args.coordinator or args.auto_distributed:
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        configure_compilation_cache()
+        parallel.configure_compilation_cache()
         summary = fit(config, args.workdir, data_dir=args.data_dir, init_from=args.init_from,
                       overwrite=args.overwrite)
     except StopRequested as e:

@@ -7,7 +7,7 @@ import pytest
 
 from jaxcifar import checkpoint, evaluate, train
 from jaxcifar.runs import load_run
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar.testing import tiny_config
 
 # Hand-checkable: 3 classes, 8 examples.
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2])

@@ -17,7 +17,9 @@ from PIL import Image
 from jaxcifar import checkpoint, data as data_lib, evaluate, image_files, predict, train
 from jaxcifar.runs import load_run
 from jaxcifar.workdir import Workdir
-from tests.conftest import REPO, synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 # Three colour-coded classes, so a tiny model can tell them apart.
 COLOURS = {"cat": (200, 60, 60), "dog": (60, 200, 60), "fish": (60, 60, 200)}

@@ -10,7 +10,7 @@ import pytest
 
 from jaxcifar import evaluate, export, litert, models, peft, quantize, runs, train
 from jaxcifar import data as data_lib
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
 
 RESNET = dict(model="resnet18", model_kwargs={"width": 8})
 

@@ -19,7 +19,8 @@ import warnings
 import pytest
 
 from jaxcifar import config as config_lib
-from tests.conftest import REPO
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 DOCUMENTS = (REPO / "README.md", REPO / "experiments" / "README.md", REPO / "benchmarks" / "NOTES.md",
              *sorted((REPO / "docs").glob("*.md")))

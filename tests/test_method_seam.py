@@ -22,7 +22,6 @@ from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
 from jaxcifar.models import create_model
 from jaxcifar.testing import synthetic_split, tiny_config
-from tests.test_image_folder import folder_config, write_folder, write_images
 
 TEACHER_DECAY = 0.9
 
@@ -215,16 +214,3 @@ def get_config():
 def test_an_unregistered_method_is_refused_with_the_registered_names():
     with pytest.raises(ValueError, match="objective='mean_teacher': use classification, simclr, vicreg, multicrop or self_training"):
         config_lib.validate(recipe(), 1)
-
-
-def test_image_folder_unlabeled_images_join_the_stream(tmp_path):
-    root = write_folder(tmp_path / "images", {"train": 6, "test": 2})
-    write_images(root / "unlabeled" / "any" / "depth", (128, 128, 128), 5, seed=99)
-    data = data_lib.load_data(folder_config(root, data={"image_folder": str(root), "examples_per_class": 2}))
-    assert len(data.train) == 3 * 2 and len(data.unlabeled) == 3 * 4 + 5
-    np.testing.assert_array_equal(data.unlabeled.images[-5:].reshape(5, -1).mean(1).round(-1), 130)
-    without_budget = data_lib.load_data(folder_config(root))
-    assert len(without_budget.train) == 18 and len(without_budget.unlabeled) == 5
-    (root / "unlabeled" / "any" / "depth" / "000.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="1 of 5 images in .*unlabeled could not be read"):
-        data_lib.load_data(folder_config(root))

@@ -19,6 +19,12 @@ replaces: `lax.conv_general_dilated` as Flax's `nn.Conv` calls it, or `airbench.
   derivative's pieces (the erfc and exp values) as activation-sized residuals written in
   the forward pass and read back in the backward one (NOTES section 8); recomputing trades
   that memory traffic for one more erfc and exp per element.
+
+Run as a script, it checks that each computes what it replaces, values and gradients, so a
+speed ratio measured by fast_step.py compares like with like (tests/test_formulations.py
+runs it):
+
+    python benchmarks/formulations.py
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -107,3 +114,35 @@ def _recompute_gelu_backward(x: jax.Array, cotangent: jax.Array) -> tuple[jax.Ar
 
 
 recompute_gelu.defvjp(_recompute_gelu_forward, _recompute_gelu_backward)
+
+
+def _conv_loss(conv, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.sin(conv(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)))
+
+
+def check() -> None:
+    """Raise AssertionError where a formulation departs from what it replaces. Tolerances: the
+    largest errors measured (AVX2, float32) are 3.8e-7 relative on the loss and 8e-6 absolute
+    on gradients of magnitude up to 27 (Winograd; NCHW is exact), and 1.6% of the GELU
+    check's tolerance; each bound leaves at least 10x for other CPUs' summation orders."""
+    reference = lambda x, k: _conv_loss(lax.conv_general_dilated, x, k)  # noqa: E731
+    for conv in (winograd_conv, nchw_conv):
+        for size in (8, 7):  # odd maps exercise Winograd's padded, cropped tiles
+            x = jax.random.normal(jax.random.key(0), (2, size, size, 5))
+            kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 6)) / 4
+            swapped = lambda x, k: _conv_loss(conv, x, k)  # noqa: E731
+            where = f"{conv.__name__} on {size}x{size} maps"
+            np.testing.assert_allclose(swapped(x, kernel), reference(x, kernel), rtol=1e-4, err_msg=where)
+            for got, want in zip(jax.grad(swapped, (0, 1))(x, kernel), jax.grad(reference, (0, 1))(x, kernel)):
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"gradient of {where}")
+    x = jnp.linspace(-8.0, 8.0, 4001)
+    exact = lambda x: nn.gelu(x, approximate=False)  # noqa: E731
+    np.testing.assert_array_equal(recompute_gelu(x), exact(x))
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(recompute_gelu(x) ** 2))(x),
+                               jax.grad(lambda x: jnp.sum(exact(x) ** 2))(x), rtol=1e-5, atol=1e-6,
+                               err_msg="gradient of recompute_gelu")
+
+
+if __name__ == "__main__":
+    check()
+    print("Each formulation computes what it replaces, values and gradients.")

@@ -12,8 +12,9 @@ measures, on the machine at hand:
    the step loop itself when the initial weights are nudged by one ulp (the pure
    rounding-amplification scale); and the difference a real bug makes (the same batches
    in the wrong order).
-2. One step on 8 virtual devices against 1 device, with SGD and with Adam (the test's own
-   code), next to the step from one device's rows only (a missing gradient all-reduce).
+2. One step on 8 virtual devices against 1 device, with SGD and with Adam (the test's
+   code: `jaxcifar.testing.one_step_on_eight_devices_and_on_one`), next to the step from
+   one device's rows only (a missing gradient all-reduce).
 3. `tests/fit_synthetic.py` (2 epochs, 16 steps) on 1 and on 8 virtual devices, with Adam
    and with SGD: the relative difference of the per-epoch train losses, next to the
    difference a one-ulp nudge of the initial weights makes on 1 device.
@@ -37,14 +38,13 @@ import numpy as np
 import optax
 from common import write_result
 
+from jaxcifar import steps
+from jaxcifar.methods.base import StageContext
+from jaxcifar.methods.classification import Classification
+from jaxcifar.models import create_model
+from jaxcifar.testing import one_step_on_eight_devices_and_on_one, synthetic_split, tiny_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from jaxcifar import steps  # noqa: E402
-from jaxcifar.methods.base import StageContext  # noqa: E402
-from jaxcifar.methods.classification import Classification  # noqa: E402
-from jaxcifar.models import create_model  # noqa: E402
-from tests.conftest import synthetic_split, tiny_config  # noqa: E402
-from tests.test_train import one_step_on_eight_devices_and_on_one  # noqa: E402
 
 
 def max_param_difference(a: steps.TrainState, b: steps.TrainState) -> float:

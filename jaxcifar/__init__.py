@@ -14,7 +14,7 @@ and TensorFlow is only loaded by the tf.data path):
     jaxcifar.methods     classification, SimCLR, VICReg      jaxcifar.ssl      SSL losses, kNN, probe
     jaxcifar.peft        linear/bitfit/lora modes, adapters  jaxcifar.quantize  int8 (Qwix, LiteRT)
     jaxcifar.prune       magnitude and channel pruning       jaxcifar.precision  mixed precision
-    jaxcifar.litert      LiteRT conversion, runtime
+    jaxcifar.litert      LiteRT conversion, runtime          jaxcifar.testing  tiny runs, crashes, exact resume
     jaxcifar.xla_cpu     XLA:CPU flags set on import (Eigen convolutions)
 """
 
@@ -31,7 +31,7 @@ xla_cpu.configure()
 __version__ = "0.1.0"
 _SUBMODULES = ("augment", "batch_order", "checkpoint", "cli", "config", "data", "evaluate", "export", "litert", "methods", "models",
                "optim", "parallel", "peft", "precision", "predict", "pretrained", "prune", "quantize", "runs", "ssl",
-               "steps", "train", "workdir", "xla_cpu")
+               "steps", "testing", "train", "workdir", "xla_cpu")
 
 
 def __getattr__(name):

@@ -147,11 +147,10 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tuple[dict[str, Any], int]:
-    """({'params', 'batch_stats'}, step) of a saved run, as host arrays, without knowing
+def load_state(source: str | pathlib.Path, which: str | int = "best") -> tuple[dict[str, Any], int]:
+    """(every field of a saved TrainState, as a dict of host arrays, step), without knowing
     its model: `source` is a workdir, its `checkpoints` directory or one step directory;
-    `which` is 'best', 'latest' or a step number. EMA weights are returned as `params`
-    when the run kept them, since those are what it evaluates."""
+    `which` is 'best', 'latest' or a step number."""
     path = pathlib.Path(source).absolute()
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
@@ -168,6 +167,14 @@ def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tup
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     finally:
         manager.close()
+    return state, step
+
+
+def load_variables(source: str | pathlib.Path, which: str | int = "best") -> tuple[dict[str, Any], int]:
+    """({'params', 'batch_stats'}, step) of a saved run, as host arrays, without knowing
+    its model (`source` and `which` as for `load_state`). EMA weights are returned as
+    `params` when the run kept them, since those are what it evaluates."""
+    state, step = load_state(source, which)
     return inference_variables(state), step
 
 

@@ -11,15 +11,13 @@ JAXCIFAR_TEST_NUDGE_SEED=K moves every initial weight by one ulp, up or down at 
 (experiments/rounding_drift.py).
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 
-sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
-from tests.conftest import synthetic_split, tiny_config  # noqa: E402
-from jaxcifar import checkpoint, config as config_lib, parallel, stop_signals, train  # noqa: E402
-from jaxcifar import data as data_lib
+from jaxcifar import checkpoint, config as config_lib, parallel, stop_signals, testing, train
 
 
 def params_digest(workdir: str) -> str:
@@ -29,20 +27,6 @@ def params_digest(workdir: str) -> str:
     variables, _ = checkpoint.load_variables(workdir, "latest")
     leaves = jax.tree_util.tree_leaves(variables)
     return hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in leaves)).hexdigest()
-
-
-def crash_after_saves(n: int) -> None:
-    original = checkpoint.Checkpointer.save
-    count = {"saves": 0}
-
-    def save(self, state, record, metrics=None):
-        original(self, state, record, metrics)
-        self.wait()
-        count["saves"] += 1
-        if count["saves"] == n:
-            os._exit(17)
-
-    checkpoint.Checkpointer.save = save
 
 
 def nudge_initial_weights(seed: int) -> None:
@@ -69,17 +53,17 @@ def main(argv: list[str]) -> None:
         parallel.initialize_distributed(distributed["coordinator"], int(distributed["num_processes"]),
                                         int(distributed["process_id"]))
     parallel.configure_compilation_cache()  # as the CLI does: the suite's shared cache (tests/conftest.py)
-    if "JAXCIFAR_TEST_CRASH_AFTER_SAVES" in os.environ:
-        crash_after_saves(int(os.environ["JAXCIFAR_TEST_CRASH_AFTER_SAVES"]))
     if "JAXCIFAR_TEST_NUDGE_SEED" in os.environ:
         nudge_initial_weights(int(os.environ["JAXCIFAR_TEST_NUDGE_SEED"]))
-    cfg = tiny_config()
+    cfg = testing.tiny_config()
     for item in rest:
         if item.startswith("--config."):
             config_lib.override(cfg, *item[len("--config."):].split("=", 1))
-    data = data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
+    crash_after = os.environ.get("JAXCIFAR_TEST_CRASH_AFTER_SAVES")
+    dies = testing.after_checkpoint(int(crash_after), lambda: os._exit(17)) if crash_after else contextlib.nullcontext()
     try:
-        summary = train.fit(cfg, workdir, data=data)
+        with dies:
+            summary = train.fit(cfg, workdir, data=testing.tiny_data())
     except stop_signals.StopRequested as e:  # exit as the CLI does: 128 + the signal
         print(e, file=sys.stderr, flush=True)
         sys.exit(e.exit_status)
@@ -87,9 +71,8 @@ def main(argv: list[str]) -> None:
 
     digest = params_digest(workdir)  # an Orbax restore is collective: every process takes part
     if jax.process_index() == 0:
-        history = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
         print("RESULT " + json.dumps({"summary": {k: v for k, v in summary.items() if k != "config"},
-                                      "train_loss": [h["train_loss"] for h in history],
+                                      "train_loss": [h["train_loss"] for h in testing.read_history(workdir)],
                                       "digest": digest}), flush=True)
 
 

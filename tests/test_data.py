@@ -8,7 +8,7 @@ import pytest
 from jaxcifar import augment, batch_order, data as data_lib, image_files, train
 from jaxcifar.cli import USAGE_ERROR
 from jaxcifar.runs import load_run
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():

@@ -2,12 +2,15 @@
 so that the script cannot rot between the times a GPU is lent."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, synthetic_split, write_jpeg_pack
+from jaxcifar.testing import synthetic_split, write_jpeg_pack
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 
 @pytest.mark.slow  # a fresh process; `make test` (CI) runs it

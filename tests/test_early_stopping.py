@@ -8,13 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import augment, early_stopping, steps, train
+from jaxcifar import augment, early_stopping, steps, testing, train
 from jaxcifar import data as data_lib
 from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
-from jaxcifar.checkpoint import Checkpointer
 from jaxcifar.models import create_model
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
 
 # Accuracy lies in [0, 1], so with min_delta=1 no epoch after a stage's first counts as an
 # improvement, whatever training does: a plateau that needs no luck, while the weights (and
@@ -28,10 +27,6 @@ WITH_VALIDATION = {"validation_fraction": 0.25}
 def tiny_data():
     """The shared tiny splits plus a validation split, which early stopping selects on."""
     return data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10, validation=synthetic_split(64, 2))
-
-
-def history(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def epoch_entry(epoch, **metrics):
@@ -65,7 +60,7 @@ def test_an_early_stop_ends_the_run_on_its_best_epochs_weights(tmp_path, tiny_da
     # keep_checkpoints=1 would have deleted epoch 1's checkpoint by epoch 3: it is kept as the stage's best.
     summary = train.fit(tiny_config(epochs=10, keep_checkpoints=1, early_stopping=NEVER_IMPROVES, data=WITH_VALIDATION), tmp_path,
                         data=tiny_data)
-    logged = history(tmp_path)
+    logged = testing.read_history(tmp_path)
     assert [h["epoch"] for h in logged] == [1, 2, 3]
     assert summary["stopped_early"] == [{"stage": "train", "epoch": 3, "best_epoch": 1, "metric": "val_accuracy",
                                          "best_value": logged[0]["val_accuracy"]}]
@@ -78,7 +73,7 @@ def test_an_early_stop_ends_the_run_on_its_best_epochs_weights(tmp_path, tiny_da
 def test_without_an_early_stop_the_run_still_ends_on_its_best_epoch(tmp_path, tiny_data):
     config = tiny_config(epochs=3, early_stopping=dict(NEVER_IMPROVES, patience=5), data=WITH_VALIDATION)
     summary = train.fit(config, tmp_path, data=tiny_data)
-    logged = history(tmp_path)
+    logged = testing.read_history(tmp_path)
     assert len(logged) == 3 and summary["stopped_early"] == [] and summary["selection"]["epoch"] == 1
     assert summary["test_loss"] == logged[0]["eval_loss"] != logged[-1]["eval_loss"]
 
@@ -88,7 +83,7 @@ def test_an_early_stop_ends_only_its_stage_and_the_next_starts_from_its_best_wei
     stages = ({"name": "first", "epochs": 4}, {"name": "frozen", "epochs": 3, "lr_multipliers": {"all": None}})
     config = tiny_config(stages=stages, early_stopping=dict(NEVER_IMPROVES, patience=1), data=WITH_VALIDATION)
     summary = train.fit(config, tmp_path, data=tiny_data)
-    logged = history(tmp_path)
+    logged = testing.read_history(tmp_path)
     # Each stage counts its own patience; the second keeps its planned epochs (5..7), steps and schedule.
     assert [(h["stage"], h["epoch"], h["step"]) for h in logged] == [
         ("first", 1, 8), ("first", 2, 16), ("frozen", 5, 40), ("frozen", 6, 48)]
@@ -98,32 +93,14 @@ def test_an_early_stop_ends_only_its_stage_and_the_next_starts_from_its_best_wei
     assert (summary["epochs_completed"], summary["steps"]) == (4, 32)
 
 
-class CrashAfterSaves(Exception):
-    pass
-
-
 @pytest.mark.parametrize("saves_before_crash", [2, 4], ids=["mid_patience", "at_the_stop"])
-def test_a_resumed_run_keeps_its_patience_count(tmp_path, tiny_data, monkeypatch, saves_before_crash):
+def test_a_resumed_run_keeps_its_patience_count(tmp_path, tiny_data, saves_before_crash):
     config = tiny_config(epochs=10, early_stopping=dict(NEVER_IMPROVES, patience=3), data=WITH_VALIDATION)
-    straight = train.fit(config, tmp_path / "straight", data=tiny_data)
-    original, saves = Checkpointer.save, []
-
-    def save_then_crash(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        saves.append(1)
-        if len(saves) == saves_before_crash:
-            self.wait()
-            raise CrashAfterSaves
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Checkpointer, "save", save_then_crash)
-        with pytest.raises(CrashAfterSaves):
-            train.fit(config, tmp_path / "resumed", data=tiny_data)
-    resumed = train.fit(config, tmp_path / "resumed", data=tiny_data)
+    straight, _ = testing.assert_resumes_exactly(config, tmp_path, tiny_data,
+                                                 lambda fit: testing.crash_after_saves(fit, saves_before_crash))
     # A count restarted on resume would have stopped at epoch 2 + 1 + 3 = 6, not 4.
-    assert [h["epoch"] for h in history(tmp_path / "resumed")] == [1, 2, 3, 4]
-    assert resumed["stopped_early"] == straight["stopped_early"] and straight["stopped_early"][0]["epoch"] == 4
-    assert resumed["test_loss"] == straight["test_loss"]
+    assert [h["epoch"] for h in testing.read_history(tmp_path / "resumed")] == [1, 2, 3, 4]
+    assert straight["stopped_early"][0]["epoch"] == 4
 
 
 @pytest.mark.parametrize("name,kwargs", [("simple_cnn", {}), ("resnet18", {"width": 4}), ("airbench", {})])

@@ -1,4 +1,5 @@
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import pytest
 from jaxcifar import augment, export, steps, train
 from jaxcifar import data as data_lib
 from jaxcifar.runs import load_run
-from tests.conftest import REPO, synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 # Runs in a fresh interpreter, so nothing of the exporting process (jit caches, the
 # in-memory model, its closures) can make a broken artefact look fine.

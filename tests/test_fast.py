@@ -16,7 +16,7 @@ from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
 from jaxcifar.models import create_model
 from jaxcifar.models.airbench import batch_norm, whitening_kernel
-from tests.conftest import REPO, synthetic_split, tiny_config, write_jpeg_pack
+from jaxcifar.testing import synthetic_split, tiny_config, write_jpeg_pack
 
 
 def test_device_resident_batches_train_exactly_like_tf_data(tmp_path, tiny_data):
@@ -217,12 +217,11 @@ def test_scan_epoch_needs_device_resident_data():
 NO_TENSORFLOW_FIT = """
 import sys
 sys.modules["tensorflow"] = sys.modules["tensorflow_datasets"] = None  # any import of them now fails
-sys.path.insert(0, {repo!r})
 from jaxcifar import data, train
-from tests.conftest import tiny_config
+from jaxcifar.testing import tiny_config
 splits = data.load_jpeg_pack({pack!r})
 summary = train.fit(tiny_config(epochs=1, batch_size=16, data={{"device_resident": True, "scan_epoch": True}}),
-                    {workdir!r}, data=data_lib.Data(splits["train"], splits["test"], 10))
+                    {workdir!r}, data=data.Data(splits["train"], splits["test"], 10))
 print("RESULT", summary["steps"], summary["eval_examples"])
 """
 
@@ -238,7 +237,7 @@ def test_device_resident_path_trains_from_a_jpeg_pack_without_tensorflow(tmp_pat
     jpeg_error = np.abs(decoded["train"].images - original).mean()
     assert jpeg_error < 0.5 * np.abs(other - original).mean()  # lossy (noise images), but the same pictures
 
-    script = NO_TENSORFLOW_FIT.format(repo=str(REPO), pack=str(pack), workdir=str(tmp_path / "run"))
+    script = NO_TENSORFLOW_FIT.format(pack=str(pack), workdir=str(tmp_path / "run"))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RESULT 4 20" in out.stdout  # 64 / 16 steps; every test image evaluated

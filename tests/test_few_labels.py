@@ -3,6 +3,7 @@ reach beyond themselves, label propagation, choosing what to label, and the self
 student. What never reads a label it was not given is proven by changing those labels."""
 
 import csv
+import pathlib
 import subprocess
 import sys
 
@@ -10,11 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcifar import checkpoint, evaluate, propagate, schema, select_labels, targets, train
+from jaxcifar import checkpoint, evaluate, propagate, schema, select_labels, targets, testing, train
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar.methods import multicrop
-from tests.conftest import REPO, synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config, tiny_ssl_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 
 # ----- a method's settings -----
@@ -123,11 +126,8 @@ def test_propagation_spreads_a_few_labels_over_their_clusters():
 @pytest.fixture(scope="module")
 def ssl_run(tmp_path_factory):
     """A tiny many-crop run: the backbone every few-label tool here starts from."""
-    from tests.test_ssl import tiny_ssl_config
-
     workdir = tmp_path_factory.mktemp("multicrop")
-    train.fit(tiny_ssl_config("ssl_multicrop", epochs=1), workdir,
-              data=data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10))
+    train.fit(tiny_ssl_config("ssl_multicrop", epochs=1), workdir, data=testing.tiny_data())
     return workdir
 
 

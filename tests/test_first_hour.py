@@ -12,7 +12,7 @@ from jaxcifar import data as data_lib
 from jaxcifar import predict, pretrained, stop_signals, train
 from jaxcifar.checkpoint import Checkpointer
 from jaxcifar.cli import train as train_cli
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
 
 
 def test_a_refused_start_leaves_nothing_behind_and_names_the_flag(tmp_path):

@@ -1,6 +1,7 @@
 """Training on a folder of your own images (`--config.data.image_folder=DIR`): reading and
-its errors, the validation hold-out, the CLI end to end (train, evaluate, predict), and
-transfer from a CIFAR-like run onto a folder with another class count."""
+its errors, the validation hold-out, unlabelled images in DIR/unlabeled/, the CLI end to
+end (train, evaluate, predict), and transfer from a CIFAR-like run onto a folder with
+another class count."""
 
 import json
 import os
@@ -17,7 +18,9 @@ from PIL import Image
 from jaxcifar import checkpoint, data as data_lib, evaluate, image_files, predict, train
 from jaxcifar.runs import load_run
 from jaxcifar.workdir import Workdir
-from tests.conftest import REPO, synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 # Three colour-coded classes, so a tiny model can tell them apart.
 COLOURS = {"cat": (200, 60, 60), "dog": (60, 200, 60), "fish": (60, 60, 200)}
@@ -98,6 +101,19 @@ def test_hold_out_keeps_one_of_each_class_on_both_sides():
     assert np.bincount(kept.labels).tolist() == [1, 1]
     kept, held = data_lib.hold_out(split, 0.0)
     assert len(held) == 0 and np.array_equal(kept.images, split.images)
+
+
+def test_unlabeled_images_join_the_stream_without_labels(tmp_path):
+    root = write_folder(tmp_path / "images", {"train": 6, "test": 2})
+    write_images(root / "unlabeled" / "any" / "depth", (128, 128, 128), 5, seed=99)
+    data = data_lib.load_data(folder_config(root, data={"image_folder": str(root), "examples_per_class": 2}))
+    assert len(data.train) == 3 * 2 and len(data.unlabeled) == 3 * 4 + 5
+    np.testing.assert_array_equal(data.unlabeled.images[-5:].reshape(5, -1).mean(1).round(-1), 130)
+    without_budget = data_lib.load_data(folder_config(root))
+    assert len(without_budget.train) == 18 and len(without_budget.unlabeled) == 5
+    (root / "unlabeled" / "any" / "depth" / "000.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="1 of 5 images in .*unlabeled could not be read"):
+        data_lib.load_data(folder_config(root))
 
 
 def break_folder(root: pathlib.Path, problem: str) -> None:

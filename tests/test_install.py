@@ -1,10 +1,12 @@
 """How the package is installed: what `make train` pulls in, and imports that can't be
 shadowed by folders in the working directory."""
 
+import pathlib
 import subprocess
 import sys
 
-from tests.conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
+
 
 
 def make_dry_run(target: str) -> str:

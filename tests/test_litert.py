@@ -11,7 +11,9 @@ import pytest
 
 from jaxcifar import evaluate, export, litert, quantize, runs, train
 from jaxcifar import data as data_lib
-from tests.conftest import REPO, synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 AIRBENCH = dict(model="airbench", model_kwargs={"widths": (8, 16, 16)})
 

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import checkpoint, optim, train
+from jaxcifar import optim, testing
 from jaxcifar import config as config_lib
 from jaxcifar.models import create_model
-from tests.conftest import crash_on_first_save, tiny_config
+from jaxcifar.testing import tiny_config
 
 
 def airbench_muon_reference(kernel_hwio, grads, lr, momentum, ns_steps):
@@ -78,13 +78,6 @@ def small_fast_muon() -> config_lib.ml_collections.ConfigDict:
     return config
 
 
-def test_fast_muon_trains_and_resumes_bit_identically(tmp_path, tiny_data, monkeypatch):
-    config = small_fast_muon()
-    straight = train.fit(config, tmp_path / "straight", data=tiny_data)
+def test_fast_muon_trains_and_resumes_bit_identically(tmp_path, tiny_data):
+    straight, _ = testing.assert_resumes_exactly(small_fast_muon(), tmp_path, tiny_data)
     assert straight["steps"] == 2 * (256 // 64)
-    crash_on_first_save(monkeypatch, lambda: train.fit(config, tmp_path / "resumed", data=tiny_data))
-    train.fit(config, tmp_path / "resumed", data=tiny_data)
-    a, _ = checkpoint.load_variables(tmp_path / "straight", "latest")
-    b, _ = checkpoint.load_variables(tmp_path / "resumed", "latest")
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

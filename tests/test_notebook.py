@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ import sys
 import pytest
 
 from jaxcifar import colab
-from tests.conftest import REPO
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 pytestmark = pytest.mark.slow  # a Jupyter kernel
 

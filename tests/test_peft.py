@@ -13,7 +13,7 @@ from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar import checkpoint, evaluate, models, peft, runs, train
 from jaxcifar.models.layers import LoRA
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
 
 NET = dict(model="resnet18", model_kwargs={"width": 8}, param_groups={"backbone": "backbone/.*", "head": "head/.*"},
            lr_multipliers={"backbone": 1.0, "head": 1.0})

@@ -12,7 +12,7 @@ from jaxcifar import data as data_lib
 from jaxcifar import config as config_lib
 from jaxcifar import steps as steps_lib
 from jaxcifar.precision import compute_dtype
-from tests.conftest import crash_on_first_save, synthetic_split, tiny_config
+from jaxcifar.testing import crash_after_saves, read_history, synthetic_split, tiny_config
 
 # The loss-curve runs: 8 steps per epoch on tiny_data's 256 images, 256 steps in all.
 CURVE = dict(epochs=32, optimizer="adam", lr=1e-3)
@@ -126,10 +126,10 @@ def test_inference_computes_at_the_runs_precision_unless_told_otherwise(curves):
 
 
 @pytest.mark.parametrize("first, then", [("float32", "bfloat16"), ("bfloat16", "float32")])
-def test_a_run_resumes_at_the_other_precision(tmp_path, tiny_data, monkeypatch, first, then):
-    crash_on_first_save(monkeypatch, lambda: train.fit(tiny_config(precision=first), tmp_path, data=tiny_data))
-    crashed = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+def test_a_run_resumes_at_the_other_precision(tmp_path, tiny_data, first, then):
+    crash_after_saves(lambda: train.fit(tiny_config(precision=first), tmp_path, data=tiny_data))
+    [crashed] = read_history(tmp_path)
     summary = train.fit(tiny_config(precision=then), tmp_path, data=tiny_data)
-    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    history = read_history(tmp_path)
     assert summary["compute_dtype"] == then and summary["epochs_completed"] == 2
     assert history[0] == crashed and history[1]["step"] == 2 * 256 // 32  # epoch 1 kept, epoch 2 trained on

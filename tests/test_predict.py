@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from jaxcifar import image_files, predict
-from tests.conftest import synthetic_split
+from jaxcifar.testing import synthetic_split
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import checkpoint, models, optim, peft, prune, runs, train
+from jaxcifar import checkpoint, models, optim, peft, prune, runs, testing, train
 from jaxcifar import data as data_lib
 from jaxcifar import config as config_lib
-from tests.conftest import crash_on_first_save, synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
 
 
 def test_the_mask_keeps_the_largest_magnitudes_across_all_leaves():
@@ -53,19 +53,13 @@ def data():
     return data_lib.Data(synthetic_split(256, 0), synthetic_split(40, 1), 10)
 
 
-def test_a_pruning_run_reaches_its_sparsity_and_resumes_exactly(tmp_path, monkeypatch):
-    straight = train.fit(pruning_config(), tmp_path / "straight", data=data())
+def test_a_pruning_run_reaches_its_sparsity_and_resumes_exactly(tmp_path):
+    straight, _ = testing.assert_resumes_exactly(pruning_config(), tmp_path, data())
     kernels = {path: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(
         checkpoint.load_variables(tmp_path / "straight", "latest")[0]["params"]) if leaf.ndim > 1}
     zeros = sum(int(np.sum(k == 0)) for k in kernels.values())
     assert straight["sparsity"] == pytest.approx(0.75, abs=1e-4)
     assert zeros == pytest.approx(0.75 * sum(k.size for k in kernels.values()), abs=1)
-    crash_on_first_save(monkeypatch, lambda: train.fit(pruning_config(), tmp_path / "resumed", data=data()))
-    resumed = train.fit(pruning_config(), tmp_path / "resumed", data=data())
-    assert resumed["test_accuracy"] == straight["test_accuracy"]
-    for a, b in zip(jax.tree_util.tree_leaves(checkpoint.load_variables(tmp_path / "straight", "latest")[0]),
-                    jax.tree_util.tree_leaves(checkpoint.load_variables(tmp_path / "resumed", "latest")[0])):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_pruning_refuses_averaged_weights():

@@ -13,13 +13,15 @@ import pathlib
 import re
 import runpy
 import shlex
+import subprocess
 import sys
 import warnings
 
 import pytest
 
 from jaxcifar import config as config_lib
-from tests.conftest import REPO
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 DOCUMENTS = (REPO / "README.md", REPO / "experiments" / "README.md", REPO / "benchmarks" / "NOTES.md",
              *sorted((REPO / "docs").glob("*.md")))
@@ -70,7 +72,8 @@ def command_lines(text: str) -> list[str]:
 
 def parse_command(line: str) -> tuple[pathlib.Path, list[str]] | None:
     """(working directory, argv from `python` on) of a `python -m jaxcifar.X` or
-    `python SCRIPT.py` command, or None when the line runs neither."""
+    `python SCRIPT.py` command, or None when the line runs neither. Raises ValueError where
+    a shell could not split the command either (an unbalanced quote)."""
     match = COMMAND.search(line)
     if not match:
         return None
@@ -79,12 +82,14 @@ def parse_command(line: str) -> tuple[pathlib.Path, list[str]] | None:
     return REPO / (match["cd"] or "."), argv
 
 
-def shell_words(line: str) -> list[str]:
-    """The words a shell would pass; [] for prose that is not shell (an unbalanced quote)."""
-    try:
-        return shlex.split(line, comments=True)
-    except ValueError:
+def quoted_fields(line: str) -> list[tuple[str, str]]:
+    """(key, value) of each `--config.KEY=VALUE` a line that is no command quotes. Raises
+    ValueError where such a line does not split as shell; prose without a field (a diagram,
+    an apostrophe) is not split at all."""
+    if "--config." not in line:
         return []
+    return [tuple(token[len("--config."):].split("=", 1)) for token in shlex.split(line, comments=True)
+            if re.match(r"--config\.[a-z_.]+=", token)]
 
 
 def split_args(args: list[str]) -> list[tuple[str | None, str | None]]:
@@ -198,11 +203,16 @@ def command_errors(cwd: pathlib.Path, argv: list[str], created: set[pathlib.Path
 def document_errors(doc: pathlib.Path) -> list[str]:
     text, created, errors = doc.read_text(), set(), []
     for line in command_lines(text):
-        if parsed := parse_command(line):
+        try:
+            parsed = parse_command(line)
+            fields = [] if parsed else quoted_fields(line)  # e.g. `--config.stages.finetune.epochs=0` alone
+        except ValueError as e:  # what a reader pastes fails in their shell too; nothing in it was checked
+            errors.append(f"`{line.strip()}`: not a shell command ({e})")
+            continue
+        if parsed:
             errors += [f"`{line.strip()}`: {e}" for e in command_errors(*parsed, created)]
-        else:  # a field quoted on its own, e.g. `--config.stages.finetune.epochs=0`
-            errors += config_errors(None, [tuple(token[len("--config."):].split("=", 1)) for token in shell_words(line)
-                                           if re.match(r"--config\.[a-z_.]+=", token)])
+        else:
+            errors += config_errors(None, fields)
     return errors
 
 
@@ -223,12 +233,16 @@ def test_the_command_check_catches_what_it_should(tmp_path):
         "runs/never_trained: neither": "python -m jaxcifar.export --workdir runs/never_trained --out exported/x",
         "no script experiments/no_such.py": "python experiments/no_such.py",
         "experiments/fast_cpu.py has no flag --bogus": "cd experiments && python fast_cpu.py --bogus 1",
+        "not a shell command (No closing quotation)": "python -m jaxcifar.train --config simple_cnn "
+                                                      "--workdir runs/a --config.no_such_field='1",
     }
     for expected, command in bad.items():
         doc.write_text(f"```bash\n{command}\n```\n")
         assert any(expected in e for e in document_errors(doc)), (command, document_errors(doc))
     doc.write_text("Prose quoting `--config.data.no_such_field=1` alone.\n")
     assert any("--config.data.no_such_field=1" in e for e in document_errors(doc))
+    doc.write_text("Prose quoting `--config.data.no_such_field='1` alone, its quote left open.\n")
+    assert any("not a shell command (No closing quotation)" in e for e in document_errors(doc))
     doc.write_text("```bash\npython -m jaxcifar.train --config simple_cnn --workdir runs/a --config.epochs=1\n"
                    "python -m jaxcifar.export --workdir runs/a --out exported/a\n"
                    "python -m jaxcifar.serve --export exported/a --port 8080\n```\n")
@@ -273,10 +287,9 @@ def test_every_link_and_file_reference_resolves():
 
 
 def test_rendered_results_match_their_json():
-    spec = importlib.util.spec_from_file_location("report", REPO / "experiments" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    assert report.main(["--check"]) == 0, "run python experiments/report.py"
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "report.py"), "--check"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def test_readme_paths_exist_from_the_clone_root(shared_data_dir):

@@ -3,6 +3,7 @@ count, two-process data parallelism and stops, and clear errors that lose nothin
 
 import json
 import os
+import pathlib
 import random
 import re
 import signal
@@ -20,11 +21,13 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import checkpoint, steps, train
+from jaxcifar import checkpoint, steps, testing, train
 from jaxcifar.checkpoint import Checkpointer
 from jaxcifar.models import create_model
+from jaxcifar.testing import TRAJECTORY_RTOL, tiny_config
 from jaxcifar.workdir import Workdir
-from tests.conftest import REPO, TRAJECTORY_RTOL, tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 SCRIPT = str(REPO / "tests" / "fit_synthetic.py")
 
@@ -105,7 +108,7 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
     resumed = result(start(tmp_path / "w", *args, env={"XLA_FLAGS": ""}))
     straight = result(start(tmp_path / "one", *args, env={"XLA_FLAGS": ""}))
     assert resumed["summary"]["devices"] == 1 and resumed["summary"]["steps"] == 16
-    # The first epoch ran on 8 devices: rounding drift, bounded as conftest.TRAJECTORY_RTOL says.
+    # The first epoch ran on 8 devices: rounding drift, bounded as testing.TRAJECTORY_RTOL says.
     np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=TRAJECTORY_RTOL)
 
 
@@ -147,7 +150,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single = result(start(tmp_path / "single", *args,
                           env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
     assert multi["summary"]["processes"] == 2 and multi["summary"]["devices"] == 2
-    # Two processes sum gradients through gloo in another order: rounding drift (conftest.TRAJECTORY_RTOL).
+    # Two processes sum gradients through gloo in another order: rounding drift (testing.TRAJECTORY_RTOL).
     np.testing.assert_allclose(multi["train_loss"], single["train_loss"], rtol=TRAJECTORY_RTOL)
 
 
@@ -300,16 +303,17 @@ def test_checkpoint_written_before_a_field_existed_restores_where_it_is_off(tmp_
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tiny_data, caplog):
-    config = tiny_config(epochs=2, keep_checkpoints=3)
-    straight = train.fit(config, tmp_path / "a", data=tiny_data)
-    train.fit(config, tmp_path / "b", data=tiny_data)
-    for f in (tmp_path / "b" / "checkpoints" / "16" / "state").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"garbage")
-    resumed = train.fit(config, tmp_path / "b", data=tiny_data)
-    assert "could not be restored" in caplog.text and (tmp_path / "b" / "corrupt_checkpoints").is_dir()
-    assert resumed["test_loss"] == straight["test_loss"]  # re-trained epoch 2 from step 8, identically
-    assert Checkpointer(tmp_path / "b").steps() == [8, 16]
+    def train_then_corrupt_the_last_checkpoint(fit):
+        fit()
+        for f in (tmp_path / "resumed" / "checkpoints" / "16" / "state").rglob("*"):
+            if f.is_file():
+                f.write_bytes(b"garbage")
+
+    # Epoch 2 is re-trained from step 8, identically.
+    testing.assert_resumes_exactly(tiny_config(epochs=2, keep_checkpoints=3), tmp_path, tiny_data,
+                                   train_then_corrupt_the_last_checkpoint)
+    assert "could not be restored" in caplog.text and (tmp_path / "resumed" / "corrupt_checkpoints").is_dir()
+    assert Checkpointer(tmp_path / "resumed").steps() == [8, 16]
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, tiny_data):

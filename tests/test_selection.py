@@ -11,7 +11,7 @@ import pytest
 
 from jaxcifar import checkpoint, evaluate, train
 from jaxcifar import data as data_lib
-from tests.conftest import synthetic_split, tiny_config
+from jaxcifar.testing import synthetic_split, tiny_config
 
 WITH_VALIDATION = {"data": {"validation_fraction": 0.25}}
 

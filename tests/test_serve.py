@@ -22,7 +22,9 @@ from PIL import Image  # noqa: E402
 from jaxcifar import data, export, predict  # noqa: E402
 from jaxcifar import data as data_lib
 from jaxcifar.image_files import read_image  # noqa: E402
-from tests.conftest import REPO, synthetic_split, tiny_config  # noqa: E402
+from jaxcifar.testing import synthetic_split, tiny_config  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 pytestmark = pytest.mark.slow  # a server process and a browser
 
@@ -333,13 +335,13 @@ def shown_results(driver, count: int) -> list[tuple[str, list[tuple[str, float]]
             for result in driver.find_elements(By.CSS_SELECTOR, "#results .result")]
 
 
-def test_web_page_classifies_a_cifar_image_in_chromium(server, run, tmp_path):
+def test_web_page_classifies_a_cifar_image_in_chromium(server, run, tmp_path, shared_data_dir):
     from selenium.webdriver.common.by import By
 
     page = httpx.get(f"{server}/").text
     assert "/v1/predict" in page and not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing from the network
     png = tmp_path / "cifar_test_0.png"
-    Image.fromarray(cifar_test_image()).save(png)
+    Image.fromarray(cifar_test_image(shared_data_dir)).save(png)
     with chromium(tmp_path) as driver:
         driver.get(f"{server}/")
         driver.find_element(By.ID, "file").send_keys(str(png))
@@ -349,13 +351,9 @@ def test_web_page_classifies_a_cifar_image_in_chromium(server, run, tmp_path):
     np.testing.assert_allclose([p for _, p in shown], [p["probability"] for p in expected], atol=1e-4)
 
 
-def cifar_test_image() -> np.ndarray:
-    """The first image of the shared CIFAR-10 test split, or a skip where it is absent."""
-    from tests.conftest import SHARED_DATA
-
-    if not (SHARED_DATA / "cifar10").is_dir():
-        pytest.skip(f"prepared CIFAR-10 not found at {SHARED_DATA}")
-    return data.load_split("test[:1]", str(SHARED_DATA)).images[0]
+def cifar_test_image(data_dir: str) -> np.ndarray:
+    """The first image of the prepared CIFAR-10 test split."""
+    return data.load_split("test[:1]", data_dir).images[0]
 
 
 def slow_body(body: bytes, pause: float):

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcifar import checkpoint, optim, train
+from jaxcifar import checkpoint, optim, testing, train
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from tests.conftest import crash_on_first_save, tiny_config
+from jaxcifar.testing import tiny_config
 
 TINY_RESNET = {"stage_sizes": (1, 1), "width": 8}
 GROUPS = {"backbone": "backbone/.*", "head": "head/.*"}
@@ -120,14 +120,10 @@ def test_init_from_run_with_other_head_size_and_mismatched_backbone(tmp_path, ti
         train.fit(wider, tmp_path / "bad", data=tiny_data, init_from=str(source))
 
 
-def test_stage_switch_resets_optimizer_and_resumes_across_stages(tmp_path, tiny_data, monkeypatch):
-    config = staged_config()
-    straight = train.fit(config, tmp_path / "a", data=tiny_data)
+def test_stage_switch_resets_optimizer_and_resumes_across_stages(tmp_path, tiny_data):
     # dies right after the first checkpoint: at the frozen -> finetune boundary
-    crash_on_first_save(monkeypatch, lambda: train.fit(config, tmp_path / "b", data=tiny_data))
-    resumed = train.fit(config, tmp_path / "b", data=tiny_data)
-    assert resumed["test_loss"] == straight["test_loss"]
-    assert [h["stage"] for h in train.Workdir(tmp_path / "b", config).history()] == ["frozen", "finetune"]
+    testing.assert_resumes_exactly(staged_config(), tmp_path, tiny_data)
+    assert [h["stage"] for h in testing.read_history(tmp_path / "resumed")] == ["frozen", "finetune"]
 
 
 def test_frozen_group_never_moves_even_with_gradients_weight_decay_and_momentum():

@@ -10,6 +10,7 @@ fails the test with its output.
 
 import contextlib
 import json
+import pathlib
 import queue
 import re
 import shlex
@@ -27,7 +28,8 @@ from PIL import Image
 
 from jaxcifar import config as config_lib
 from jaxcifar import export, quantize
-from tests.conftest import REPO
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 httpx = pytest.importorskip("httpx", reason="the serve step needs the test extra: pip install -e '.[test]'")
 

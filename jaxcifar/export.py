@@ -48,8 +48,7 @@ from jax import export as jax_export
 from jax.typing import ArrayLike
 
 from jaxcifar import litert
-from jaxcifar.cli import USAGE_ERROR, reports_user_errors
-from jaxcifar.runs import Run, add_run_arguments, load_run, uint8_pixels
+from jaxcifar.runs import Run, uint8_pixels
 
 STABLEHLO_FILE = "model.stablehlo"
 SAVED_MODEL_DIR = "saved_model"
@@ -286,38 +285,7 @@ def parse_platforms(text: str) -> tuple[str, ...]:
     return platforms
 
 
-@reports_user_errors
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcifar.export", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a trained run as StableHLO (jax.export) and/or a TF SavedModel (jax2tf); "
-                    "input uint8 (b, S, S, 3) RGB with S the run's data.image_size (32 for the CIFAR "
-                    "recipes), output float32 logits, any batch size.")
-    add_run_arguments(parser)
-    parser.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
-    parser.add_argument("--format", choices=("stablehlo", "savedmodel", "both"), default="both",
-                        help="what to write (default both; both still writes StableHLO without TensorFlow)")
-    parser.add_argument("--platforms", type=parse_platforms, default=PLATFORMS,
-                        help=f"comma-separated platforms to lower for (default {','.join(PLATFORMS)})")
-    args = parser.parse_args(argv)
-    run = load_run(args.workdir, args.checkpoint)
-    tta = run.resolve_tta(args.tta)
-    try:
-        written, skipped = export_run(run, args.out, args.format, tta, args.platforms)
-    except ImportError as e:  # --format savedmodel without TensorFlow: export_run says what to do
-        print(f"error: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    paths = {"stablehlo": args.out / STABLEHLO_FILE, "savedmodel": args.out / SAVED_MODEL_DIR}
-    for fmt in written:
-        print(f"wrote {fmt}: {paths[fmt]}")
-    print(f"wrote {args.out / SERVING_FILE} (step {run.step}, tta {'on' if tta else 'off'}, "
-          f"platforms {','.join(args.platforms)})")
-    if skipped:
-        print(f"warning: SavedModel NOT written: {skipped}. Only the StableHLO artefact was exported; "
-              "install tensorflow to export a SavedModel.", file=sys.stderr)
-        return 1
-    return 0
+if __name__ == "__main__":  # the command line lives in jaxcifar/cli/export.py
+    from jaxcifar.cli.export import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -12,17 +12,14 @@ status is 1 if any file failed, 2 if the run itself could not be opened.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxcifar.cli import reports_user_errors
 from jaxcifar.image_files import READ_ERRORS, describe_error, read_image
-from jaxcifar.runs import Run, add_run_arguments, load_run
+from jaxcifar.runs import Run
 
 
 def top_k(probabilities: np.ndarray, class_names: tuple[str, ...], k: int) -> list[dict[str, Any]]:
@@ -61,32 +58,7 @@ def format_text(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@reports_user_errors
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcifar.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Top-k classes of image files (any size, format and colour mode), by a trained run.",
-        epilog="Preprocessing: each image is converted to RGB (transparency composited on white,\n"
-               "greyscale/palette converted), EXIF-rotated, and resized to the run's data.image_size\n"
-               "(32x32 for the CIFAR recipes) with Pillow's bilinear filter without keeping the aspect ratio.\n"
-               "Exit status: 0 all files classified, 1 some file failed, 2 the run could not be opened.")
-    add_run_arguments(parser)
-    parser.add_argument("--top_k", type=int, default=3, help="classes to show per image (default 3)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, anything Pillow reads)")
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error("--top_k must be at least 1")
-    run = load_run(args.workdir, args.checkpoint)
-    run.require_classifier()
-    results = predict_files(run, args.images, args.top_k, args.tta)
-    if args.json:
-        print(json.dumps({"workdir": str(run.workdir), "checkpoint_step": run.step,
-                          "tta": run.resolve_tta(args.tta), "results": results}, indent=2))
-    else:
-        print(format_text(results))
-    return int(any("error" in r for r in results))
+if __name__ == "__main__":  # the command line lives in jaxcifar/cli/predict.py
+    from jaxcifar.cli.predict import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

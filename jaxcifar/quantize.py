@@ -45,7 +45,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -67,8 +66,7 @@ from flax import traverse_util
 
 from jaxcifar import data as data_lib
 from jaxcifar import augment, evaluate, export, litert, peft
-from jaxcifar.cli import reports_user_errors
-from jaxcifar.runs import Run, add_run_arguments, load_run
+from jaxcifar.runs import Run, load_run
 
 log = logging.getLogger("jaxcifar")
 REPORT = "report.json"
@@ -377,34 +375,7 @@ def accuracy_cell(row: dict, label: str) -> str:
     return f"{row[f'{label}_accuracy']:.2%}" + ("" if label == "float32" else f" ({row[f'{label}_agreement']:.2%})")
 
 
-@reports_user_errors
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxcifar.quantize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(parser)
-    parser.add_argument("--out", required=True, help="directory for report.json and the float32/, int8/, litert_float32/ and litert_int8/ artefacts")
-    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
-    parser.add_argument("--calibration_images", type=int, default=1000,
-                        help="training images that calibrate the activation ranges")
-    parser.add_argument("--extra_splits", default="test_jpeg",
-                        help="comma-separated splits evaluated besides the run's eval split ('' = none)")
-    parser.add_argument("--timing_repeats", type=int, default=20, help="timed calls per artefact and batch size")
-    parser.add_argument("--full", action="store_true",
-                        help="also evaluate the Qwix int8 model (slow on a CPU) on --extra_splits")
-    args = parser.parse_args(argv)
-    logging.basicConfig(format="%(message)s")
-    log.setLevel(logging.INFO)  # this module's progress, not every library's INFO lines
-    if args.calibration_images < 1:
-        parser.error(f"--calibration_images={args.calibration_images} must be at least 1.")
-    report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
-                              tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats, tta=args.tta,
-                              full=args.full)
-    print(tradeoff_table(report))
-    print(f"report: {pathlib.Path(args.out) / REPORT}")
-    for label, reason in report["failed"].items():
-        print(f"error: {ARTEFACTS[label]} was not published: {reason}", file=sys.stderr)
-    return 1 if report["failed"] else 0
+if __name__ == "__main__":  # the command line lives in jaxcifar/cli/quantize.py
+    from jaxcifar.cli.quantize import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@ import pytest
 from jaxcifar import checkpoint, evaluate, train
 from jaxcifar.runs import load_run
 from jaxcifar.testing import tiny_config
+from jaxcifar.cli import evaluate as evaluate_cli
 
 # Hand-checkable: 3 classes, 8 examples.
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2])
@@ -108,7 +109,7 @@ def test_split_dir_keeps_slices_apart(tmp_path):
 
 
 def run_cli(workdir, data_dir, capsys, *args):
-    code = evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest", "--data_dir", data_dir, *args])
+    code = evaluate_cli.main(["--workdir", str(workdir), "--checkpoint", "latest", "--data_dir", data_dir, *args])
     out = capsys.readouterr().out
     assert code == 0, out
     return out
@@ -139,5 +140,5 @@ def test_cli_on_real_data_matches_summary_and_keeps_a_folder_per_split(tmp_path,
 
 
 def test_cli_reports_missing_workdir(tmp_path, capsys):
-    assert evaluate.main(["--workdir", str(tmp_path / "nope")]) == 2
+    assert evaluate_cli.main(["--workdir", str(tmp_path / "nope")]) == 2
     assert "not a jaxcifar workdir" in capsys.readouterr().err

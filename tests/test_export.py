@@ -13,6 +13,7 @@ from jaxcifar import augment, export, steps, train
 from jaxcifar import data as data_lib
 from jaxcifar.runs import load_run
 from jaxcifar.testing import synthetic_split, tiny_config
+from jaxcifar.cli import export as export_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
@@ -85,13 +86,13 @@ def test_both_degrades_to_stablehlo_without_tensorflow(exported, tmp_path, monke
         raise ImportError("No module named 'tensorflow'")
 
     monkeypatch.setattr("jaxcifar.data.import_tf", no_tensorflow)
-    code = export.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--out", str(tmp_path / "both"),
+    code = export_cli.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--out", str(tmp_path / "both"),
                         "--platforms", "cpu"])
     assert code == 1 and "SavedModel NOT written" in capsys.readouterr().err
     assert (tmp_path / "both" / export.STABLEHLO_FILE).stat().st_size > 0
     assert not (tmp_path / "both" / export.SAVED_MODEL_DIR).exists()
     assert json.loads((tmp_path / "both" / export.SERVING_FILE).read_text())["formats"] == ["stablehlo"]
-    assert export.main(["--workdir", str(run.workdir), "--out", str(tmp_path / "sm"), "--format", "savedmodel"]) == 2
+    assert export_cli.main(["--workdir", str(run.workdir), "--out", str(tmp_path / "sm"), "--format", "savedmodel"]) == 2
     assert "tensorflow" in capsys.readouterr().err
 
 

@@ -9,8 +9,12 @@ import pytest
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import predict, pretrained, stop_signals, train
+from jaxcifar import pretrained, stop_signals, train
 from jaxcifar.checkpoint import Checkpointer
+from jaxcifar.cli import evaluate as evaluate_cli
+from jaxcifar.cli import export as export_cli
+from jaxcifar.cli import predict as predict_cli
+from jaxcifar.cli import quantize as quantize_cli
 from jaxcifar.cli import train as train_cli
 from jaxcifar.testing import synthetic_split, tiny_config
 
@@ -45,13 +49,12 @@ def test_epochs_that_every_stage_overrides_is_refused_with_the_stage_syntax():
 
 
 def test_a_user_error_is_one_line_and_status_2_in_every_tool(tmp_path, capsys):
-    from jaxcifar import evaluate, export, quantize
     from jaxcifar.serve import __main__ as serve
 
-    for main, args in ((predict.main, ["--workdir", str(tmp_path / "missing"), "x.png"]),
-                       (evaluate.main, ["--workdir", str(tmp_path / "missing")]),
-                       (export.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]),
-                       (quantize.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "q")]),
+    for main, args in ((predict_cli.main, ["--workdir", str(tmp_path / "missing"), "x.png"]),
+                       (evaluate_cli.main, ["--workdir", str(tmp_path / "missing")]),
+                       (export_cli.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]),
+                       (quantize_cli.main, ["--workdir", str(tmp_path / "missing"), "--out", str(tmp_path / "q")]),
                        (serve.main, ["--workdir", str(tmp_path / "missing")]),
                        (train_cli.main, ["--config", "nope", "--workdir", str(tmp_path / "w")])):
         assert main(args) == 2
@@ -68,8 +71,8 @@ def test_predict_with_a_self_supervised_run_says_what_to_do_without_a_traceback(
         require_classifier = runs.Run.require_classifier
         is_classifier = False
 
-    monkeypatch.setattr(predict, "load_run", lambda workdir, which: SelfSupervisedRun())
-    assert predict.main(["--workdir", str(tmp_path), "x.png"]) == 2
+    monkeypatch.setattr(predict_cli, "load_run", lambda workdir, which: SelfSupervisedRun())
+    assert predict_cli.main(["--workdir", str(tmp_path), "x.png"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "self-supervised" in err and "Traceback" not in err
 

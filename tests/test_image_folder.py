@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcifar import checkpoint, data as data_lib, evaluate, image_files, predict, train
+from jaxcifar import checkpoint, data as data_lib, image_files, train
 from jaxcifar.runs import load_run
 from jaxcifar.workdir import Workdir
 from jaxcifar.testing import synthetic_split, tiny_config
+from jaxcifar.cli import evaluate as evaluate_cli
+from jaxcifar.cli import predict as predict_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
@@ -179,7 +181,7 @@ def test_cli_trains_on_the_folder_and_records_its_classes(cli_run):
 @pytest.mark.slow  # a fresh process
 def test_evaluate_names_the_folder_classes_and_matches_the_summary(cli_run, capsys):
     workdir, _ = cli_run
-    assert evaluate.main(["--workdir", str(workdir), "--checkpoint", "latest"]) == 0  # no --data_dir needed
+    assert evaluate_cli.main(["--workdir", str(workdir), "--checkpoint", "latest"]) == 0  # no --data_dir needed
     report = json.loads((workdir / "eval" / "test" / "report.json").read_text())
     assert report["class_names"] == ["cat", "dog", "fish"]
     assert [c["class"] for c in report["per_class"]] == ["cat", "dog", "fish"]
@@ -193,7 +195,7 @@ def test_evaluate_names_the_folder_classes_and_matches_the_summary(cli_run, caps
 def test_predict_names_the_folder_classes_and_agrees_with_the_run(cli_run, folder, capsys):
     workdir, _ = cli_run
     files = [str(p) for p in sorted((folder / "test" / "fish").iterdir())[:2]]
-    assert predict.main(["--workdir", str(workdir), "--checkpoint", "latest", "--json", "--top_k", "3", *files]) == 0
+    assert predict_cli.main(["--workdir", str(workdir), "--checkpoint", "latest", "--json", "--top_k", "3", *files]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     run = load_run(workdir, "latest")
     data = data_lib.load_data(run.config)

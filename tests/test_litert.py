@@ -12,6 +12,7 @@ import pytest
 from jaxcifar import evaluate, export, litert, quantize, runs, train
 from jaxcifar import data as data_lib
 from jaxcifar.testing import synthetic_split, tiny_config
+from jaxcifar.cli import quantize as quantize_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
@@ -112,7 +113,7 @@ def test_quantize_publishes_what_runs_and_reports_what_does_not(airbench_quantiz
     monkeypatch.setattr(data_lib, "load_data", lambda config, data_dir: data_lib.Data(train_split, test, 10))
     monkeypatch.setattr(evaluate, "load_eval_split", lambda run, name, data_dir: test)
     out = tmp_path / "out"
-    status = quantize.main(["--workdir", str(root / "run"), "--out", str(out), "--calibration_images", "64",
+    status = quantize_cli.main(["--workdir", str(root / "run"), "--out", str(out), "--calibration_images", "64",
                             "--extra_splits", "", "--timing_repeats", "1"])
     assert status == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

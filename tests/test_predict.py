@@ -7,6 +7,7 @@ from PIL import Image
 
 from jaxcifar import image_files, predict
 from jaxcifar.testing import synthetic_split
+from jaxcifar.cli import predict as predict_cli
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_every_readable_image_gets_probabilities_that_match_run_logits(run, imag
 
 def test_bad_files_get_errors_and_others_still_predicted(run, images, capsys):
     names = ["rgb.png", "corrupt.png", "large.png", "missing.png"]
-    code = predict.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--json",
+    code = predict_cli.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--json",
                          *[images[n] for n in names]])
     assert code == 1
     doc = json.loads(capsys.readouterr().out)
@@ -77,16 +78,16 @@ def test_bad_files_get_errors_and_others_still_predicted(run, images, capsys):
 
 
 def test_text_output_and_exit_code(run, images, capsys):
-    assert predict.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--top_k", "2",
+    assert predict_cli.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--top_k", "2",
                          images["photo.jpg"]]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{images['photo.jpg']}:" and len(out) == 3
-    assert predict.main(["--workdir", str(run.workdir), "--checkpoint", "latest", images["missing.png"]]) == 1
+    assert predict_cli.main(["--workdir", str(run.workdir), "--checkpoint", "latest", images["missing.png"]]) == 1
     assert capsys.readouterr().out.strip() == f"{images['missing.png']}: error: file not found"
 
 
 def test_unopenable_run_exits_2(tmp_path, images, capsys):
-    assert predict.main(["--workdir", str(tmp_path), images["rgb.png"]]) == 2
+    assert predict_cli.main(["--workdir", str(tmp_path), images["rgb.png"]]) == 2
     assert "not a jaxcifar workdir" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ import pytest
 from jaxcifar import evaluate, export, litert, models, peft, quantize, runs, train
 from jaxcifar import data as data_lib
 from jaxcifar.testing import synthetic_split, tiny_config
+from jaxcifar.cli import quantize as quantize_cli
 
 RESNET = dict(model="resnet18", model_kwargs={"width": 8})
 
@@ -191,10 +192,10 @@ def test_batch_pieces_cover_n_with_the_largest_sizes_first(n, sizes, pieces):
 
 def test_cli_refuses_what_it_cannot_quantize(quantized, tmp_path, capsys):
     root, _, _, _ = quantized
-    assert quantize.main(["--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "q")]) == 2
+    assert quantize_cli.main(["--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "q")]) == 2
     assert "not a jaxcifar workdir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        quantize.main(["--workdir", str(root / "run"), "--out", str(tmp_path / "q"), "--calibration_images", "0"])
+        quantize_cli.main(["--workdir", str(root / "run"), "--out", str(tmp_path / "q"), "--calibration_images", "0"])
 
 
 def mirror_gap(artefact: pathlib.Path, images: np.ndarray) -> float:
@@ -226,7 +227,7 @@ def test_cli_passes_tta_through(monkeypatch, tmp_path):
         seen["tta"] = tta
         raise ValueError("recorded")
 
-    monkeypatch.setattr(quantize, "quantize_workdir", record)
+    monkeypatch.setattr(quantize_cli, "quantize_workdir", record)
     for flag, expected in (("--tta", True), ("--no-tta", False)):
-        assert quantize.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "q"), flag]) == 2
+        assert quantize_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "q"), flag]) == 2
         assert seen["tta"] is expected

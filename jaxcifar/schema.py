@@ -5,13 +5,14 @@ nothing is kept in step by hand.
 
 Each feature declares its fields in a `FIELDS` tuple in a light module beside it
 (data_fields.py for data.py, optim_fields.py for optim.py, ...), and a method its own
-settings in `SETTINGS` (in its file, e.g. methods/multicrop.py), which a run keeps in its
+settings in `SETTINGS` (methods/multicrop_fields.py), which a run keeps in its
 `config.method` block. A config is read, validated and documented (`--help`, a launcher
 checking a recipe before it starts a run) without importing JAX or Flax, which costs
-seconds: this module imports neither, and neither may a `*_fields` module. Why modules of
-their own rather than the features' modules importing JAX lazily: the features call JAX in
-nearly every function, so each would need its own import inside it; a `*_fields` module
-needs none, and its feature imports what it shares from it (peft.MODES).
+seconds: this module imports neither, and neither may a `*_fields` module
+(tests/test_config.py checks). Why modules of their own rather than the features' modules
+importing JAX lazily: the features call JAX in nearly every function, so each would need
+its own import inside it; a `*_fields` module needs none, and its feature imports what it
+shares from it (peft.MODES).
 """
 
 from __future__ import annotations

@@ -1,7 +1,13 @@
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from jaxcifar import config as config_lib
 from jaxcifar.cli.train import build_config, parse_args
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_every_recipe_loads_and_validates():
@@ -100,3 +106,24 @@ def test_every_field_is_documented_and_every_choice_validated():
         cfg = build_config("simple_cnn", [(field, repr("bogus"))])
         with pytest.raises(ValueError, match=f"{field}='bogus': use {', '.join(allowed[:-1])} or {allowed[-1]}"):
             config_lib.validate(cfg, num_devices=1)
+
+
+# Run in a fresh process: this one imported JAX long ago (cli.train).
+READ_WITHOUT_JAX = """
+import sys
+import jaxcifar  # sets XLA:CPU flags (xla_cpu.py), which must not take importing JAX
+assert "jax" not in sys.modules, "import jaxcifar imported jax"
+from jaxcifar import config
+for name in config.recipe_names():
+    recipe = config.load_recipe(name)
+    config.validate(recipe, 1)
+    config.describe_fields(recipe)
+print(sorted(module for module in ("jax", "jaxlib", "flax", "optax", "tensorflow") if module in sys.modules))
+"""
+
+
+def test_a_config_is_read_validated_and_documented_without_jax_or_flax():
+    done = subprocess.run([sys.executable, "-c", READ_WITHOUT_JAX], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "[]", "these were imported: " + done.stdout

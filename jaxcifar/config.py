@@ -47,9 +47,9 @@ FIELDS: tuple[schema.Field, ...] = (
     schema.Field("method", {}, "the objective's own settings (declared in its file in jaxcifar/methods)"),
     schema.Field("model", "simple_cnn", "network, see jaxcifar.models.MODEL_NAMES (simple_cnn, resnet18, resnet50, "
                                         "airbench, ...)"),
-    schema.Field("model_kwargs", {}, "keyword arguments of the model's constructor, e.g. {'width': 16}, "
-                                     "{'input_size': 128}, or {'dropout': 0.3} (dropout on the features entering "
-                                     "the head, in training only)", check=_dropout, keyed=True),
+    schema.Field("model_kwargs", {}, "keyword arguments of the model's constructor, e.g. {'width': 16} or "
+                                     "{'dropout': 0.3} (dropout on the features entering the head, in training "
+                                     "only)", check=_dropout, keyed=True),
     schema.Field("seed", 0, "initialisation, data order and augmentation all derive from it"),
     *precision_fields.FIELDS,
     *data_fields.FIELDS,
@@ -145,12 +145,28 @@ def recipe(base: dict[str, Any] | None = None, **fields: Any) -> ml_collections.
     """Defaults updated by a recipe's fields; unknown fields are rejected. The `method` block
     starts from the defaults of the objective's settings, then takes the recipe's values."""
     config = default_config()
-    updates = dict(base or {}, **fields)
+    updates = _without_input_size(dict(base or {}, **fields))
     own = updates.pop("method", {})
     apply_dict(config, updates)
     reset_method_block(config)
     apply_dict(config, {"method": dict(own)})
     return config
+
+
+def _without_input_size(updates: dict[str, Any]) -> dict[str, Any]:
+    """`updates` with `model_kwargs.input_size` read as `data.image_size`. It was a second
+    resize option, inside ResNets (after augmentation, where `data.image_size` resizes
+    before it); `data.image_size` is now the only one. A config.json recorded before holds
+    it, and `runs.read_config` rebuilds every stored config through `recipe`: this is the
+    one place it is translated. The weights do not depend on the input size, and the
+    evaluation input is the same up to rounding (bilinear resizing commutes with the
+    normalisation)."""
+    model_kwargs = dict(updates.get("model_kwargs") or {})
+    if "input_size" not in model_kwargs:
+        return updates
+    size = model_kwargs.pop("input_size")
+    data = dict(updates.get("data") or {}, **({} if size is None else {"image_size": size}))
+    return {**updates, "model_kwargs": model_kwargs, "data": data}
 
 
 def reset_method_block(config: ml_collections.ConfigDict) -> None:

@@ -1,3 +1,4 @@
+import json
 import pathlib
 import subprocess
 import sys
@@ -5,6 +6,7 @@ import sys
 import pytest
 
 from jaxcifar import config as config_lib
+from jaxcifar import runs, workdir
 from jaxcifar.cli.train import build_config, parse_args
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -106,6 +108,14 @@ def test_every_field_is_documented_and_every_choice_validated():
         cfg = build_config("simple_cnn", [(field, repr("bogus"))])
         with pytest.raises(ValueError, match=f"{field}='bogus': use {', '.join(allowed[:-1])} or {allowed[-1]}"):
             config_lib.validate(cfg, num_devices=1)
+
+
+def test_a_config_json_with_the_old_resize_option_opens_with_data_image_size(tmp_path):
+    recipe = workdir.config_json(config_lib.load_recipe("resnet50_transfer"))
+    # As resnet50_transfer's runs recorded it when ResNets resized their input themselves.
+    old = {**recipe, "model_kwargs": {"input_size": 128}, "data": {**recipe["data"], "image_size": 32}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert workdir.config_json(runs.read_config(tmp_path)) == recipe
 
 
 # Run in a fresh process: this one imported JAX long ago (cli.train).

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxcifar.augment_fields import NORMALIZATIONS
+
 # Canonical CIFAR-10 train-set statistics (../shared/README.md; checked by tests/test_data.py).
 CIFAR10_MEAN = (125.3069, 122.9504, 113.8654)
 CIFAR10_STD = (62.9932, 62.0887, 66.7049)
@@ -24,7 +26,6 @@ CIFAR10_STD = (62.9932, 62.0887, 66.7049)
 # ImageNet statistics on the 0..255 scale: what torchvision/timm-pretrained backbones expect.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-NORMALIZATIONS = ("cifar10", "imagenet", "unit")
 
 
 def normalize(images: jax.Array, normalization: str = "cifar10") -> jax.Array:

@@ -15,23 +15,72 @@ without `stages` runs one stage named `train` made of the defaults, so
 from __future__ import annotations
 
 import ast
-import functools
 import importlib.util
 import pathlib
 from typing import Any
 
 import ml_collections
 
-from jaxcifar import methods, peft, precision, schema
+from jaxcifar import (augment_fields, data_fields, early_stopping_fields, methods, optim_fields, peft_fields,
+                      precision_fields, prune_fields, schema, ssl_fields)
 
 RECIPE_DIR = pathlib.Path(__file__).parent / "configs"
 
-# Fields a stage may override; everything else is run-wide.
-STAGE_FIELDS = (
-    "epochs", "optimizer", "lr", "momentum", "nesterov", "b1", "b2", "weight_decay",
-    "schedule", "warmup_epochs", "lr_start_factor", "lr_end_factor", "lr_multipliers", "group_epochs",
-    "weight_decay_on", "weight_decay_multipliers", "group_optimizers", "muon_momentum", "muon_ns_steps",
+
+def _objective_doc() -> str:
+    each = "; ".join(f"{name} = {methods.info(name).doc}" for name in methods.names())
+    return f"what the run learns, a method of jaxcifar/methods: {each}"
+
+
+def _dropout(model_kwargs: Any) -> str:
+    message = schema.in_range(0, 1, high_open=True)(model_kwargs.get("dropout", 0.0))
+    return message and f"dropout {message}"
+
+
+# Every field of a config, each declared once (schema.Field) by the feature that owns it, in
+# its `*_fields` module; the run-wide ones here. `default_config`, --help (`field_docs`),
+# `choices`, `STAGE_FIELDS`, `OPEN_DICTS` and the per-field checks of `validate` are derived
+# from them; the order here is only the order of the stage fields in --help.
+FIELDS: tuple[schema.Field, ...] = (
+    schema.Field("objective", "classification", _objective_doc, choices=methods.names),
+    # The objective's own settings, declared by its method (methods.settings); filled by `recipe`.
+    schema.Field("method", {}, "the objective's own settings (declared in its file in jaxcifar/methods)"),
+    schema.Field("model", "simple_cnn", "network, see jaxcifar.models.MODEL_NAMES (simple_cnn, resnet18, resnet50, "
+                                        "airbench, ...)"),
+    schema.Field("model_kwargs", {}, "keyword arguments of the model's constructor, e.g. {'width': 16} or "
+                                     "{'dropout': 0.3} (dropout on the features entering the head, in training "
+                                     "only)", check=_dropout, keyed=True),
+    schema.Field("seed", 0, "initialisation, data order and augmentation all derive from it"),
+    *precision_fields.FIELDS,
+    *data_fields.FIELDS,
+    *augment_fields.FIELDS,
+    schema.Field("batch_size", 256, "global train batch, split over all devices"),
+    schema.Field("eval_batch_size", 500, "global eval batch (the last one is padded and masked)"),
+    schema.Field("label_smoothing", 0.0, "in [0, 1)", check=schema.in_range(0, 1, high_open=True)),
+    *optim_fields.FIELDS,
+    schema.Field("stages", (), "({'name': ..., **overrides of stage fields}, ...), run in order; () = one stage "
+                               "named `train`"),
+    schema.Field("ema_decay", 0.0, "> 0 keeps an exponential moving average of the weights, which is evaluated",
+                 check=schema.in_range(0, 1, high_open=True)),
+    schema.Field("lookahead_every", 0, "airbench's lookahead: every N steps the slow weights (and BatchNorm "
+                                       "statistics) move towards the fast ones; 0 = off", check=schema.in_range(0)),
+    schema.Field("lookahead_decay", 0.95**5, "lookahead: slow += (1 - decay * progress^3) * (fast - slow)",
+                 check=schema.fraction),
+    schema.Field("tta", False, "flip test-time augmentation at evaluation"),
+    schema.Field("tta_translate", False, "with tta: also average views shifted by one pixel (airbench's level 2)"),
+    schema.Field("keep_checkpoints", 2, "keep the latest N checkpoints; the best on the validation split is kept as "
+                                        "well", check=schema.positive_int),
+    schema.Field("log_every_steps", 25, "the progress bar pulls metrics from the device only this often; in a "
+                                        "multi-process run, stop signals are also agreed on this often"),
+    *ssl_fields.FIELDS,
+    *peft_fields.FIELDS,
+    *prune_fields.FIELDS,
+    *early_stopping_fields.FIELDS,
 )
+# Fields a stage may override; everything else is run-wide.
+STAGE_FIELDS = tuple(field.name for field in FIELDS if field.stage)
+# Dicts whose keys are chosen by the user rather than fixed by the schema.
+OPEN_DICTS = tuple(field.name for field in FIELDS if field.keyed)
 
 
 def recipe_names() -> list[str]:
@@ -39,246 +88,37 @@ def recipe_names() -> list[str]:
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every field a recipe can set, with the values a recipe inherits. What each field
-    means is in `field_docs()` (shown by --help), its allowed values in `choices()`."""
-    c = ml_collections.ConfigDict()
-    c.objective = "classification"
-    # The objective's own settings, declared in its file (methods.settings); filled by `recipe`.
-    c.method = ml_collections.ConfigDict()
-    c.model = "simple_cnn"
-    c.model_kwargs = ml_collections.ConfigDict()
-    c.seed = 0
-    c.precision = "float32"
-
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = "cifar10"
-    c.data.image_folder = ""
-    c.data.image_size = 32
-    c.data.train_split = "train"
-    c.data.eval_split = "test"
-    c.data.extra_eval_splits = ()
-    c.data.classes = ()
-    c.data.examples_per_class = 0
-    c.data.label_seed = None
-    c.data.labels_csv = ""
-    c.data.validation_fraction = 0.0
-    c.data.device_resident = False
-    c.data.scan_epoch = False
-
-    c.augment = ml_collections.ConfigDict()
-    c.augment.crop_padding = 4
-    c.augment.pad_mode = "constant"
-    c.augment.flip = True
-    c.augment.alternating_flip = False
-    c.augment.rotation = 0.0
-    c.augment.zoom = 0.0
-    c.augment.normalization = "cifar10"
-
-    c.batch_size = 256
-    c.eval_batch_size = 500
-    c.label_smoothing = 0.0
-
-    # Stage defaults (STAGE_FIELDS): each stage of a staged run may override them.
-    c.epochs = 10
-    c.optimizer = "sgd"
-    c.lr = 0.1
-    c.momentum = 0.9
-    c.nesterov = True
-    c.b1 = 0.9
-    c.b2 = 0.999
-    c.weight_decay = 5e-4
-    c.weight_decay_on = "kernels"
-    c.weight_decay_multipliers = ml_collections.ConfigDict()
-    c.schedule = "cosine"
-    c.warmup_epochs = 1.0
-    c.lr_start_factor = 0.0
-    c.lr_end_factor = 0.0
-    c.lr_multipliers = ml_collections.ConfigDict({"all": 1.0})
-    c.group_epochs = ml_collections.ConfigDict()
-    c.group_optimizers = ml_collections.ConfigDict()
-    c.muon_momentum = 0.95
-    c.muon_ns_steps = 5
-
-    c.param_groups = ordered({"all": ".*"})
-    c.stages = ()
-
-    c.ema_decay = 0.0
-    c.lookahead_every = 0
-    c.lookahead_decay = 0.95**5
-    c.tta = False
-    c.tta_translate = False
-    c.keep_checkpoints = 2
-    c.log_every_steps = 25
-
-    # Self-supervised objectives (objective=simclr|vicreg); classification ignores this block.
-    c.ssl = ml_collections.ConfigDict()
-    c.ssl.projector_dims = (512, 128)
-    c.ssl.temperature = 0.2
-    c.ssl.vicreg_weights = (25.0, 25.0, 1.0)
-    c.ssl.crop_scale = (0.2, 1.0)
-    c.ssl.color_jitter = (0.4, 0.4, 0.2, 0.1)
-    c.ssl.color_jitter_probability = 0.8
-    c.ssl.grayscale_probability = 0.2
-    c.ssl.knn_k = 200
-    c.ssl.knn_temperature = 0.1
-
-    # Parameter-efficient fine-tuning (jaxcifar/peft.py): which parameters every stage may train.
-    c.peft = ml_collections.ConfigDict()
-    c.peft.mode = "full"
-    c.peft.rank = 8
-    c.peft.alpha = 8.0
-
-    # Global magnitude pruning (jaxcifar/prune.py); sparsity 0 = off.
-    c.prune = ml_collections.ConfigDict()
-    c.prune.sparsity = 0.0
-    c.prune.ramp_fraction = 0.5
-    c.prune.every_steps = 10
-    c.prune.channels = 0.0
-
-    c.early_stopping = ml_collections.ConfigDict()
-    c.early_stopping.patience = 0
-    c.early_stopping.min_delta = 0.0
-    c.early_stopping.metric = "val_accuracy"
-    return c
-
-
-def early_stopping_metrics(objective: str) -> dict[str, bool]:
-    """The logged metrics early stopping can watch in a run of `objective` (a method's eval
-    metrics on the validation split, as history names them) -> whether higher is better.
-    Only `val_` metrics: selection never reads the test split (data.eval_split)."""
-    return {f"val_{name}": higher for name, higher in methods.info(objective).eval_metrics.items()}
+    """Every field a recipe can set (`FIELDS`), with the values a recipe inherits."""
+    config = ml_collections.ConfigDict()
+    for field in FIELDS:
+        *blocks, leaf = field.name.split(".")
+        node = config
+        for name in blocks:
+            if name not in node:
+                node[name] = ml_collections.ConfigDict()
+            node = node[name]
+        # A dict default is keyed by the user (or filled by `recipe`): it keeps the order it is
+        # written in, as a recipe's does (`apply_dict`), since param_groups' first match wins.
+        node[leaf] = ordered(field.default) if isinstance(field.default, dict) else field.default
+    return config
 
 
 def choices() -> dict[str, tuple[str, ...]]:
     """Allowed values of the fields that take one of a few names; `validate` checks them and
     --help lists them. The objectives and the metrics early stopping can watch come from
     the method registry (jaxcifar/methods), so a registered method is accepted."""
-    return {
-        "objective": methods.names(),
-        "augment.pad_mode": ("constant", "reflect"),
-        "augment.normalization": ("cifar10", "imagenet", "unit"),
-        "optimizer": ("sgd", "adam", "adamw", "muon"),
-        "weight_decay_on": ("kernels", "all"),
-        "schedule": ("constant", "cosine", "onecycle", "linear"),
-        "early_stopping.metric": tuple(dict.fromkeys(metric for name in methods.names()
-                                                     for metric in early_stopping_metrics(name))),
-        "peft.mode": peft.MODES,
-        "precision": precision.PRECISIONS,
-    }
+    return {field.name: field.allowed() for field in FIELDS if field.choices}
 
 
 def field_docs(objective: str = "classification") -> dict[str, str]:
-    """What each field of `default_config` means, for --help (a test checks none is
-    missing): FIELD_DOCS, `objective` from the method registry, and `method.*` from the
-    settings `objective` declares."""
-    each = "; ".join(f"{name} = {methods.info(name).doc}" for name in methods.names())
-    own = {f"method.{field.name}": f"{objective}: {field.help()}" for field in methods.settings(objective)}
-    return {"objective": f"what the run learns, a method of jaxcifar/methods: {each}",
-            "method": "the objective's own settings (declared in its file in jaxcifar/methods)", **own, **FIELD_DOCS}
+    """What each field of `default_config` means and the values it allows, for --help:
+    `FIELDS`, and `method.*` from the settings `objective` declares."""
+    own = {field.name: f"{objective}: {field.help()}" for field in _method_fields(objective)}
+    return {**{field.name: field.help() for field in FIELDS}, **own}
 
-FIELD_DOCS: dict[str, str] = {
-    "ssl.projector_dims": "self-supervised: widths of the projector MLP on the backbone (the last is the output)",
-    "ssl.temperature": "simclr: temperature of the NT-Xent loss",
-    "ssl.vicreg_weights": "vicreg: weights of the (invariance, variance, covariance) terms",
-    "ssl.crop_scale": "self-supervised views: area fraction range of the random resized crop",
-    "ssl.color_jitter": "self-supervised views: (brightness, contrast, saturation, hue) jitter strengths",
-    "ssl.color_jitter_probability": "self-supervised views: probability of colour jitter",
-    "ssl.grayscale_probability": "self-supervised views: probability of grayscale",
-    "ssl.knn_k": "self-supervised eval: neighbours of the weighted kNN monitor (solo-learn/lightly: 200)",
-    "ssl.knn_temperature": "self-supervised eval: temperature of the kNN's vote weights exp(sim / T)",
-    "model": "network, see jaxcifar.models.MODEL_NAMES (simple_cnn, resnet18, resnet50, airbench, ...)",
-    "model_kwargs": "keyword arguments of the model's constructor, e.g. {'width': 16}, {'input_size': 128}, or "
-                    "{'dropout': 0.3} (dropout on the features entering the head, in training only)",
-    "seed": "initialisation, data order and augmentation all derive from it",
-    "precision": "dtype of convolutions, matmuls and activations; parameters, optimizer state, BatchNorm statistics "
-                 "and the loss stay float32. auto = bfloat16 on GPU/TPU, float32 on CPU (see jaxcifar/precision.py)",
-    "data.dataset": "TFDS image-classification dataset (cifar10, cifar100, svhn_cropped, ...); the class "
-                    "count and names come from its info",
-    "data.image_folder": "DIR of your own images, DIR/<split>/<class>/*.jpg|png (class names = folder names), "
-                         "and unlabelled images in DIR/unlabeled/ (any files); replaces data.dataset and needs "
-                         "no --data_dir; '' = off",
-    "data.image_size": "side of the square images the model takes; other sizes are resized to it (bilinear, "
-                       "antialiased: on the device for a TFDS dataset, on the host for image files)",
-    "data.train_split": "split to train on (a TFDS split, or a subfolder of data.image_folder)",
-    "data.eval_split": "the test split, evaluated after every epoch for monitoring and at the end for the report, "
-                       "never for selection; `test` holds the 1,000 exact test images here; '' = none",
-    "data.extra_eval_splits": "splits evaluated once at the end, e.g. ('test_jpeg',) for robustness",
-    "data.classes": "a subset of class ids, relabelled 0..k-1 in this order; () = all",
-    "data.examples_per_class": "deterministic label budget: the first N images of each class; 0 = all. The rest "
-                               "of the train split, without labels, is the unlabelled stream of the methods "
-                               "that read one",
-    "data.label_seed": "with examples_per_class: None = the first N images of each class in split order; an "
-                        "integer = a random draw of N per class with that seed",
-    "data.labels_csv": "a filled-in CSV of `python -m jaxcifar.select_labels` (columns index, label): its labelled "
-                       "rows are the label budget, every other train image joins the unlabelled stream; '' = off",
-    "data.validation_fraction": "> 0: hold this fraction of each class out of train_split (stratified, fixed "
-                                "seed, the same for every run; out of the label budget when there is one) as the "
-                                "validation split, on which the best "
-                                "checkpoint and early stopping are chosen; 0 = no selection: the run's result is "
-                                "its final weights",
-    "data.device_resident": "keep the uint8 train split on the device and gather batches there "
-                            "(the `fast` recipe's path; 150 MB per device)",
-    "data.scan_epoch": "with device_resident: run each epoch as one lax.scan (progress and signals "
-                       "are handled between epochs)",
-    "augment.crop_padding": "random crop from an image padded by this many pixels; 0 = off",
-    "augment.pad_mode": "padding of the random crop",
-    "augment.flip": "random horizontal flips",
-    "augment.alternating_flip": "airbench: each image flipped in every other epoch, not at random",
-    "augment.rotation": "max rotation as a fraction of a full turn (Keras RandomRotation)",
-    "augment.zoom": "max zoom in/out as a fraction (Keras RandomZoom)",
-    "augment.normalization": "input normalisation: CIFAR-10 mean/std, ImageNet mean/std "
-                             "(pretrained backbones), or x/255",
-    "batch_size": "global train batch, split over all devices",
-    "eval_batch_size": "global eval batch (the last one is padded and masked)",
-    "label_smoothing": "in [0, 1)",
-    "epochs": "epochs of the run (or of each stage that does not set its own)",
-    "optimizer": "Optax optimizer (muon: conv and dense kernels only; see group_optimizers)",
-    "group_optimizers": "group -> optimizer of that group instead of `optimizer`, e.g. {'filters': 'muon'}",
-    "muon_momentum": "muon: Nesterov momentum of the orthogonalised update",
-    "muon_ns_steps": "muon: Newton-Schulz iterations per step",
-    "lr": "peak learning rate",
-    "momentum": "sgd momentum",
-    "nesterov": "sgd: Nesterov momentum",
-    "b1": "adam/adamw first-moment decay",
-    "b2": "adam/adamw second-moment decay",
-    "weight_decay": "coupled (L2) weight decay; never applied to frozen parameters",
-    "weight_decay_on": "kernels = not biases or BatchNorm parameters; all = every parameter",
-    "weight_decay_multipliers": "group -> factor on weight_decay (default 1)",
-    "schedule": "learning-rate schedule after a linear warmup",
-    "warmup_epochs": "linear warmup from 0 (fractions allowed)",
-    "lr_start_factor": "linear schedule: starts at lr_start_factor * lr ...",
-    "lr_end_factor": "... and ends at lr_end_factor * lr",
-    "lr_multipliers": "group -> learning-rate multiplier; None freezes the group",
-    "group_epochs": "group -> trains only during its first N epochs of the stage",
-    "param_groups": "group name -> regex over '/'-joined parameter paths; first match wins and "
-                    "every parameter must match one",
-    "stages": "({'name': ..., **overrides of stage fields}, ...), run in order; () = one stage named `train`",
-    "ema_decay": "> 0 keeps an exponential moving average of the weights, which is evaluated",
-    "lookahead_every": "airbench's lookahead: every N steps the slow weights (and BatchNorm statistics) "
-                       "move towards the fast ones; 0 = off",
-    "lookahead_decay": "lookahead: slow += (1 - decay * progress^3) * (fast - slow)",
-    "tta": "flip test-time augmentation at evaluation",
-    "tta_translate": "with tta: also average views shifted by one pixel (airbench's level 2)",
-    "keep_checkpoints": "keep the latest N checkpoints; the best on the validation split is kept as well",
-    "log_every_steps": "the progress bar pulls metrics from the device only this often; in a multi-process "
-                       "run, stop signals are also agreed on this often",
-    "peft.mode": "parameters every stage may train: full = all; linear = the head; bitfit = the head, biases "
-                 "and BatchNorm; lora = the head and low-rank adapters on the 3x3/1x1 convs (see jaxcifar/peft.py)",
-    "peft.rank": "lora: rank of each conv's adapter",
-    "peft.alpha": "lora: the adapter's update is scaled by alpha / rank",
-    "prune.sparsity": "global magnitude pruning: the fraction of the trained kernels' weights set to zero and kept "
-                      "there (reached along a cubic ramp in each stage); 0 = off",
-    "prune.ramp_fraction": "pruning: the fraction of each stage over which sparsity rises to prune.sparsity",
-    "prune.every_steps": "pruning: steps between recomputations of the mask",
-    "prune.channels": "structured pruning, with --init_from a trained ResNet: the fraction of its basic blocks' "
-                      "inner channels removed (smallest |BatchNorm scale| first); the model is built narrower",
-    "early_stopping.patience": "end a stage after this many epochs in a row without improvement of "
-                               "early_stopping.metric, then go on to the next stage; while on, every stage "
-                               "ends on the weights of its best epoch; 0 = off",
-    "early_stopping.min_delta": "the smallest change of the metric that counts as an improvement",
-    "early_stopping.metric": "the validation metric early stopping watches (accuracy is maximised, loss "
-                             "minimised); needs data.validation_fraction > 0",
-}
+
+def _method_fields(objective: str) -> tuple[schema.Field, ...]:
+    return schema.block("method", methods.settings(objective))
 
 
 def load_recipe(name_or_path: str) -> ml_collections.ConfigDict:
@@ -305,12 +145,28 @@ def recipe(base: dict[str, Any] | None = None, **fields: Any) -> ml_collections.
     """Defaults updated by a recipe's fields; unknown fields are rejected. The `method` block
     starts from the defaults of the objective's settings, then takes the recipe's values."""
     config = default_config()
-    updates = dict(base or {}, **fields)
+    updates = _without_input_size(dict(base or {}, **fields))
     own = updates.pop("method", {})
     apply_dict(config, updates)
     reset_method_block(config)
     apply_dict(config, {"method": dict(own)})
     return config
+
+
+def _without_input_size(updates: dict[str, Any]) -> dict[str, Any]:
+    """`updates` with `model_kwargs.input_size` read as `data.image_size`. It was a second
+    resize option, inside ResNets (after augmentation, where `data.image_size` resizes
+    before it); `data.image_size` is now the only one. A config.json recorded before holds
+    it, and `runs.read_config` rebuilds every stored config through `recipe`: this is the
+    one place it is translated. The weights do not depend on the input size, and the
+    evaluation input is the same up to rounding (bilinear resizing commutes with the
+    normalisation)."""
+    model_kwargs = dict(updates.get("model_kwargs") or {})
+    if "input_size" not in model_kwargs:
+        return updates
+    size = model_kwargs.pop("input_size")
+    data = dict(updates.get("data") or {}, **({} if size is None else {"image_size": size}))
+    return {**updates, "model_kwargs": model_kwargs, "data": data}
 
 
 def reset_method_block(config: ml_collections.ConfigDict) -> None:
@@ -374,11 +230,6 @@ def _refuse_shadowed_stage_default(config: ml_collections.ConfigDict, dotted_key
                      f"{dotted_key} ({current}). Set it per stage: {per_stage}")
 
 
-# Dicts whose keys are chosen by the user rather than fixed by the schema.
-OPEN_DICTS = ("model_kwargs", "lr_multipliers", "param_groups", "group_epochs", "weight_decay_multipliers",
-              "group_optimizers")
-
-
 def _stage_named(stages, name: str) -> dict:
     for stage in stages:
         if stage["name"] == name:
@@ -431,45 +282,22 @@ def stage_plan(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collecti
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Reject values that would fail later, or silently do the wrong thing."""
-    errors = []
-    if config.batch_size <= 0 or config.batch_size % num_devices:
-        errors.append(f"batch_size={config.batch_size} must be positive and divisible by the {num_devices} devices.")
-    if config.eval_batch_size <= 0 or config.eval_batch_size % num_devices:
-        errors.append(f"eval_batch_size={config.eval_batch_size} must be positive and divisible by the {num_devices} devices.")
-    if not 0.0 <= config.label_smoothing < 1.0:
-        errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1).")
-    if not 0.0 <= config.ema_decay < 1.0:
-        errors.append(f"ema_decay={config.ema_decay} must be in [0, 1).")
-    if config.lookahead_every < 0 or not 0.0 <= config.lookahead_decay <= 1.0:
-        errors.append(f"lookahead_every={config.lookahead_every} must be >= 0 and lookahead_decay="
-                      f"{config.lookahead_decay} in [0, 1].")
-    if not 0.0 <= config.model_kwargs.get("dropout", 0.0) < 1.0:
-        errors.append(f"model_kwargs.dropout={config.model_kwargs.dropout} must be in [0, 1).")
-    if config.early_stopping.patience < 0 or config.early_stopping.min_delta < 0:
-        errors.append(f"early_stopping.patience={config.early_stopping.patience} and min_delta="
-                      f"{config.early_stopping.min_delta} must not be negative.")
-    if not 0.0 <= config.prune.sparsity < 1.0 or not 0.0 < config.prune.ramp_fraction <= 1.0:
-        errors.append(f"prune.sparsity={config.prune.sparsity} must be in [0, 1) and prune.ramp_fraction="
-                      f"{config.prune.ramp_fraction} in (0, 1].")
-    if not 0.0 <= config.prune.channels < 1.0:
-        errors.append(f"prune.channels={config.prune.channels} must be in [0, 1).")
+    """Reject values that would fail later, or silently do the wrong thing: each field's
+    value as its declaration allows (a stage field's in every stage), then the checks that
+    read several fields."""
+    errors = schema.errors([field for field in FIELDS if not field.stage], config)
+    if config.objective in methods.names():
+        errors += schema.errors(_method_fields(config.objective), config)
+    errors += [f"{name}={config[name]} must be positive and divisible by the {num_devices} devices."
+               for name in ("batch_size", "eval_batch_size") if config[name] <= 0 or config[name] % num_devices]
     if config.prune.channels and config.peft.mode != "full":
         errors.append(f"prune.channels with peft.mode={config.peft.mode!r}: an adapter is saved against its base "
                       "run's weights, which a narrowed network no longer has. Prune first, then adapt the pruned run.")
-    if config.prune.every_steps < 1:
-        errors.append(f"prune.every_steps={config.prune.every_steps} must be at least 1.")
     if config.prune.sparsity and (config.lookahead_every or config.ema_decay):
         errors.append("prune.sparsity > 0 cannot be combined with lookahead_every or ema_decay: their averaged "
                       "weights would bring pruned weights back. Set them to 0 for a pruning run.")
-    if config.peft.rank < 1:
-        errors.append(f"peft.rank={config.peft.rank} must be at least 1.")
-    for field in ("objective", "augment.normalization", "augment.pad_mode", "early_stopping.metric", "peft.mode",
-                  "precision"):
-        errors += _choice_error(field, functools.reduce(lambda node, key: node[key], field.split("."), config))
-    if config.objective in methods.names():
-        errors += schema.errors(methods.settings(config.objective), config.method, "method")
-    watchable = early_stopping_metrics(config.objective) if config.objective in methods.names() else {}
+    watchable = (early_stopping_fields.watchable_metrics(config.objective)
+                 if config.objective in methods.names() else {})
     if config.early_stopping.patience and config.early_stopping.metric not in watchable:
         errors.append(f"early_stopping.metric={config.early_stopping.metric!r}: objective {config.objective!r} "
                       f"evaluates {' and '.join(watchable)}.")
@@ -479,45 +307,34 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if not config.data.eval_split and not config.data.validation_fraction:
         errors.append("data.eval_split='' and data.validation_fraction=0: the run would be evaluated on nothing. "
                       "Name a test split or hold out a validation split (--config.data.validation_fraction=0.1).")
-    if config.data.image_size < 1:
-        errors.append(f"data.image_size={config.data.image_size} must be a positive number of pixels.")
-    if config.data.label_seed is not None and (not isinstance(config.data.label_seed, int) or config.data.label_seed < 0):
-        errors.append(f"data.label_seed={config.data.label_seed!r} must be None or a whole number >= 0.")
     if config.data.labels_csv and config.data.examples_per_class:
         errors.append("data.labels_csv and data.examples_per_class both choose the label budget: set one of them.")
-    if not 0.0 <= config.data.validation_fraction < 1.0:
-        errors.append(f"data.validation_fraction={config.data.validation_fraction} must be in [0, 1).")
     if config.data.scan_epoch and not config.data.device_resident:
         errors.append("data.scan_epoch=True needs data.device_resident=True (the scan gathers batches on the device).")
-    if config.keep_checkpoints < 1:
-        errors.append(f"keep_checkpoints={config.keep_checkpoints} must be at least 1.")
     for name, stage in stage_plan(config):
-        where = f"stages.{name}." if config.stages else ""
-        if stage.epochs < 0:
-            errors.append(f"{where}epochs={stage.epochs} must not be negative.")
-        if stage.lr <= 0:
-            errors.append(f"{where}lr={stage.lr} must be positive.")
-        for field in ("optimizer", "schedule", "weight_decay_on"):
-            errors += _choice_error(field, stage[field], where)
-        for group, optimizer in stage.group_optimizers.items():
-            errors += _choice_error("optimizer", optimizer, f"{where}group_optimizers.{group}: ")
-        for group in muon_groups(stage):
-            if stage.weight_decay * stage.weight_decay_multipliers.get(group, 1.0):
-                errors.append(f"{where}group {group!r} uses muon, which renormalises its kernels every step and "
-                              f"takes no weight decay: set weight_decay_multipliers.{group}=0 (or weight_decay=0).")
-        for field in ("lr_multipliers", "group_epochs", "weight_decay_multipliers", "group_optimizers"):
-            unknown = set(stage[field]) - set(config.param_groups)
-            if unknown:
-                errors.append(f"{where}{field} names unknown groups {sorted(unknown)}; "
-                              f"groups are {list(config.param_groups)}.")
-        for group, epochs in stage.group_epochs.items():
-            if not 0 < epochs <= stage.epochs:
-                errors.append(f"{where}group_epochs.{group}={epochs} must be in (0, {stage.epochs}] (the stage's epochs).")
-        missing = set(config.param_groups) - set(stage.lr_multipliers)
-        if missing:
-            errors.append(f"{where}lr_multipliers gives no multiplier (use None to freeze) for groups {sorted(missing)}.")
+        errors += _stage_errors(stage, config.param_groups, f"stages.{name}." if config.stages else "")
     if errors:
         raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def _stage_errors(stage: ml_collections.ConfigDict, param_groups: Any, where: str) -> list[str]:
+    """What is wrong with one stage of `stage_plan`: its fields' values, and its groups."""
+    errors = schema.errors([field for field in FIELDS if field.stage], stage, where)
+    for group in muon_groups(stage):
+        if stage.weight_decay * stage.weight_decay_multipliers.get(group, 1.0):
+            errors.append(f"{where}group {group!r} uses muon, which renormalises its kernels every step and "
+                          f"takes no weight decay: set weight_decay_multipliers.{group}=0 (or weight_decay=0).")
+    for field in (field.name for field in FIELDS if field.stage and field.keyed):  # each keyed by group
+        unknown = set(stage[field]) - set(param_groups)
+        if unknown:
+            errors.append(f"{where}{field} names unknown groups {sorted(unknown)}; groups are {list(param_groups)}.")
+    for group, epochs in stage.group_epochs.items():
+        if not 0 < epochs <= stage.epochs:
+            errors.append(f"{where}group_epochs.{group}={epochs} must be in (0, {stage.epochs}] (the stage's epochs).")
+    missing = set(param_groups) - set(stage.lr_multipliers)
+    if missing:
+        errors.append(f"{where}lr_multipliers gives no multiplier (use None to freeze) for groups {sorted(missing)}.")
+    return errors
 
 
 def muon_groups(stage: ml_collections.ConfigDict) -> list[str]:
@@ -526,22 +343,14 @@ def muon_groups(stage: ml_collections.ConfigDict) -> list[str]:
             if multiplier is not None and stage.group_optimizers.get(group, stage.optimizer) == "muon"]
 
 
-def _choice_error(field: str, value: Any, where: str = "") -> list[str]:
-    allowed = choices()[field]
-    return [] if value in allowed else [f"{where}{field}={value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}."]
-
-
 def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
     """One line per field with its value in `config` (default: the base defaults), what it
     means and its allowed values, for --help."""
     config = config or default_config()
-    flat = _flatten(config.to_dict())
-    docs, allowed = field_docs(config.objective if config.objective in methods.names() else "classification"), choices()
+    docs = field_docs(config.objective if config.objective in methods.names() else "classification")
     lines = []
-    for key, value in flat.items():
+    for key, value in _flatten(config.to_dict()).items():
         doc = docs.get(key, "")
-        if key in allowed:
-            doc += f" ({' | '.join(allowed[key])})"
         lines.append(f"  --config.{key}={value!r}" + (f"\n      {doc}" if doc else ""))
     return "\n".join(lines)
 

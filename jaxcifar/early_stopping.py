@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from flax.training.early_stopping import EarlyStopping
 
-from jaxcifar import config as config_lib
+from jaxcifar import early_stopping_fields
 
 log = logging.getLogger("jaxcifar")
 
@@ -71,7 +71,7 @@ def start(config: ml_collections.ConfigDict, stage_index: int) -> StageStopper:
 
 def _sign(config: ml_collections.ConfigDict) -> float:
     """-1 for a metric to maximise, +1 for one to minimise: Flax's EarlyStopping only minimises."""
-    return -1.0 if config_lib.early_stopping_metrics(config.objective)[config.early_stopping.metric] else 1.0
+    return -1.0 if early_stopping_fields.watchable_metrics(config.objective)[config.early_stopping.metric] else 1.0
 
 
 def update(config: ml_collections.ConfigDict, stopper: StageStopper, entry: dict) -> StageStopper:

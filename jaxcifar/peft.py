@@ -43,8 +43,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxcifar.models.layers import LoRA
+from jaxcifar.peft_fields import MODES
 
-MODES = ("full", "linear", "bitfit", "lora")
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.msgpack"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-PRECISIONS = ("float32", "bfloat16", "auto")
 # Backends whose matrix units compute bfloat16 at full speed. On an AVX2 CPU a bfloat16
 # matmul is about 28x slower than a float32 one (issue 27), so `auto` keeps float32 there.
 BFLOAT16_BACKENDS = ("gpu", "tpu")

@@ -1,7 +1,15 @@
+import json
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from jaxcifar import config as config_lib
+from jaxcifar import runs, workdir
 from jaxcifar.cli.train import build_config, parse_args
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_every_recipe_loads_and_validates():
@@ -36,12 +44,13 @@ def test_wrong_type_is_rejected():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("epochs", "-1", "epochs=-1 must not be negative"),
+    ("epochs", "-1", "epochs=-1: must be >= 0"),
     ("batch_size", "100", "divisible by the 8 devices"),
-    ("lr", "0.0", "lr=0.0 must be positive"),
+    ("lr", "0.0", "lr=0.0: must be a positive number"),
     ("optimizer", "'rmsprop'", "use sgd, adam, adamw or muon"),
-    ("early_stopping.patience", "-1", "early_stopping.patience=-1 and min_delta=0.0 must not be negative"),
-    ("model_kwargs.dropout", "1.0", r"model_kwargs.dropout=1.0 must be in \[0, 1\)"),
+    ("early_stopping.patience", "-1", "early_stopping.patience=-1: must be >= 0"),
+    ("model_kwargs.dropout", "1.0", r"model_kwargs=.*'dropout': 1.0.*: dropout must be in \[0, 1\)"),
+    ("group_optimizers.all", "'rmsprop'", r"group_optimizers=.*: use sgd, adam, adamw or muon"),
 ])
 def test_validation_errors_name_the_field(key, value, message):
     cfg = build_config("simple_cnn", [(key, value)])
@@ -99,3 +108,32 @@ def test_every_field_is_documented_and_every_choice_validated():
         cfg = build_config("simple_cnn", [(field, repr("bogus"))])
         with pytest.raises(ValueError, match=f"{field}='bogus': use {', '.join(allowed[:-1])} or {allowed[-1]}"):
             config_lib.validate(cfg, num_devices=1)
+
+
+def test_a_config_json_with_the_old_resize_option_opens_with_data_image_size(tmp_path):
+    recipe = workdir.config_json(config_lib.load_recipe("resnet50_transfer"))
+    # As resnet50_transfer's runs recorded it when ResNets resized their input themselves.
+    old = {**recipe, "model_kwargs": {"input_size": 128}, "data": {**recipe["data"], "image_size": 32}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert workdir.config_json(runs.read_config(tmp_path)) == recipe
+
+
+# Run in a fresh process: this one imported JAX long ago (cli.train).
+READ_WITHOUT_JAX = """
+import sys
+import jaxcifar  # sets XLA:CPU flags (xla_cpu.py), which must not take importing JAX
+assert "jax" not in sys.modules, "import jaxcifar imported jax"
+from jaxcifar import config
+for name in config.recipe_names():
+    recipe = config.load_recipe(name)
+    config.validate(recipe, 1)
+    config.describe_fields(recipe)
+print(sorted(module for module in ("jax", "jaxlib", "flax", "optax", "tensorflow") if module in sys.modules))
+"""
+
+
+def test_a_config_is_read_validated_and_documented_without_jax_or_flax():
+    done = subprocess.run([sys.executable, "-c", READ_WITHOUT_JAX], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "[]", "these were imported: " + done.stdout

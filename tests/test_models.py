@@ -76,8 +76,8 @@ def test_simple_cnn_matches_keras_param_count():
     assert variables["params"]["head"]["kernel"].shape == (512, 10)
 
 
-def test_resnet_dtype_and_input_size():
-    model = create_model("resnet18_imagenet", dtype=jnp.bfloat16, input_size=64)
+def test_resnet_computes_in_its_dtype_with_float32_parameters_and_logits():
+    model = create_model("resnet18_imagenet", dtype=jnp.bfloat16)
     variables = model.init(jax.random.PRNGKey(0), X, train=False)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
     logits = model.apply(variables, X, train=False)

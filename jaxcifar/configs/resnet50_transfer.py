@@ -3,9 +3,9 @@ average pool + Dense 10; train the new head with the backbone frozen (Adam 1e-3)
 unfreeze everything and fine-tune at 1e-4; flip/rotation/zoom augmentation.
 
 Weights come from `--init_from` (torchvision/timm .safetensors or .pth, or an earlier
-jaxcifar run). Inputs are upsampled to `model_kwargs.input_size` (ImageNet backbones do
-much better on larger images; 224 on an accelerator, smaller on a CPU) and normalised
-with ImageNet statistics, as the pretrained weights expect.
+jaxcifar run). Inputs are upsampled to `data.image_size` (ImageNet backbones do much
+better on larger images; 224 on an accelerator, smaller on a CPU) and normalised with
+ImageNet statistics, as the pretrained weights expect.
 
     python -m jaxcifar.train --config resnet50_transfer --workdir runs/r50 \
         --data_dir ../shared/tensorflow_datasets --init_from resnet50.safetensors
@@ -20,7 +20,7 @@ from jaxcifar.config import recipe
 def get_config():
     return recipe(
         model="resnet50",
-        model_kwargs={"input_size": 128},
+        data={"image_size": 128},
         batch_size=64,
         eval_batch_size=200,
         optimizer="adam",

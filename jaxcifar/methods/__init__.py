@@ -6,6 +6,7 @@
     vicreg.py          VICReg's non-contrastive loss on it
     multicrop.py       many small crops per image, EMP-SSL's loss (settings in `config.method`)
     self_training.py   a student on the budget's labels and every unlabelled image's propagated label
+    *_fields.py        a method's settings, declared without JAX (multicrop_fields.py, ...)
     base.py            the protocol (`Method`), `StageContext` and the `Evaluator`
 
 A method declares everything the loop (train.py) and the step (steps.py) need from it, so
@@ -16,8 +17,8 @@ neither names a method or a metric it does not own:
   - the data streams it reads: labelled batches always, and `unlabeled_ratio` unlabelled
     images per labelled one (`batch['unlabeled']`, images only, and `batch['unlabeled_index']`,
     their rows in the unlabelled stream);
-  - its own settings (`SETTINGS`, schema.Field declarations in its file, named by its
-    registry entry), which a run keeps in `config.method`;
+  - its own settings (`SETTINGS`, schema.Field declarations in its `*_fields.py` file,
+    which imports no JAX, named by its registry entry), which a run keeps in `config.method`;
   - its loss and train metrics: the loss returns metric sums holding at least `loss_sum`
     and `count` (which the loop owns: the NaN check and images/s) plus any sums of its own,
     and `train_metrics` turns them into the averages logged as `train_<name>`;
@@ -52,8 +53,9 @@ class MethodInfo:
     # Whether the trained network ends in class logits, so that predict, export and serve can
     # run it; False for a backbone trained for a later run (self-supervised pretraining).
     classifier: bool = True
-    # 'module:attribute' of the method's own settings (a tuple of schema.Field, declared in the
-    # method's file), which a run keeps in `config.method`; '' = none.
+    # 'module:attribute' of the method's own settings (a tuple of schema.Field, declared in a
+    # module that imports no JAX, so a config is validated without it), which a run keeps in
+    # `config.method`; '' = none.
     settings: str = ""
 
     def __post_init__(self) -> None:
@@ -83,8 +85,8 @@ def info(name: str) -> MethodInfo:
 
 
 def settings(name: str) -> tuple:
-    """The settings method `name` declares (schema.Field, in order): read from its file on
-    first use, like `create`, so the registry stays light."""
+    """The settings method `name` declares (schema.Field, in order): read from their module
+    on first use, like `create`, so the registry stays light."""
     entry = info(name)
     if not entry.settings:
         return ()
@@ -128,8 +130,8 @@ register(MethodInfo("vicreg", "self-supervised pretraining without labels, non-c
                     "jaxcifar.methods.vicreg:VICReg", {"knn_accuracy": True}, "knn_accuracy", classifier=False))
 register(MethodInfo("multicrop", "self-supervised pretraining without labels, many small crops per image (EMP-SSL)",
                     "jaxcifar.methods.multicrop:MultiCrop", {"knn_accuracy": True}, "knn_accuracy", classifier=False,
-                    settings="jaxcifar.methods.multicrop:SETTINGS"))
+                    settings="jaxcifar.methods.multicrop_fields:SETTINGS"))
 register(MethodInfo("self_training", "semi-supervised: a student on the labels and every unlabelled image's "
                     "propagated label (python -m jaxcifar.propagate), strongly augmented",
                     "jaxcifar.methods.self_training:SelfTraining", {"loss": False, "accuracy": True}, "accuracy",
-                    settings="jaxcifar.methods.self_training:SETTINGS"))
+                    settings="jaxcifar.methods.self_training_fields:SETTINGS"))

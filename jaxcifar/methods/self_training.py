@@ -25,22 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcifar import augment, schema, targets
+from jaxcifar import augment, targets
 from jaxcifar import steps as steps_lib
 from jaxcifar.methods.base import StageContext
 from jaxcifar.methods.classification import Classification
-
-SETTINGS = (
-    # Checked when the method is built, not in the recipe: a recipe cannot know the file.
-    schema.Field("targets", "", "targets.npz written by `python -m jaxcifar.propagate` for this run's label budget"),
-    schema.Field("unlabeled_ratio", 7, "unlabelled images per labelled image in each step (FixMatch: 7)",
-                 check=schema.positive_int),
-    schema.Field("unlabeled_weight", 1.0, "weight of the propagated labels' loss", check=schema.positive),
-    schema.Field("consistency_weight", 0.0, "weight of the FixMatch-style consistency loss; 0 = off",
-                 check=lambda v: "" if isinstance(v, (int, float)) and v >= 0 else "must be >= 0"),
-    schema.Field("alignment_momentum", 0.999, "consistency: momentum of the running mean of the predictions that "
-                                              "distribution alignment divides by", check=schema.fraction),
-)
 
 
 class SelfTraining(Classification):

@@ -44,7 +44,7 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a registered model; ``kwargs`` (``dtype``, ``input_size``, ``dropout``) go to its constructor."""
+    """Build a registered model; ``kwargs`` (``dtype``, ``dropout``, ...) go to its constructor."""
     try:
         factory = _REGISTRY[name]
     except KeyError:

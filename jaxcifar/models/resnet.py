@@ -145,11 +145,9 @@ class ResNetBackbone(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet classifier: ``backbone`` (features) + ``head`` (Dense to logits).
-
-    ``input_size``: if set, inputs are bilinearly resized to that square size
-    first, since ImageNet-pretrained backbones work better on upsampled 32x32
-    images. Returns float32 logits.
+    """ResNet classifier: ``backbone`` (features) + ``head`` (Dense to logits). Returns
+    float32 logits. It takes images of any size; a run resizes them to `data.image_size`
+    before augmentation (ImageNet-pretrained backbones do better on upsampled 32x32 images).
     """
 
     stage_sizes: tuple[int, ...]
@@ -158,7 +156,6 @@ class ResNet(nn.Module):
     stem: Stem = "cifar"
     width: int = 64  # smaller widths (with fewer stage_sizes) give toy ResNets for tests
     dtype: jnp.dtype = jnp.float32
-    input_size: int | None = None
     dropout: float = 0.0  # on the pooled features entering the head, in training only
     lora: LoRA | None = None  # adapters on the backbone's 3x3 and 1x1 convs (peft.mode=lora)
     block_widths: tuple[int, ...] | None = None  # basic blocks' inner widths (structured pruning)
@@ -173,9 +170,6 @@ class ResNet(nn.Module):
 
     def __call__(self, x: jax.Array, *, train: bool, freeze_backbone: bool = False) -> jax.Array:
         """A frozen backbone runs BN in inference mode (stats untouched) and gets no gradient."""
-        if self.input_size is not None:
-            n, _, _, c = x.shape
-            x = jax.image.resize(x, (n, self.input_size, self.input_size, c), method="bilinear")
         features = self.backbone(x, use_running_average=(not train) or freeze_backbone)
         if freeze_backbone:
             features = jax.lax.stop_gradient(features)

@@ -66,18 +66,20 @@ def random_data(train_images: int):
     return data_lib.Data(split(train_images), split(1_000), 10)
 
 
-def prime(trainer) -> dict:
-    """`trainer`'s compiled first-stage step, primed by its first step (which compiles it):
-    the step, its state and batches, that first step's loss, parameter update and seconds."""
+def prime(config) -> dict:
+    """`config`'s compiled first-stage step on random data, primed by its first step (which
+    compiles it): the step, its state and batches, that first step's loss, parameter update
+    and seconds."""
     import jax
     import numpy as np
 
     flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64))  # noqa: E731
                                         for x in jax.tree_util.tree_leaves(tree)])
-    state, _ = trainer.restore_or_init()
+    from jaxcifar import stages
+
+    first = stages.build_step(config, random_data(50_000))
+    state, step, batches = first.state, first.train_step, first.stream.batches(0, 0)
     before = flat(state.params)
-    step = trainer.train_step_fn(trainer.stages[0], state.params)
-    batches = trainer.stream.batches(0, 0)
     t0 = time.time()
     state, metrics = step(state, next(batches))
     loss = float(metrics["loss_sum"] / metrics["count"])
@@ -99,30 +101,22 @@ def measure(recipe: str, variant: str, steps: int, reps: int) -> dict:
     """In this process: the recipe's step (and, for a formulation, the same step with it
     swapped in, from the same state and batches), compiled, then timed for `steps` steps
     `reps` times, the two in turns so that both see the same machine."""
-    import tempfile
-
     import jax
     import numpy as np
 
-    from jaxcifar import config as config_lib, train
+    from jaxcifar import config as config_lib
 
     overrides, _, swap = VARIANTS[variant]
     cfg = config_lib.load_recipe(recipe)
     config_lib.apply_dict(cfg, overrides)
-    data = random_data(50_000)
-    with tempfile.TemporaryDirectory() as root:
-        trainers = [train.Trainer(cfg, f"{root}/recipe", data)]
-        contenders = {"recipe": prime(trainers[0])}
-        if swap is not None:
-            with formulation(swap):  # the swapped step is traced, hence built, inside
-                trainers.append(train.Trainer(cfg, f"{root}/{variant}", data))
-                contenders[variant] = prime(trainers[1])
-        rates = {name: [] for name in contenders}
-        for _ in range(reps):
-            for name, primed in contenders.items():
-                rates[name].append(images_per_second(primed, steps, cfg.batch_size))
-        for trainer in trainers:
-            trainer.checkpointer.close()
+    contenders = {"recipe": prime(cfg)}
+    if swap is not None:
+        with formulation(swap):  # the swapped step is traced, hence built, inside
+            contenders[variant] = prime(cfg)
+    rates = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, primed in contenders.items():
+            rates[name].append(images_per_second(primed, steps, cfg.batch_size))
     measured = list(contenders)[-1]
     result = {"recipe": recipe, "variant": variant, "devices": jax.device_count(),
               "images_per_second": max(rates[measured]), "rates": rates[measured],

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import tempfile
 
 import jax
 from fast_step import random_data
 
-from jaxcifar import config as config_lib, train
+from jaxcifar import config as config_lib, stages
 
 NORMALISE = re.compile(r"/(group\d/bn\d)/(?:sub|mul|rsqrt|div|add)$")
 
@@ -30,13 +29,8 @@ def compiled_step_text(recipe: str, batch_size: int | None) -> str:
     cfg = config_lib.load_recipe(recipe)
     if batch_size:
         cfg.batch_size = batch_size
-    with tempfile.TemporaryDirectory() as workdir:
-        trainer = train.Trainer(cfg, workdir, random_data(2 * cfg.batch_size))
-        state, _ = trainer.restore_or_init()
-        built = trainer.built(trainer.stages[0], state.params)
-        text = jax.jit(built.train_step).lower(state, next(trainer.stream.batches(0, 0))).compile().as_text()
-        trainer.checkpointer.close()
-    return text
+    first = stages.build_step(cfg, random_data(2 * cfg.batch_size))
+    return jax.jit(first.built.train_step).lower(first.state, next(first.stream.batches(0, 0))).compile().as_text()
 
 
 def batch_norm_fusions(hlo_text: str) -> dict[str, list[str]]:

@@ -49,26 +49,23 @@ def write_result(name: str, result: dict, directory: pathlib.Path = RESULTS) -> 
 FAST_EPOCH_REFERENCE_SECONDS = 150.0  # the `fast` epoch the issues' CPU budgets are written for
 
 
-def fast_epoch_seconds(data, workdir: pathlib.Path, steps: int) -> float:
+def fast_epoch_seconds(data, steps: int) -> float:
     """Seconds of one `fast` epoch here, from `steps` timed steps of its real train step
-    (built by the Trainer, after one compiling step), times its steps per epoch: the unit
-    in which the CPU budgets of the experiments are scaled to this machine."""
+    (built as the loop builds it, after one compiling step), times its steps per epoch: the
+    unit in which the CPU budgets of the experiments are scaled to this machine."""
     import time
 
     import jax
 
     from jaxcifar import config as config_lib
-    from jaxcifar import train
+    from jaxcifar import stages
 
-    trainer = train.Trainer(config_lib.load_recipe("fast"), workdir, data, overwrite=True)
-    state = trainer.with_fresh_opt_state(trainer.initial_state(), trainer.stages[0])
-    step = trainer.train_step_fn(trainer.stages[0], state.params)
-    batches = trainer.stream.batches(0, 0)
-    state, metrics = step(state, next(batches))
+    first = stages.build_step(config_lib.load_recipe("fast"), data)
+    state, batches = first.state, first.stream.batches(0, 0)
+    state, metrics = first.train_step(state, next(batches))
     jax.block_until_ready(metrics)
     start = time.time()
     for _ in range(steps):
-        state, metrics = step(state, next(batches))
+        state, metrics = first.train_step(state, next(batches))
     jax.block_until_ready(metrics)
-    trainer.checkpointer.close()
-    return (time.time() - start) / steps * trainer.steps_per_epoch
+    return (time.time() - start) / steps * first.stream.steps_per_epoch

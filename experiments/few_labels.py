@@ -90,7 +90,7 @@ ROW_STEPS = 750  # optimizer steps of every training row: about 15 minutes here 
 def budget(out: pathlib.Path, data_dir: str | None, grid) -> None:
     del grid
     data = data_lib.load_data(config_lib.load_recipe("fast"), data_dir)
-    seconds = fast_epoch_seconds(data, out / "fast_timing", steps=6)
+    seconds = fast_epoch_seconds(data, steps=6)
     scale = seconds / FAST_EPOCH_REFERENCE_SECONDS
     record("budget", {"fast_epoch_seconds": seconds, "fast_epoch_reference_seconds": FAST_EPOCH_REFERENCE_SECONDS,
                       "pretrain_budget_minutes": 60 * scale, "row_budget_minutes": 30 * scale})

@@ -15,20 +15,17 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 import ml_collections
 from tqdm.auto import tqdm
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import augment, batch_order, early_stopping, methods, models, optim, parallel, precision, prune
-from jaxcifar import run_summary, steps
+from jaxcifar import batch_order, early_stopping, methods, optim, parallel, precision, prune, run_summary, steps
 from jaxcifar.checkpoint import METRIC, STAGE_BEST, Checkpointer
 from jaxcifar.methods.base import Evaluator
 from jaxcifar.progress import EpochBar, epoch_line, images_per_second
-from jaxcifar.pretrained import load_pretrained_backbone
+from jaxcifar.stages import BuiltStage, Stage, build_stage, initial_state, plan_stages, stage_of_epoch
 from jaxcifar.stop_signals import StopRequested, StopSignals
-from jaxcifar.stages import BuiltStage, Stage, build_stage, plan_stages, stage_of_epoch
 from jaxcifar.workdir import Workdir
 
 log = logging.getLogger("jaxcifar")
@@ -74,21 +71,7 @@ class Trainer:
 
     # ----- state -----
     def initial_state(self) -> steps.TrainState:
-        rng = jax.random.key(self.config.seed)
-        size = self.config.data.image_size
-        create = lambda: steps.create_state(self.model, rng, (1, size, size, 3),  # noqa: E731
-                                            ema=self.config.ema_decay > 0,
-                                            lookahead=self.config.lookahead_every > 0)
-        state = jax.jit(create, out_shardings=self.replicated)()
-        data_init = models.DATA_DEPENDENT_INIT.get(self.config.model)
-        if data_init is not None:  # e.g. airbench's whitening layer, from 5,000 training images
-            sample = augment.model_input(self.data.train.images[:5000], size, self.config.augment.normalization)
-            state = state.replace(params=jax.device_put(data_init(state.params, np.asarray(sample)), self.replicated))
-        if self.init_from:
-            state = load_pretrained_backbone(self.init_from, state, self.model, self.config.prune.channels)
-        state = steps.reset_averages(state)
-        # The method's own state (a momentum teacher, ...) starts from the weights the run starts from.
-        return state.replace(method_state=jax.jit(self.objective.init_state, out_shardings=self.replicated)(state))
+        return initial_state(self.config, self.objective, self.data.train.images, self.replicated, self.init_from)
 
     def built(self, stage: Stage, params: Any) -> BuiltStage:
         if stage.index not in self._built:

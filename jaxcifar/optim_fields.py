@@ -14,7 +14,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 
 
 def _known_optimizers(group_optimizers: Any) -> str:
-    return "" if set(group_optimizers.values()) <= set(OPTIMIZERS) else schema.use(OPTIMIZERS)
+    """Names the first group whose optimizer is unknown, so the user knows which entry to fix."""
+    unknown = [(group, name) for group, name in group_optimizers.items() if name not in OPTIMIZERS]
+    return "" if not unknown else f"{unknown[0][1]!r} (group {unknown[0][0]!r}) is not an optimizer: " + schema.use(OPTIMIZERS)
 
 
 _STAGE_FIELDS = tuple(dataclasses.replace(field, stage=True) for field in (

@@ -66,7 +66,7 @@ def test_muon_with_weight_decay_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"group 'filters' uses muon.*weight_decay_multipliers.filters=0"):
         config_lib.validate(config, 1)
     config.group_optimizers.filters = "lion"
-    with pytest.raises(ValueError, match=r"group_optimizers.filters: optimizer='lion'"):
+    with pytest.raises(ValueError, match=r"group_optimizers=.*'lion' \(group 'filters'\) is not an optimizer: use sgd"):
         config_lib.validate(config, 1)
 
 

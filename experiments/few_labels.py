@@ -17,6 +17,10 @@ Parts (each label budget uses the same images for every method at a seed: data.l
              from the true labels as a person would fill it) against a random balanced draw
              (3 seeds), each through propagation.
   student    `ssl_student` from the backbone and the propagated labels, 25 and 10 per class.
+  teacher_student
+             the same student, its labels propagated over the features of the `finetune` row
+             of its budget and seed (the teacher, trained first if missing) instead of the
+             self-supervised backbone's.
   finetune   today's probe + fine-tune (`ssl_finetune`) of the new backbone, same budgets.
   scratch    the same network trained from scratch on the budget alone.
 
@@ -163,14 +167,33 @@ def train_row(name: str, config, out: pathlib.Path, data_dir: str | None, init_f
                   "labels": len(data.train), "seed": config.data.label_seed})
 
 
+def train_student(name: str, targets_dir: pathlib.Path, n: int, seed: int, out: pathlib.Path,
+                  data_dir: str | None) -> None:
+    config = budget_config("ssl_student", n, seed)
+    config.method.targets = str(targets_dir / targets.TARGETS)
+    config.batch_size = 2 * n  # 5 steps an epoch at 25 per class; 350 unlabelled images a step
+    config.method.unlabeled_ratio = 350 // config.batch_size
+    row_schedule(config, 10 * n)
+    train_row(name, config, out, data_dir, out / "pretrain")
+
+
 def student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
     for n, seed in grid:
-        config = budget_config("ssl_student", n, seed)
-        config.method.targets = str(propagated(out, n, seed) / targets.TARGETS)
-        config.batch_size = 2 * n  # 5 steps an epoch at 25 per class; 350 unlabelled images a step
-        config.method.unlabeled_ratio = 350 // config.batch_size
-        row_schedule(config, 10 * n)
-        train_row(f"student_{n}_{seed}", config, out, data_dir, out / "pretrain")
+        train_student(f"student_{n}_{seed}", propagated(out, n, seed), n, seed, out, data_dir)
+
+
+def teacher_student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    """SimCLRv2's order: the probe + fine-tune row is the teacher; the labels propagate over
+    its features (sharpened by the budget's labels), and the student learns from those."""
+    for n, seed in grid:
+        teacher = out / f"finetune_{n}_{seed}"
+        if not (teacher / "summary.json").exists():
+            transfer_rows("finetune", out, data_dir, [(n, seed)])
+        started = time.time()
+        report = propagate.propagate_run(teacher, out / f"propagated_teacher_{n}_{seed}",
+                                         budget_config("ssl_student", n, seed), data_dir)
+        record(f"propagate_teacher_{n}_{seed}", {**report, "wall_seconds": time.time() - started})
+        train_student(f"teacher_student_{n}_{seed}", out / f"propagated_teacher_{n}_{seed}", n, seed, out, data_dir)
 
 
 def transfer_rows(way: str, out: pathlib.Path, data_dir: str | None, grid) -> None:
@@ -186,7 +209,7 @@ def transfer_rows(way: str, out: pathlib.Path, data_dir: str | None, grid) -> No
 
 
 PARTS = {"budget": budget, "pretrain": pretrain, "propagate": propagate_rows, "select": select_rows,
-         "student": student_rows, "finetune": lambda *args: transfer_rows("finetune", *args),
+         "student": student_rows, "teacher_student": teacher_student_rows, "finetune": lambda *args: transfer_rows("finetune", *args),
          "scratch": lambda *args: transfer_rows("scratch", *args)}
 
 

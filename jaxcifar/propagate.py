@@ -1,6 +1,8 @@
-"""Label propagation on self-supervised features (Iscen et al., CVPR 2019): the few labels
-of a budget spread over a nearest-neighbour graph of every training image, giving each
-unlabelled image a soft label and a certainty.
+"""Label propagation on learned features (Iscen et al., CVPR 2019): the few labels of a
+budget spread over a nearest-neighbour graph of every training image, giving each
+unlabelled image a soft label and a certainty. The features come from a self-supervised
+run's backbone, or from a classifier fine-tuned on the same budget (SimCLRv2's teacher),
+whose features the labels have already sharpened.
 
     python -m jaxcifar.propagate --workdir runs/multicrop --out runs/propagated25 \\
         --data_dir ../shared/tensorflow_datasets --config.data.examples_per_class=25 --config.data.label_seed=0
@@ -121,6 +123,11 @@ def propagate_run(workdir: str | pathlib.Path, out: str | pathlib.Path, data_con
         raise ValueError("propagate spreads the whole label budget; a validation part held out of it would be "
                          "propagated too. Leave data.validation_fraction at 0 for a propagation run.")
     run = load_run(workdir, checkpoint)
+    if run.is_classifier and targets.budget_settings(run.config) != targets.budget_settings(data_config):
+        # A classifier's features were shaped by the labels it trained on: any beyond this
+        # budget would steer the propagated labels.
+        raise ValueError(f"{workdir} is a classifier trained on another label budget than this propagation's; "
+                         "propagate from a self-supervised run, or from a classifier trained on the same budget.")
     if whole is None:
         whole, test = data_lib.read_split(d, d.train_split, data_dir), data_lib.load_eval_split(d, data_dir)
     names = run.class_names

@@ -233,6 +233,13 @@ def test_the_student_trains_on_the_propagated_labels_and_never_on_the_unlabelled
     moved = jax.tree_util.tree_leaves(weights[0]["params"]["backbone"])[0] - jax.tree_util.tree_leaves(
         start["params"]["backbone"])[0]
     assert np.abs(np.asarray(moved)).max() > 0  # the backbone trains from the SSL weights
+    # A classifier trained on the budget embeds for the next propagation (the teacher); one
+    # trained on another budget is refused, as its features carry labels beyond this one.
+    split = data_lib.ArraySplit(whole.images, whole.labels)
+    report = propagate.propagate_run(student, tmp_path / "teacher", config, whole=split, test=test, k=10)
+    assert report["labels"] == len(rows) and (tmp_path / "teacher" / targets.TARGETS).exists()
+    with pytest.raises(ValueError, match="trained on another label budget"):
+        propagate.propagate_run(student, tmp_path / "other", tiny_config(data=BUDGET), whole=split, test=test, k=10)
     # Opens in the inference tools in a fresh process, from its workdir alone: no targets file needed.
     (tmp_path / "a" / "targets" / targets.TARGETS).unlink()
     result = subprocess.run([sys.executable, "-c", "import sys; from jaxcifar.runs import load_run; "

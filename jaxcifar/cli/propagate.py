@@ -16,7 +16,7 @@ from jaxcifar.propagate import REPORT, propagate_run
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxcifar.propagate", description=propagate.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a self-supervised run (its backbone embeds the images)")
+    parser.add_argument("--workdir", required=True, help="a self-supervised run, or a classifier trained on this budget (its backbone embeds the images)")
     parser.add_argument("--out", required=True, help=f"directory for {targets.TARGETS} and {REPORT}")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
     parser.add_argument("--k", type=int, default=20, help="neighbours of each image in the graph (Iscen et al.: 50)")

@@ -31,11 +31,7 @@ class SelfSupervisedNet(nn.Module):
     def setup(self) -> None:
         self.projector = Projector(tuple(self.projector_dims))
 
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """The backbone's pooled features: what a classifier's head, the kNN monitor and the
-        linear probe see."""
-        return self.backbone(x, use_running_average=not train)
-
     def __call__(self, x: jax.Array, *, train: bool, freeze_backbone: bool = False) -> jax.Array:
         del freeze_backbone  # an SSL run trains its backbone; accepted for the model contract
-        return self.projector(self.features(x, train=train), use_running_average=not train).astype(jnp.float32)
+        features = self.backbone(x, use_running_average=not train)
+        return self.projector(features, use_running_average=not train).astype(jnp.float32)

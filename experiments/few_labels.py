@@ -23,6 +23,9 @@ Parts (each label budget uses the same images for every method at a seed: data.l
              self-supervised backbone's.
   finetune   today's probe + fine-tune (`ssl_finetune`) of the new backbone, same budgets.
   scratch    the same network trained from scratch on the budget alone.
+  select_finetune
+             1 label per class through probe + fine-tune: TypiClust's labels (from `select`)
+             against the random draw, 3 seeds.
 
 Every training row runs the same number of optimizer steps (ROW_STEPS), sized to fit the
 30-minute row budget on this project's 2-core machine; the JSON records the wall time each
@@ -146,10 +149,24 @@ def fill_labels(path: pathlib.Path, labels: np.ndarray) -> pathlib.Path:
     return filled
 
 
-def labels_csv_config(path: pathlib.Path) -> config_lib.ml_collections.ConfigDict:
-    config = config_lib.load_recipe("ssl_student")
+def labels_csv_config(path: pathlib.Path, recipe: str = "ssl_student") -> config_lib.ml_collections.ConfigDict:
+    config = config_lib.load_recipe(recipe)
     config.data.labels_csv = str(path)
     return config
+
+
+def select_finetune_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    """1 label per class with the best row of the larger budgets (probe + fine-tune): the
+    `select` part's TypiClust labels against its random draw, at the same seeds."""
+    for seed in sorted({seed for _, seed in grid}):
+        filled = out / f"typiclust_10_{seed}" / "filled.csv"
+        if not filled.exists():
+            select_rows(out, data_dir, [(1, seed)])
+        for way, config in (("typiclust", labels_csv_config(filled, "ssl_finetune")),
+                            ("random", budget_config("ssl_finetune", 1, seed))):
+            config.data.label_seed, config.batch_size = seed, 10  # the seed, recorded with the row; all ten a step
+            finetune_schedule(config, "finetune", epochs=TRANSFER_EPOCHS)
+            train_row(f"select_finetune_{way}_{seed}", config, out, data_dir, out / "pretrain")
 
 
 def row_schedule(config, labelled: int) -> None:
@@ -196,21 +213,32 @@ def teacher_student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
         train_student(f"teacher_student_{n}_{seed}", out / f"propagated_teacher_{n}_{seed}", n, seed, out, data_dir)
 
 
+# Epochs of a transfer row at 1 label per class, where a batch holds all 10 images: the
+# epoch count of the 25- and 10-per-class rows (whose epochs hold 5 steps), not their
+# ROW_STEPS, which would spend 750 evaluations on ten images.
+TRANSFER_EPOCHS = 150
+
+
+def finetune_schedule(config, way: str, epochs: int) -> None:
+    """`epochs` of one stage from scratch, or a quarter probe and the rest fine-tune."""
+    config.epochs = epochs
+    frozen, finetune = dict(config.stages[0]), dict(config.stages[1])
+    config.stages = (({"name": "train", "epochs": epochs},) if way == "scratch" else
+                     ({**frozen, "epochs": epochs // 4}, {**finetune, "epochs": epochs - epochs // 4}))
+
+
 def transfer_rows(way: str, out: pathlib.Path, data_dir: str | None, grid) -> None:
     for n, seed in grid:
         config = budget_config("ssl_finetune", n, seed)
         config.batch_size = 2 * n
         row_schedule(config, 10 * n)
-        frozen, finetune = dict(config.stages[0]), dict(config.stages[1])
-        config.stages = (({"name": "train", "epochs": config.epochs},) if way == "scratch" else
-                         ({**frozen, "epochs": config.epochs // 4},
-                          {**finetune, "epochs": config.epochs - config.epochs // 4}))
+        finetune_schedule(config, way, config.epochs)
         train_row(f"{way}_{n}_{seed}", config, out, data_dir, None if way == "scratch" else out / "pretrain")
 
 
 PARTS = {"budget": budget, "pretrain": pretrain, "propagate": propagate_rows, "select": select_rows,
          "student": student_rows, "teacher_student": teacher_student_rows, "finetune": lambda *args: transfer_rows("finetune", *args),
-         "scratch": lambda *args: transfer_rows("scratch", *args)}
+         "scratch": lambda *args: transfer_rows("scratch", *args), "select_finetune": select_finetune_rows}
 
 
 def main() -> None:

@@ -146,7 +146,8 @@ def _few_label_recipe_rows(link: str) -> list[list[str]]:
              f"[kNN {pct(pretrain['test_knn_accuracy'])} after {pretrain['epochs']} epochs, "
              f"{pretrain['train_seconds'] / 60:.0f} min]({link})" if pretrain else "pending"],
             ["`ssl_student`", "a student on few labels and every propagated one, from a pretrained backbone",
-             f"[{_seed_cell(parts, 'student_25')} from 25 labels per class]({link})"]]
+             f"[{_seed_cell(parts, 'teacher_student_25')} from 25 labels per class, propagated over a fine-tuned "
+             f"teacher's features]({link})"]]
 
 
 def simple_cnn() -> str:

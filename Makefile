@@ -1,21 +1,32 @@
-# Two commands from a fresh clone: `make test` and `make train`. Each sets up .venv first;
-# training installs only the package, the tests add their extras (torch, pytest, nbclient).
+# Two commands from a fresh clone: `make test` and `make train`. Each sets up .venv first, at
+# the lower end of pyproject.toml's version ranges (constraints.txt); training installs the
+# package with TensorFlow (TFDS input), the tests add their extras (torch, pytest, nbclient).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet -c constraints.txt
 DATA_DIR ?= ../shared/tensorflow_datasets
 WORKDIR ?= runs/simple_cnn
+# The second tier: the newest releases within the ranges, without TensorFlow, on Python 3.12.
+PYTHON_LATEST ?= python3.12
+VENV_LATEST := .venv-latest
 
-.PHONY: setup test test-fast train bench clean
+.PHONY: setup test test-fast test-latest train bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PIP) -e ".[tf]"
 	touch $@
 
 $(VENV)/.installed-%: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e ".[$*]"
+	$(PIP) -e ".[$*]"
+	touch $@
+
+$(VENV_LATEST)/.installed: pyproject.toml
+	$(PYTHON_LATEST) -m venv $(VENV_LATEST)
+	$(VENV_LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_LATEST)/bin/python -m pip install --quiet -e ".[test-base]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -27,6 +38,10 @@ test: $(VENV)/.installed-test
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
 
+# The quick tier on the newest JAX, Flax, Optax, Orbax and chex; what needs TensorFlow is skipped.
+test-latest: $(VENV_LATEST)/.installed
+	$(VENV_LATEST)/bin/python -m pytest -q -n 2 -m "not slow" --durations=10
+
 train: setup
 	$(PY) -m jaxcifar.train --config simple_cnn --workdir $(WORKDIR) --data_dir $(DATA_DIR)
 
@@ -34,4 +49,4 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV_LATEST) .pytest_cache

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from harness import machine_info
 
-from jaxcifar.data import import_tf
+from jaxcifar.tf_extra import import_tf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 16
@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     from ai_edge_litert.interpreter import Interpreter
 
-    tf = import_tf()
+    tf = import_tf("LiteRT conversion")
     rng = np.random.default_rng(0)
     calls = {}
     for name, (shape, channels) in CONVS.items():

@@ -1,7 +1,7 @@
 """jaxcifar: pure-JAX functional training of CIFAR-10 classifiers.
 
 Import surface (each a module, imported on first use so `import jaxcifar` stays light
-and TensorFlow is only loaded by the tf.data path):
+and TensorFlow, optional, is only loaded by what needs it: jaxcifar.tf_extra):
 
     jaxcifar.config      recipes, overrides, stages          jaxcifar.data     TFDS -> a run's splits (Data)
     jaxcifar.batch_order which rows make each batch          jaxcifar.cli      the tools' command lines
@@ -16,6 +16,7 @@ and TensorFlow is only loaded by the tf.data path):
     jaxcifar.prune       magnitude and channel pruning       jaxcifar.precision  mixed precision
     jaxcifar.litert      LiteRT conversion, runtime          jaxcifar.testing  tiny runs, crashes, exact resume
     jaxcifar.xla_cpu     XLA:CPU flags set on import (Eigen convolutions)
+    jaxcifar.tf_extra    TensorFlow, imported in one place   (the optional `tf` extra)
 """
 
 import importlib
@@ -31,7 +32,7 @@ xla_cpu.configure()
 __version__ = "0.1.0"
 _SUBMODULES = ("augment", "batch_order", "checkpoint", "cli", "config", "data", "evaluate", "export", "litert", "methods", "models",
                "optim", "parallel", "peft", "precision", "predict", "pretrained", "prune", "quantize", "runs", "ssl",
-               "steps", "testing", "train", "workdir", "xla_cpu")
+               "steps", "testing", "tf_extra", "train", "workdir", "xla_cpu")
 
 
 def __getattr__(name):

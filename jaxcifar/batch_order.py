@@ -4,7 +4,8 @@ A resumed run skips exactly the batches it already consumed, and the global batc
 is the same for any number of devices or processes: each process materialises only its own
 rows of every global batch, so per-host input work and host->device traffic scale as
 1/processes. tf.data (imported lazily) slices, gathers and prefetches the train batches in a
-background thread; evaluation batches are plain NumPy, padded, with a `mask`.
+background thread, or NumPy gathers the same rows where TensorFlow is not installed;
+evaluation batches are plain NumPy, padded, with a `mask`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import ml_collections
 import numpy as np
 
 from jaxcifar import parallel, steps
-from jaxcifar.data import ArraySplit, Data, import_tf
+from jaxcifar.data import ArraySplit, Data
+from jaxcifar.tf_extra import TensorFlowMissing, import_tf
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -32,8 +34,13 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 def train_batches(split: ArraySplit, global_batch_size: int, seed: int, epoch: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of each global train batch of `epoch`, from `start_step` on."""
-    tf = import_tf()
     rows = epoch_rows(len(split), global_batch_size, seed, epoch, start_step, process_index, process_count)
+    try:
+        tf = import_tf("streaming train batches through tf.data")
+    except TensorFlowMissing:
+        # TensorFlow is optional: the same batches, gathered when asked for instead of in a
+        # background thread (a gather is far quicker than the step that waits for it).
+        return ({"image": split.images[r], "label": split.labels[r], "index": r} for r in rows)
     return _gather_batches(tf, rows, image=split.images, label=split.labels, index=np.arange(len(split)))
 
 

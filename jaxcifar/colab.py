@@ -5,13 +5,15 @@ installed, so it uses the standard library only and imports nothing from jaxcifa
 
 Such a runtime already has JAX and TensorFlow, at versions of its own:
 
-* TensorFlow: jaxcifar pins `tensorflow-cpu`, which installs the same `tensorflow` module as the
-  runtime's `tensorflow` distribution and would overwrite it file by file. When a TensorFlow is
-  importable, the package goes in with `--no-deps` and its other requirements are installed by
-  name, so the runtime keeps its TensorFlow (jaxcifar uses it for tf.data only).
-* JAX: the pinned JAX replaces the runtime's, with the `cuda` or `tpu` extra that matches the
-  accelerator. A module the kernel had already imported stays at its old version until the
-  runtime restarts, so `install` checks for that and says so.
+* TensorFlow: jaxcifar's `tf` extra (TFDS input, which the notebook reads) pins `tensorflow-cpu`,
+  which installs the same `tensorflow` module as the runtime's `tensorflow` distribution and
+  would overwrite it file by file. When a TensorFlow is importable, the package goes in with
+  `--no-deps` and its other requirements are installed by name, so the runtime keeps its
+  TensorFlow (jaxcifar uses it for tf.data only).
+* JAX: pip keeps the runtime's JAX where it is within pyproject.toml's range and replaces it
+  otherwise, with the `cuda` or `tpu` extra that matches the accelerator. A module the kernel
+  had already imported stays at its old version until the runtime restarts, so `install`
+  checks for that and says so.
 """
 
 import importlib
@@ -49,20 +51,22 @@ def distribution_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def project_requirements(checkout: pathlib.Path, extra: str) -> list[str]:
-    """The checkout's dependencies, plus those of `extra` if given, as its pyproject.toml lists them."""
+def project_requirements(checkout: pathlib.Path, extras: list[str]) -> list[str]:
+    """The checkout's dependencies, plus those of `extras`, as its pyproject.toml lists them."""
     import tomllib  # Python 3.11+ (Colab has 3.12); imported here so the rest of this module runs on 3.10
 
     project = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]
-    return project["dependencies"] + (project["optional-dependencies"][extra] if extra else [])
+    return project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]
 
 
 def install_commands(checkout: pathlib.Path, extra: str, keep_tensorflow: bool) -> list[list[str]]:
-    """The pip commands that install `checkout` (editable) with `extra`, keeping an installed TensorFlow if asked."""
+    """The pip commands that install `checkout` (editable) with the `tf` extra and the
+    accelerator's `extra`, keeping an installed TensorFlow if asked."""
     pip = [sys.executable, "-m", "pip", "install", "-q"]
+    extras = ["tf", extra] if extra else ["tf"]
     if not keep_tensorflow:
-        return [pip + ["-e", f"{checkout}[{extra}]" if extra else str(checkout)]]
-    requirements = [requirement for requirement in project_requirements(checkout, extra)
+        return [pip + ["-e", f"{checkout}[{','.join(extras)}]"]]
+    requirements = [requirement for requirement in project_requirements(checkout, extras)
                     if distribution_name(requirement) not in TENSORFLOW_DISTRIBUTIONS]
     return [pip + ["--no-deps", "-e", str(checkout)], pip + requirements]
 

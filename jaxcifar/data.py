@@ -16,8 +16,8 @@ Design decisions (and why):
   batch is jaxcifar/batch_order.py's, a pure function of (seed, epoch, step).
 * Augmentation and normalisation run on the device inside the jitted step
   (jaxcifar/augment.py).
-* TensorFlow is imported lazily and never sees a GPU/TPU, so it cannot take accelerator
-  memory from JAX, and the device-resident path runs where TensorFlow is absent.
+* TensorFlow is optional and imported lazily (jaxcifar/tf_extra.py): without it a run reads
+  an image folder or arrays.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import urllib.parse
 import ml_collections
 import numpy as np
 
-from jaxcifar import image_files
+from jaxcifar import image_files, tf_extra
 
 # The held-out validation part of a train split (`data.validation_fraction`) is chosen with
 # this fixed seed, not the run's: every seed of a comparison is validated on the same images.
@@ -65,14 +65,11 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
     return data_dir or os.environ.get("TFDS_DATA_DIR") or None
 
 
-def import_tf():
-    """TensorFlow with accelerators hidden: it must never take a GPU/TPU from JAX."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-    return tf
+def import_tfds(dataset: str):
+    """tensorflow_datasets, to read the TFDS `dataset` (tf_extra.py)."""
+    return tf_extra.import_tfds(f"reading the TFDS dataset {dataset!r}",
+                                instead="read your images with --config.data.image_folder=DIR (or give train.fit "
+                                        "arrays, such as data.load_jpeg_pack's)")
 
 
 def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10", image_size: int = 32) -> ArraySplit:
@@ -80,9 +77,7 @@ def load_split(split: str, data_dir: str | None = None, dataset: str = "cifar10"
     supervised keys); a missing dataset gets an actionable error. Images of one fixed size
     keep it (the device resizes them); images that vary in size are resized here to
     `image_size` by the image-file rule, and greyscale becomes RGB."""
-    import_tf()
-    import tensorflow_datasets as tfds
-
+    tfds = import_tfds(dataset)
     data_dir = resolve_data_dir(data_dir)
     try:
         if data_dir is None:  # TFDS downloads what its default data dir lacks
@@ -171,9 +166,7 @@ def supervised_keys(info) -> tuple[str, str]:
 def tfds_class_names(dataset: str, data_dir: str | None = None) -> tuple[str, ...]:
     """A TFDS dataset's class names in label order. Read them after loading a split: some
     datasets (cifar10, cifar100) only know their names once prepared, before that '0', '1', ..."""
-    import_tf()
-    import tensorflow_datasets as tfds
-
+    tfds = import_tfds(dataset)
     info = tfds.builder(dataset, data_dir=resolve_data_dir(data_dir)).info
     return tuple(info.features[supervised_keys(info)[1]].names)
 

@@ -215,9 +215,9 @@ def save_saved_model(run: Run, directory: pathlib.Path, tta: bool = False,
     """A TF SavedModel with a batch-polymorphic `serving_default` signature. The weights
     are constants inside the embedded StableHLO (fine far below the 2 GB protobuf limit;
     a ResNet-50 is 100 MB); raises ImportError where TensorFlow is not installed."""
-    from jaxcifar.data import import_tf
+    from jaxcifar.tf_extra import import_tf
 
-    tf = import_tf()
+    tf = import_tf("the SavedModel export", "export with --format stablehlo, which needs only JAX")
     from jax.experimental import jax2tf
 
     logits_tf = jax2tf.convert(run.serving_fn(tta), polymorphic_shapes=[poly_shape(run)],
@@ -267,10 +267,10 @@ def export_run(run: Run, out: pathlib.Path, fmt: str = "both", tta: bool = False
         try:
             save_saved_model(run, out / SAVED_MODEL_DIR, tta, platforms)
             written.append("savedmodel")
-        except ImportError as e:
-            skipped = f"TensorFlow/jax2tf could not be imported ({e})"
+        except ImportError as e:  # TensorFlow or jax2tf: the message says what to install
             if fmt == "savedmodel":
-                raise ImportError(f"Cannot write a SavedModel: {skipped}. --format stablehlo needs only jax.") from e
+                raise
+            skipped = str(e)
     (out / SERVING_FILE).write_text(json.dumps(serving_metadata(run, tta, platforms, written), indent=2))
     return written, skipped
 

@@ -102,11 +102,11 @@ def convert(serving_fn: Callable, image_shape: tuple[int, int, int], batch_sizes
     images of `image_shape`) when given. `batch_sizes` must hold 1, so that any n can be run."""
     if 1 not in batch_sizes:
         raise ValueError(f"batch_sizes={batch_sizes} must include 1: `load` runs what is left over one by one.")
+    from jaxcifar.tf_extra import import_tf
+
+    tf = import_tf("LiteRT conversion")  # before jax2tf, which imports TensorFlow itself
     from jax.experimental import jax2tf
 
-    from jaxcifar.data import import_tf
-
-    tf = import_tf()
     logits = jax2tf.convert(serving_fn, with_gradient=False, native_serialization_platforms=("cpu",))
     with tanh_gelu_traced(), tempfile.TemporaryDirectory() as saved_model, warnings.catch_warnings():
         # GELU: see "GELU as one op" above. The warning: the converter calibrates with

@@ -158,11 +158,12 @@ class Workdir:
         """TensorBoard event writer in WORKDIR/tensorboard (skipped where TensorFlow is absent)."""
         if self._tb is None:
             try:
-                from jaxcifar.data import import_tf
+                from jaxcifar.tf_extra import TF_INSTALL, import_tf
 
-                self._tb = import_tf().summary.create_file_writer(str(self.path / "tensorboard"))
+                self._tb = import_tf("TensorBoard events").summary.create_file_writer(str(self.path / "tensorboard"))
             except ImportError:
-                log.warning("TensorFlow is not installed: no TensorBoard events (metrics.jsonl is still written).")
+                log.warning("TensorFlow is not installed: no TensorBoard events (metrics.jsonl is still written; "
+                            "%s adds them).", TF_INSTALL)
                 self._tb = False
         return self._tb or None
 

@@ -4,10 +4,12 @@ why `import jaxcifar` applies them.
 
 Eigen instead of YNNPACK convolutions: on the 2-core machines this project measures on,
 XLA's YNNPACK convolution weight gradients make a train step 1.3-1.9x slower than with
-Eigen (benchmarks/NOTES.md). The flag only concerns the CPU backend, so it is harmless on
-GPU/TPU. It exists in the jaxlib this package pins; XLA aborts on flags it does not know,
-so it is only added for the jaxlib versions where it was checked. Flags the user already
-set win, and `JAXCIFAR_XLA_CPU_DEFAULTS=0` turns all of this off.
+Eigen (benchmarks/NOTES.md, on jaxlib 0.10.2). The flag only concerns the CPU backend, so
+it is harmless on GPU/TPU. XLA aborts on flags it does not know, so it is only added for the
+jaxlib versions where it was checked to exist and to take the convolutions off YNNPACK
+(0.10.2, 0.11.2 and 0.12.1, the ends of pyproject.toml's range and the version between;
+tests/test_xla_cpu.py checks the installed one). Flags the user already set win, and
+`JAXCIFAR_XLA_CPU_DEFAULTS=0` turns all of this off.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import importlib.metadata
 import os
 
 EIGEN_CONV = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-CHECKED_JAXLIB_PREFIXES = ("0.10.",)  # versions on which EIGEN_CONV was checked to exist
+CHECKED_JAXLIB_PREFIXES = ("0.10.", "0.11.", "0.12.")  # versions on which EIGEN_CONV was checked to exist
 OPT_OUT = "JAXCIFAR_XLA_CPU_DEFAULTS"
 
 

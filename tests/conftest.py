@@ -1,7 +1,10 @@
 """Fixtures: tiny synthetic splits and runs that train in seconds on a CPU (built by
 jaxcifar.testing, which also holds the helpers tests call directly), and the prepared
-CIFAR-10 where a test needs the real data."""
+CIFAR-10 where a test needs the real data. Markers: `slow`, and `tf(feature)` on a test that
+needs TensorFlow (the optional `tf` extra) for `feature`, skipped where it is not installed
+(`make test-latest`'s environment)."""
 
+import importlib.util
 import os
 import pathlib
 import tempfile
@@ -27,13 +30,31 @@ def pytest_configure(config):
     parallel.configure_compilation_cache()
     config.addinivalue_line("markers", "slow: trains on the real data or in fresh processes; "
                                        "`make test-fast` leaves these out")
+    config.addinivalue_line("markers", "tf(feature): needs TensorFlow for `feature`; skipped where the `tf` extra "
+                                       "is not installed")
+
+
+# TensorFlow and TFDS come together (the `tf` extra); find_spec looks without importing them.
+TENSORFLOW_INSTALLED = all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorflow_datasets"))
+# Fixtures that need TensorFlow, and for what: a test that uses one is marked tf(that).
+TENSORFLOW_FIXTURES = {"shared_data_dir": "TFDS input (the prepared CIFAR-10)",
+                       "exported_both": "the SavedModel export",
+                       "quantized": "LiteRT conversion", "airbench_quantized": "LiteRT conversion"}
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that reads the real data is slow (its own @pytest.mark.slow not needed)."""
+    """Every test that reads the real data is slow (its own @pytest.mark.slow not needed); a
+    test that needs TensorFlow is skipped, saying for what, where it is not installed."""
     for item in items:
-        if "shared_data_dir" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "shared_data_dir" in fixtures:
             item.add_marker(pytest.mark.slow)
+        for fixture in sorted(set(fixtures) & TENSORFLOW_FIXTURES.keys()):
+            item.add_marker(pytest.mark.tf(TENSORFLOW_FIXTURES[fixture]))
+        needs = item.get_closest_marker("tf")
+        if needs and not TENSORFLOW_INSTALLED:
+            item.add_marker(pytest.mark.skip(reason=f"needs TensorFlow for {needs.args[0]}; this environment has "
+                                                    "no `tf` extra (pip install -e \".[tf]\")"))
 
 
 @pytest.fixture

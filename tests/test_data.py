@@ -36,6 +36,19 @@ def test_processes_get_disjoint_rows_of_the_same_global_batch():
     assert np.array_equal(np.concatenate([p["image"] for p in parts]), whole["image"])
 
 
+@pytest.mark.tf("the tf.data batches to compare with")
+def test_without_tensorflow_numpy_gathers_the_same_train_batches(monkeypatch):
+    split = synthetic_split(100)
+    streamed = list(batch_order.train_batches(split, 32, seed=0, epoch=1, start_step=1))
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any import of it now fails, as without the `tf` extra
+    gathered = list(batch_order.train_batches(split, 32, seed=0, epoch=1, start_step=1))
+    assert len(gathered) == len(streamed) == 2
+    for ours, theirs in zip(gathered, streamed):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key].dtype == theirs[key].dtype and np.array_equal(ours[key], theirs[key]), key
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_batches_count_every_example_exactly_once(process_count):
     split = synthetic_split(77)
@@ -67,6 +80,7 @@ def test_class_subset_is_relabelled_and_budget_is_deterministic():
 MOCKED_DATA_DIR = "mocked"
 
 
+@pytest.mark.tf("TFDS input")
 def test_load_split_reads_tfds_mock_data():
     import tensorflow_datasets as tfds
 
@@ -76,6 +90,7 @@ def test_load_split_reads_tfds_mock_data():
     assert split.labels.dtype == np.int32 and split.labels.max() < 10
 
 
+@pytest.mark.tf("TFDS input")
 def test_missing_dataset_error_names_data_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data_dir.*TFDS_DATA_DIR"):
         data_lib.load_split("train", data_dir=str(tmp_path))
@@ -93,16 +108,17 @@ def test_reachable_means_a_connection_opens():
 # A new user's first run offline: no data_dir, nothing prepared in TFDS's default folder.
 OFFLINE_FIRST_RUN = """
 import sys, time
-from jaxcifar import data
+from jaxcifar import data, tf_extra
 from jaxcifar.cli import train
 data.reachable = lambda url, timeout_s=data.REACHABLE_TIMEOUT_S: False
-data.import_tf()  # the clock times the run, not TensorFlow's import
+tf_extra.import_tf("the offline test")  # the clock times the run, not TensorFlow's import
 start = time.monotonic()
 status = train.main(["--config", "fast", "--workdir", sys.argv[1]])
 print(f"status={status} seconds={time.monotonic() - start:.1f}")
 """
 
 
+@pytest.mark.tf("TFDS input")
 def test_offline_without_data_dir_fails_in_seconds_and_leaves_nothing(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -137,6 +153,7 @@ def test_cifar10_class_names_come_from_its_tfds_info(shared_data_dir):
     assert data_lib.class_names(config.data, shared_data_dir) == ("truck", "cat")
 
 
+@pytest.mark.tf("TFDS input")
 @pytest.mark.parametrize("dataset, num_classes, native_shape", [
     ("cifar100", 100, (32, 32, 3)),
     ("svhn_cropped", 10, (32, 32, 3)),
@@ -160,6 +177,7 @@ def test_other_tfds_datasets_train_with_their_own_class_count(tmp_path, dataset,
     assert logits.shape == (len(data.eval), num_classes) and accuracy == pytest.approx(summary["test_accuracy"])
 
 
+@pytest.mark.tf("TFDS input")
 def test_a_tfds_dataset_of_varying_image_sizes_is_resized_by_the_image_file_rule():
     import tensorflow_datasets as tfds
 
@@ -193,6 +211,7 @@ def test_labels_beyond_the_class_count_are_refused():
     assert data_lib.Data(split, split, 10).class_names == tuple(str(i) for i in range(10))
 
 
+@pytest.mark.tf("TFDS input")
 def test_a_class_subset_beyond_the_dataset_is_refused(tmp_path):
     import tensorflow_datasets as tfds
 

@@ -22,13 +22,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests b
 LOAD_AND_RUN = textwrap.dedent("""
     import sys
     import numpy as np
-    from jaxcifar.data import import_tf
+    from jaxcifar.tf_extra import import_tf
     from jaxcifar.export import load_exported
 
     out_dir, inputs, outputs = sys.argv[1:]
     images = np.load(inputs)
     stablehlo = load_exported(out_dir)
-    serving = import_tf().saved_model.load(f"{out_dir}/saved_model").signatures["serving_default"]
+    saved_model = import_tf("reading the SavedModel back").saved_model.load(f"{out_dir}/saved_model")
+    serving = saved_model.signatures["serving_default"]
     results = {}
     for n in (1, 5):
         results[f"stablehlo_{n}"] = np.asarray(stablehlo(images[:n]))
@@ -41,11 +42,19 @@ LOAD_AND_RUN = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
-    run = tiny_run
+    """(run, folder) of the shared tiny run exported as StableHLO, which needs only JAX."""
     out = tmp_path_factory.mktemp("exported")
-    written, skipped = export.export_run(run, out, "both")
-    assert written == ["stablehlo", "savedmodel"] and skipped is None
-    return run, out
+    assert export.export_run(tiny_run, out, "stablehlo") == (["stablehlo"], None)
+    return tiny_run, out
+
+
+@pytest.fixture(scope="module")
+def exported_both(tiny_run, tmp_path_factory):
+    """(run, folder) of the shared tiny run exported as StableHLO and a SavedModel (its tests
+    need TensorFlow: conftest.py marks them)."""
+    out = tmp_path_factory.mktemp("exported_both")
+    assert export.export_run(tiny_run, out, "both") == (["stablehlo", "savedmodel"], None)
+    return tiny_run, out
 
 
 def training_logits(run, images):
@@ -55,8 +64,8 @@ def training_logits(run, images):
 
 
 @pytest.mark.slow  # a fresh process
-def test_artefacts_match_training_logits_in_a_fresh_process(exported, tmp_path):
-    run, out = exported
+def test_artefacts_match_training_logits_in_a_fresh_process(exported_both, tmp_path):
+    run, out = exported_both
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
     proc = subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(out), str(tmp_path / "images.npy"),
@@ -71,21 +80,17 @@ def test_artefacts_match_training_logits_in_a_fresh_process(exported, tmp_path):
         np.testing.assert_allclose(results[f"probabilities_{n}"].sum(-1), 1.0, atol=1e-5)
 
 
-def test_serving_json_describes_the_model(exported):
-    run, out = exported
+def test_serving_json_describes_the_model(exported_both):
+    run, out = exported_both
     meta = json.loads((out / export.SERVING_FILE).read_text())
     assert meta["class_names"] == list(run.class_names)
     assert meta["input"]["dtype"] == "uint8" and meta["input"]["shape"] == ["b", 32, 32, 3]
     assert meta["formats"] == ["stablehlo", "savedmodel"] and meta["checkpoint_step"] == run.step
 
 
-def test_both_degrades_to_stablehlo_without_tensorflow(exported, tmp_path, monkeypatch, capsys):
-    run, _ = exported
-
-    def no_tensorflow():
-        raise ImportError("No module named 'tensorflow'")
-
-    monkeypatch.setattr("jaxcifar.data.import_tf", no_tensorflow)
+def test_both_degrades_to_stablehlo_without_tensorflow(tiny_run, tmp_path, monkeypatch, capsys):
+    run = tiny_run
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any import of it now fails, as without the `tf` extra
     code = export_cli.main(["--workdir", str(run.workdir), "--checkpoint", "latest", "--out", str(tmp_path / "both"),
                         "--platforms", "cpu"])
     assert code == 1 and "SavedModel NOT written" in capsys.readouterr().err
@@ -93,7 +98,9 @@ def test_both_degrades_to_stablehlo_without_tensorflow(exported, tmp_path, monke
     assert not (tmp_path / "both" / export.SAVED_MODEL_DIR).exists()
     assert json.loads((tmp_path / "both" / export.SERVING_FILE).read_text())["formats"] == ["stablehlo"]
     assert export_cli.main(["--workdir", str(run.workdir), "--out", str(tmp_path / "sm"), "--format", "savedmodel"]) == 2
-    assert "tensorflow" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: the SavedModel export needs TensorFlow") and err.count("\n") == 1, err
+    assert 'pip install -e ".[tf]"' in err and "--format stablehlo" in err
 
 
 def test_load_exported_reports_a_missing_artefact(tmp_path):

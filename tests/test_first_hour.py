@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -60,6 +61,16 @@ def test_a_user_error_is_one_line_and_status_2_in_every_tool(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err, err
+
+
+def test_tfds_input_without_tensorflow_is_one_error_line_naming_the_extra_and_what_else_to_read(tmp_path, monkeypatch,
+                                                                                                capsys):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any import of it now fails, as without the `tf` extra
+    assert train_cli.main(["--config", "simple_cnn", "--workdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: reading the TFDS dataset 'cifar10' needs TensorFlow") and err.count("\n") == 1, err
+    assert 'pip install -e ".[tf]"' in err and "--config.data.image_folder=DIR" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_predict_with_a_self_supervised_run_says_what_to_do_without_a_traceback(monkeypatch, capsys, tmp_path):

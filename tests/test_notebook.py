@@ -104,13 +104,13 @@ def test_install_cell_on_colab_clones_keeps_its_tensorflow_and_installs_jax_for_
     assert not checkout.name.isidentifier()
     assert clone == ["git", "clone", "--depth", "1", "https://example.org/jaxcifar.git", str(checkout)]
     assert install_package == pip_command("--no-deps", "-e", str(checkout))
-    wanted = project["dependencies"] + project["optional-dependencies"]["cuda"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["tf"] + project["optional-dependencies"]["cuda"]
     assert install_requirements == pip_command(*(r for r in wanted if not r.startswith("tensorflow-cpu")))
     assert str(checkout) == sys.path[0]  # importable before the kernel restarts
 
 
-def test_install_cell_in_a_checkout_without_tensorflow_installs_the_cuda_extra(monkeypatch):
-    assert run_install_cell(monkeypatch, REPO / "notebooks", tensorflow=False) == [pip_command("-e", f"{REPO}[cuda]")]
+def test_install_cell_in_a_checkout_without_tensorflow_installs_the_tf_and_cuda_extras(monkeypatch):
+    assert run_install_cell(monkeypatch, REPO / "notebooks", tensorflow=False) == [pip_command("-e", f"{REPO}[tf,cuda]")]
 
 
 @pytest.mark.parametrize("gpu, tpu_device, expected", [(True, True, "cuda"), (False, True, "tpu"),

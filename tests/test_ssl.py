@@ -176,11 +176,13 @@ def test_pretraining_never_reads_labels(tmp_path, method):
     assert len(weights[0]) > 10
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
-    summary, relabelled = runs
+    summary = runs[0]
     assert summary["metric"] == "knn_accuracy" and "test_accuracy" not in summary
-    # The shuffled labels make a different kNN classifier out of the same features.
-    assert relabelled["test_knn_accuracy"] != summary["test_knn_accuracy"]
-    history = [json.loads(line) for line in (tmp_path / "None" / "metrics.jsonl").read_text().splitlines()]
+    history, relabelled = (testing.read_history(tmp_path / str(seed)) for seed in (None, 1))
+    # The shuffled labels make a different kNN classifier out of the same features. Compared over
+    # both epochs, not the last alone: the tiny VICReg run diverges in its second epoch, and on such
+    # features the two classifiers' accuracies can coincide (they did on JAX 0.12.1).
+    assert [h["eval_knn_accuracy"] for h in relabelled] != [h["eval_knn_accuracy"] for h in history]
     assert [sorted(k for k in h if k.startswith("eval_")) for h in history] == [["eval_knn_accuracy"]] * 2
     assert summary["selection"]["weights"] == "final"  # no validation split: nothing is selected
 

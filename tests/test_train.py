@@ -41,11 +41,15 @@ def test_fit_writes_summary_logs_and_checkpoints(tmp_path, tiny_data):
     assert [entry["epoch"] for entry in history] == [1, 2]
     # With nothing to select on, the summary reports the final weights: the last epoch's evaluation.
     assert summary["test_accuracy"] == history[-1]["eval_accuracy"] != history[0]["eval_accuracy"]
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     # keep_checkpoints=1 keeps the latest; with no validation split nothing is selected, so no best
     ckpt = Checkpointer(tmp_path)
     assert ckpt.steps() == [16] and ckpt.best_step() is None
     assert summary["selection"] == {"split": None, "metric": None, "weights": "final", "step": 16, "epoch": 2}
+
+
+@pytest.mark.tf("TensorBoard events")
+def test_fit_writes_tensorboard_events(tiny_run_dir):
+    assert list((tiny_run_dir[0] / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_training_learns_the_synthetic_task(tmp_path, tiny_data):

@@ -30,4 +30,4 @@ def test_user_flags_win_and_unchecked_jaxlib_versions_get_nothing():
     assert xla_cpu.default_flags("", "0.10.2") == [xla_cpu.EIGEN_CONV]
     assert xla_cpu.default_flags("--xla_cpu_experimental_ynn_fusion_type=", "0.10.2") == []
     assert xla_cpu.default_flags("--xla_force_host_platform_device_count=8", "0.10.2") == [xla_cpu.EIGEN_CONV]
-    assert xla_cpu.default_flags("", "0.11.0") == []
+    assert xla_cpu.default_flags("", "0.13.0") == []

@@ -1,9 +1,10 @@
 """What every `python -m jaxcifar.*` tool shares at its edge: a user's mistake is reported as
 one `error:` line on stderr with exit status 2, never a traceback; tracebacks stay for bugs.
 
-The package raises ValueError (a bad value), FileNotFoundError (a missing run, split or file)
-and FileExistsError (a workdir holding another run) for what the user can fix, with a
-message that says how; anything else is a bug and keeps its traceback.
+The package raises ValueError (a bad value), FileNotFoundError (a missing run, split or file),
+FileExistsError (a workdir holding another run) and TensorFlowMissing (a feature of the
+optional `tf` extra where it is not installed) for what the user can fix, with a message
+that says how; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import functools
 import sys
 from collections.abc import Callable
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+from jaxcifar.tf_extra import TensorFlowMissing
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TensorFlowMissing)
 USAGE_ERROR = 2  # argparse's status for a bad command line; ours for any other user mistake
 
 

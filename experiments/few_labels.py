@@ -11,6 +11,8 @@ Parts (each label budget uses the same images for every method at a seed: data.l
   pretrain   `ssl_multicrop` on all 50,000 training images, labels unread; the kNN accuracy
              on `test` after every epoch with its wall time (the curve), and the final
              backbone's kNN and linear probe (the probe with every label, as a ceiling).
+  embedding  the kNN of the whole image's embedding against the mean of it and five crops,
+             on 5,000 held-out training images (the bank: the other 45,000).
   propagate  label propagation alone (python -m jaxcifar.propagate) at 25 and 10 labels per
              class, 3 seeds: accuracy on the unlabelled images and on `test`.
   select     1 label per class: select_labels (TypiClust, 3 k-means seeds, the CSV filled
@@ -87,6 +89,50 @@ def pretrain(out: pathlib.Path, data_dir: str | None, grid) -> None:
         "test_knn_accuracy": report["knn_accuracy"],
         "test_linear_probe_accuracy_all_labels": report["linear_probe_accuracy"],
         "test_examples": len(data.eval)})
+
+
+HELD_OUT = 5000  # training images the embedding part queries (the other 45,000 are the kNN bank)
+CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))  # 16 px crops at the corners of a 32 px image, in halves
+
+
+def embedding(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    """Does embedding an image as the mean of the whole image and five 16 px crops (four
+    corners and the centre: the scale the backbone was pretrained at) help the kNN? Measured
+    on 5,000 held-out training images against the other 45,000, never on `test`."""
+    del grid
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcifar import augment, ssl
+    from jaxcifar.runs import load_run
+
+    run = load_run(out / "pretrain", "latest")
+    whole = data_lib.read_split(run.config.data, "train", data_dir)
+    order = np.random.default_rng(0).permutation(len(whole))
+    queries, bank = order[:HELD_OUT], order[HELD_OUT:]
+    crop = run.config.method.crop_size
+    views = {"whole": lambda x: x, **{f"corner_{i}{j}": (lambda x, i=i, j=j: x[:, i * crop:(i + 1) * crop,
+                                                                             j * crop:(j + 1) * crop])
+                                      for i, j in CORNERS},
+             "centre": lambda x: x[:, crop // 2:crop // 2 + crop, crop // 2:crop // 2 + crop]}
+
+    def embed(view) -> np.ndarray:
+        apply = jax.jit(lambda variables, x: run.model.apply(
+            variables, augment.normalize(view(x), run.config.augment.normalization),
+            method=lambda module, y: module.backbone(y, use_running_average=True)))
+        features = np.concatenate([np.asarray(apply(run.variables, jnp.asarray(whole.images[i:i + 500])))
+                                   for i in range(0, len(whole), 500)])
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+    started = time.time()
+    features = {name: embed(view) for name, view in views.items()}
+    crops = sum(f for name, f in features.items() if name != "whole") / (len(features) - 1)
+    variants = {"whole image": features["whole"], "whole image + mean of 5 crops": features["whole"] + crops}
+    record("embedding", {
+        "held_out_images": HELD_OUT, "bank_images": len(bank), "crop_size": crop,
+        "knn_accuracy": {name: ssl.knn_accuracy(f[bank], whole.labels[bank], f[queries], whole.labels[queries],
+                                                run.num_classes, run.config.ssl) for name, f in variants.items()},
+        "wall_seconds": time.time() - started})
 
 
 LABELS_PER_CLASS = (25, 10)
@@ -236,7 +282,7 @@ def transfer_rows(way: str, out: pathlib.Path, data_dir: str | None, grid) -> No
         train_row(f"{way}_{n}_{seed}", config, out, data_dir, None if way == "scratch" else out / "pretrain")
 
 
-PARTS = {"budget": budget, "pretrain": pretrain, "propagate": propagate_rows, "select": select_rows,
+PARTS = {"budget": budget, "pretrain": pretrain, "embedding": embedding, "propagate": propagate_rows, "select": select_rows,
          "student": student_rows, "teacher_student": teacher_student_rows, "finetune": lambda *args: transfer_rows("finetune", *args),
          "scratch": lambda *args: transfer_rows("scratch", *args), "select_finetune": select_finetune_rows}
 

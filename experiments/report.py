@@ -334,6 +334,17 @@ def few_labels() -> str:
                 f"{r['train_seconds_per_epoch'][-1] / 60:.0f} minutes."]
     else:
         out.append("Pretraining: pending.")
+    if "embedding" in parts:
+        e = parts["embedding"]
+        whole, with_crops = e["knn_accuracy"].values()
+        error = (0.25 / e["held_out_images"]) ** 0.5  # a proportion's largest standard error
+        verdict = ("helps beyond two sampling errors" if with_crops - whole > 2 * error else
+                   "does not help beyond two sampling errors, so evaluation embeds the whole image alone")
+        out += ["", f"Embedding each image as the mean of the whole image and five {e['crop_size']} px crops (the "
+                "scale the backbone was pretrained at), against the whole image alone, kNN on "
+                f"{e['held_out_images']:,} held-out training images: "
+                + ", ".join(f"{name} {pct(a)}" for name, a in e["knn_accuracy"].items())
+                + f" (a sampling error is at most {100 * error:.1f} points): the mean of crops {verdict}."]
     rows = [[f"{n}", *(_seed_cell(parts, f"{way}_{n}") for way, _ in FEW_LABEL_WAYS)] for n in (25, 10)]
     out += ["", "Accuracy on `test` (mean ± std over label seeds; the same images for every method at a seed):", "",
             table(["labels per class", *(name for _, name in FEW_LABEL_WAYS)], rows), "",

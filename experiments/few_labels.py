@@ -103,7 +103,7 @@ def embedding(out: pathlib.Path, data_dir: str | None, grid) -> None:
     import jax
     import jax.numpy as jnp
 
-    from jaxcifar import augment, ssl
+    from jaxcifar import augment, ssl, steps
     from jaxcifar.runs import load_run
 
     run = load_run(out / "pretrain", "latest")
@@ -119,7 +119,7 @@ def embedding(out: pathlib.Path, data_dir: str | None, grid) -> None:
     def embed(view) -> np.ndarray:
         apply = jax.jit(lambda variables, x: run.model.apply(
             variables, augment.normalize(view(x), run.config.augment.normalization),
-            method=lambda module, y: module.backbone(y, use_running_average=True)))
+            method=steps.pooled_features))  # crops at their own size: not make_features, which resizes
         features = np.concatenate([np.asarray(apply(run.variables, jnp.asarray(whole.images[i:i + 500])))
                                    for i in range(0, len(whole), 500)])
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)

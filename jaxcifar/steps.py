@@ -198,17 +198,19 @@ def make_forward(model: nn.Module, image_size: int, normalization: str, tta_tran
     return forward
 
 
+def pooled_features(module: nn.Module, x: jax.Array) -> jax.Array:
+    """Eval-mode backbone features of normalised images (a `method=` for `model.apply`)."""
+    return module.backbone(x, use_running_average=True)
+
+
 def make_features(model: nn.Module, image_size: int, normalization: str) -> Callable[[dict, jax.Array], jax.Array]:
     """(variables, uint8 images) -> backbone features, through the same input path as
     `make_forward`: what the kNN monitor, `evaluate`, `propagate` and `select_labels` embed.
     Any run's model works, a self-supervised network or a classifier (every model has a
     `backbone` submodule, models/__init__.py), so a fine-tuned run can embed images too."""
 
-    def backbone(module: nn.Module, x: jax.Array) -> jax.Array:
-        return module.backbone(x, use_running_average=True)
-
     def features(variables: dict, images: jax.Array) -> jax.Array:
-        return model.apply(variables, augment.model_input(images, image_size, normalization), method=backbone)
+        return model.apply(variables, augment.model_input(images, image_size, normalization), method=pooled_features)
 
     return features
 

@@ -6,7 +6,7 @@ and TensorFlow, optional, is only loaded by what needs it: jaxcifar.tf_extra):
     jaxcifar.config      recipes, overrides, stages          jaxcifar.data     TFDS -> a run's splits (Data)
     jaxcifar.batch_order which rows make each batch          jaxcifar.cli      the tools' command lines
     jaxcifar.augment     on-device augmentation              jaxcifar.models   Flax models, weight import
-    jaxcifar.optim       parameter groups, multi_transform   jaxcifar.steps    pure train/eval steps
+    jaxcifar.optim       parameter groups, multi_transform   jaxcifar.steps    pure train steps
     jaxcifar.checkpoint  Orbax checkpoints                   jaxcifar.train    the loop: fit()
     jaxcifar.parallel    mesh, shardings, multi-process      jaxcifar.pretrained  --init_from
     jaxcifar.runs        open a trained workdir              jaxcifar.evaluate  report + plots
@@ -17,6 +17,7 @@ and TensorFlow, optional, is only loaded by what needs it: jaxcifar.tf_extra):
     jaxcifar.litert      LiteRT conversion, runtime          jaxcifar.testing  tiny runs, crashes, exact resume
     jaxcifar.xla_cpu     XLA:CPU flags set on import (Eigen convolutions)
     jaxcifar.tf_extra    TensorFlow, imported in one place   (the optional `tf` extra)
+    jaxcifar.evaluators  what measures a run: classification, kNN, linear probe (one file each)
 """
 
 import importlib

@@ -22,7 +22,8 @@ first one's report. SPLIT is the split name with every character other than a le
 
 Every image of the split counts exactly once (the last batch is padded and masked, as in
 training), and the logits come from `Run.logits`, the same computation as the training loop's
-eval step. So with the same checkpoint, split and TTA setting, the accuracy here is the one in
+evaluation, and every metric from the evaluators training uses (jaxcifar/evaluators/). So
+with the same checkpoint, split and TTA setting, the accuracy here is the one in
 summary.json; what this adds is *where* the errors are.
 
 The math (confusion matrix, per-class metrics, most-confused pairs) is in pure NumPy
@@ -44,7 +45,9 @@ import numpy as np
 import jax
 
 from jaxcifar import data as data_lib
-from jaxcifar import batch_order, ssl, steps
+from jaxcifar import batch_order, evaluators, methods, steps
+from jaxcifar.evaluators.classification import log_softmax
+from jaxcifar.evaluators.classification import metrics as classification_metrics
 from jaxcifar.runs import Run, load_run
 
 REPORT = "report.json"
@@ -91,15 +94,6 @@ def most_confused_pairs(cm: np.ndarray, k: int = 5) -> list[tuple[int, int, int]
     return [pair for pair in pairs if pair[2] > 0]
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(-log_softmax(logits.astype(np.float64))[np.arange(len(labels)), labels].mean())
-
-
 def stage_boundaries(history: list[dict]) -> list[tuple[float, str]]:
     """(x, new stage name) halfway between the last epoch of a stage and the first of the next."""
     return [(prev["epoch"] + 0.5, cur["stage"]) for prev, cur in itertools.pairwise(history)
@@ -113,8 +107,7 @@ def build_report(labels: np.ndarray, logits: np.ndarray, class_names: tuple[str,
     metrics = per_class_metrics(cm)
     return {
         "num_examples": len(labels),
-        "accuracy": float(np.trace(cm) / cm.sum()),
-        "loss": mean_cross_entropy(logits, labels),
+        **classification_metrics(logits, labels),
         "class_names": list(class_names),
         "per_class": [{"class": name, **{key: metrics[key][i].item() for key in metrics}}
                       for i, name in enumerate(class_names)],
@@ -141,12 +134,16 @@ def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
     if not len(split):
         raise ValueError("The split to evaluate is empty.")
     tta = run.resolve_tta(tta)
-    chunks = [np.asarray(run.logits(batch["image"], tta=tta))[batch["mask"]]
-              for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size)]
-    logits = np.concatenate(chunks)
+    logits = run_logits(run, split, tta, batch_size)
     report = build_report(split.labels, logits, run.class_names)
     report.update(tta=tta, checkpoint_step=run.step)
     return Evaluation(split, logits, report)
+
+
+def run_logits(run: Run, split: data_lib.ArraySplit, tta: bool, batch_size: int | None = None) -> np.ndarray:
+    """Logits of every image of `split`, in order (fixed-size padded batches)."""
+    return np.concatenate([np.asarray(run.logits(batch["image"], tta=tta))[batch["mask"]]
+                           for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size)])
 
 
 def backbone_features(run: Run, split: data_lib.ArraySplit, batch_size: int | None = None) -> np.ndarray:
@@ -156,20 +153,56 @@ def backbone_features(run: Run, split: data_lib.ArraySplit, batch_size: int | No
                            for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size)])
 
 
+@dataclasses.dataclass
+class RunOutputs:
+    """`evaluators.Outputs` of an opened run's weights, each split's computed once."""
+
+    run: Run
+    bank: data_lib.ArraySplit  # the kNN's bank and the probe's data: the run's train split
+    tta: bool = False
+    # (kind, id(split)) -> (split, its outputs)
+    _computed: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def config(self):
+        return self.run.config
+
+    @property
+    def num_classes(self) -> int:
+        return self.run.num_classes
+
+    def _once(self, kind: str, split: data_lib.ArraySplit, compute) -> np.ndarray:
+        # The split is kept beside its outputs so that its id cannot be reused by another one.
+        key = (kind, id(split))
+        if key not in self._computed:
+            self._computed[key] = (split, compute())
+        return self._computed[key][1]
+
+    def features(self, split: data_lib.ArraySplit) -> np.ndarray:
+        return self._once("features", split, lambda: backbone_features(self.run, split))
+
+    def logits(self, split: data_lib.ArraySplit) -> np.ndarray:
+        return self._once("logits", split, lambda: run_logits(self.run, split, self.tta))
+
+
+def backbone_evaluators(run: Run) -> tuple[str, ...]:
+    """What a self-supervised run is reported by: the evaluators that measured it each epoch,
+    and the linear probe, which training leaves out because fitting it every epoch would
+    cost more than the epoch."""
+    return tuple(dict.fromkeys((*methods.info(run.config.objective).evaluators, "linear_probe")))
+
+
 def self_supervised_report(workdir: str | pathlib.Path, train_split: data_lib.ArraySplit,
                            split: data_lib.ArraySplit, checkpoint: str | int = "best") -> dict:
-    """kNN and linear-probe accuracy on `split` of a self-supervised run's backbone, with
-    `train_split` (its images and labels) as the kNN bank and the probe's training set."""
+    """The `backbone_evaluators` (kNN and linear-probe accuracy) on `split` of a
+    self-supervised run's backbone, with `train_split` (its images and labels) as the kNN
+    bank and the probe's training set."""
     run = load_run(workdir, checkpoint)
     if run.is_classifier:
         raise ValueError(f"{workdir} is a {run.config.objective} run, not a self-supervised one.")
-    bank, queries = backbone_features(run, train_split), backbone_features(run, split)
-    probe = ssl.linear_probe(bank, train_split.labels, queries, run.num_classes)
     return {"objective": run.config.objective,
-            "knn_accuracy": ssl.knn_accuracy(bank, train_split.labels, queries, split.labels, run.num_classes,
-                                             run.config.ssl),
-            "linear_probe_accuracy": float(np.mean(probe == split.labels)), "num_examples": len(split),
-            "train_examples": len(train_split), "knn_k": run.config.ssl.knn_k,
+            **evaluators.evaluate(backbone_evaluators(run), RunOutputs(run, train_split), split),
+            "num_examples": len(split), "train_examples": len(train_split), "knn_k": run.config.ssl.knn_k,
             "knn_temperature": run.config.ssl.knn_temperature, "checkpoint_step": run.step}
 
 

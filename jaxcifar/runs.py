@@ -3,7 +3,7 @@
 The evaluate, predict and export CLIs all need the same four things from a workdir (the
 config it was trained with, its model, one checkpoint's weights, and the class names, which
 the training loop recorded in classes.json), and they must all turn uint8 pixels into logits
-exactly as the training loop's eval step does.
+exactly as the training loop's evaluation does.
 Keeping that in one place means a change to normalisation or the checkpoint layout cannot
 make the three tools disagree with each other or with `summary.json`.
 """

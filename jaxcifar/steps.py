@@ -1,4 +1,4 @@
-"""Pure train and eval steps. Everything that changes during training lives in `TrainState`,
+"""Pure train steps and the one inference path. Everything that changes during training lives in `TrainState`,
 a plain pytree, so Orbax saves it as-is and jit can donate it.
 
 Metrics are *sums* (every method's `loss_sum` and `count`, plus its own, e.g. `correct`)
@@ -157,18 +157,6 @@ def make_epoch_scan(train_step: Callable) -> Callable[[TrainState, dict, jax.Arr
     return epoch
 
 
-def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable[[TrainState, dict], dict]:
-    """eval_step(state, batch) -> metric sums over the rows where batch['mask'] is True, of
-    the logits every inference path computes (`make_forward`) from the weights it evaluates."""
-    forward = make_forward(model, config.data.image_size, config.augment.normalization, config.tta_translate)
-
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        logits = forward(eval_variables(state), batch["image"], config.tta)
-        return metric_sums(logits, batch["label"], cross_entropy(logits, batch["label"]), batch["mask"])
-
-    return eval_step
-
-
 def eval_variables(state: TrainState) -> dict:
     """The weights a run evaluates: its EMA when it keeps one."""
     return inference_variables({"params": state.params, "batch_stats": state.batch_stats,
@@ -186,10 +174,10 @@ ForwardFn = Callable[[dict, jax.Array, bool], jax.Array]
 
 
 def make_forward(model: nn.Module, image_size: int, normalization: str, tta_translate: bool = False) -> ForwardFn:
-    """The one inference path, used by the eval step and by every tool that runs a trained
-    model (runs.Run: evaluate, predict, export, serve): resize to the run's image size and
-    normalise uint8 pixels as the run was trained (`augment.model_input`), then
-    `predict_logits`."""
+    """The one inference path, used by training's evaluation (`Method.logits`) and by every
+    tool that runs a trained model (runs.Run: evaluate, predict, export, serve): resize to
+    the run's image size and normalise uint8 pixels as the run was trained
+    (`augment.model_input`), then `predict_logits`."""
 
     def forward(variables: dict, images: jax.Array, tta: bool = False) -> jax.Array:
         return predict_logits(model, variables, augment.model_input(images, image_size, normalization),
@@ -230,10 +218,9 @@ def predict_logits(model: nn.Module, variables: dict, images: jax.Array, tta: bo
     return 0.5 * with_flip(images) + 0.25 * sum(with_flip(x) for x in shifted)
 
 
-def metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: jax.Array | None = None) -> dict:
-    weight = jnp.ones_like(loss) if mask is None else mask.astype(jnp.float32)
+def metric_sums(logits: jax.Array, labels: jax.Array, loss: jax.Array) -> dict:
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return {"loss_sum": jnp.sum(loss * weight), "correct": jnp.sum(correct * weight), "count": jnp.sum(weight)}
+    return {"loss_sum": jnp.sum(loss), "correct": jnp.sum(correct), "count": jnp.asarray(loss.size, jnp.float32)}
 
 
 NO_BAD_STEP = jnp.iinfo(jnp.int32).max

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcifar import checkpoint, evaluate, train
+from jaxcifar.evaluators.classification import mean_cross_entropy
 from jaxcifar.runs import load_run
 from jaxcifar.testing import tiny_config
 from jaxcifar.cli import evaluate as evaluate_cli
@@ -85,7 +86,7 @@ def test_evaluate_run_with_tta_averages_mirrored_logits(tiny_run_dir):
     tta = evaluate.evaluate_run(run, eval_split, tta=True, batch_size=32)
     np.testing.assert_allclose(tta.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
     # The report scores the averaged logits, not the plain ones.
-    assert tta.report["loss"] == evaluate.mean_cross_entropy(tta.logits, eval_split.labels) != plain.report["loss"]
+    assert tta.report["loss"] == mean_cross_entropy(tta.logits, eval_split.labels) != plain.report["loss"]
 
 
 def test_loading_a_run_logs_no_warnings_and_writes_nothing(tiny_run_dir, caplog):

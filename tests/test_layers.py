@@ -33,11 +33,25 @@ def is_main_block(node: ast.stmt) -> bool:
     return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
 
 
+def is_type_checking_block(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:`: imports a type checker reads and Python never runs."""
+    return isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+
+
+def runtime_nodes(node: ast.AST):
+    """`node` and every node under it that Python may run (not in a TYPE_CHECKING block)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not is_type_checking_block(child):
+            yield from runtime_nodes(child)
+
+
 def imported_modules(path: pathlib.Path) -> set[str]:
-    """Every jaxcifar module `path` imports, at its top or inside a function."""
+    """Every jaxcifar module `path` imports when it runs, at its top or inside a function."""
     found = set()
-    body = [node for node in ast.parse(path.read_text()).body if not is_main_block(node)]
-    for node in (inner for top in body for inner in ast.walk(top)):
+    body = [node for node in ast.parse(path.read_text()).body
+            if not is_main_block(node) and not is_type_checking_block(node)]
+    for node in (inner for top in body for inner in runtime_nodes(top)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "jaxcifar":
             # `from jaxcifar import data` imports the module jaxcifar.data; `from jaxcifar.data
             # import Data` the module jaxcifar.data.

@@ -1,9 +1,10 @@
 """The method seam (jaxcifar/methods): a method defined outside the package, here a mean
 teacher (Tarvainen & Valpola 2017: a momentum teacher, an EMA of the student's weights kept
 in the method's own state, whose predictions on unlabelled images the student matches),
-trains through `train.fit`, checkpoints its state and resumes exactly, with no edit to
-train.py, steps.py or config.py: this file and a recipe are all it takes. And the
-unlabelled stream: the images the label budget leaves out reach a method without labels."""
+trains through `train.fit`, checkpoints its state and resumes exactly, and is measured by an
+evaluator defined here too, with no edit to train.py, steps.py or config.py: this file and a
+recipe are all it takes. And the unlabelled stream: the images the label budget leaves out
+reach a method without labels."""
 
 import dataclasses
 import importlib
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcifar import augment, batch_order, checkpoint, methods, parallel, runs, steps, testing, train
+from jaxcifar import augment, batch_order, checkpoint, evaluators, methods, parallel, runs, steps, testing, train
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 from jaxcifar.methods.base import StageContext
@@ -68,18 +69,32 @@ class MeanTeacher(Classification):
         return {**super().train_metrics(sums), "consistency": sums["consistency_sum"] / sums["unlabeled_count"]}
 
 
+def mean_confidence(logits: np.ndarray) -> float:
+    """The mean probability of the predicted class."""
+    return float(np.mean(np.max(jax.nn.softmax(logits), axis=-1)))
+
+
+def confidence(outputs: evaluators.Outputs, split: data_lib.ArraySplit) -> dict[str, float]:
+    """An evaluator defined outside the package: how sure the classifier is of its predictions."""
+    return {"confidence": mean_confidence(outputs.logits(split))}
+
+
+CONFIDENCE = evaluators.EvaluatorInfo("confidence", "mean probability of the predicted class (test)",
+                                      f"{__name__}:confidence", {"confidence": True})
 MEAN_TEACHER = methods.MethodInfo("mean_teacher", "semi-supervised: a momentum teacher on unlabelled images (test)",
-                                  f"{__name__}:MeanTeacher", {"loss": False, "accuracy": True}, "accuracy")
+                                  f"{__name__}:MeanTeacher", ("classification", "confidence"), "accuracy")
 
 
 @pytest.fixture
 def own_registry(monkeypatch):
     """What a test registers is forgotten after it."""
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    monkeypatch.setattr(evaluators, "_REGISTRY", dict(evaluators._REGISTRY))
 
 
 @pytest.fixture
 def mean_teacher(own_registry):
+    evaluators.register(CONFIDENCE)
     methods.register(MEAN_TEACHER)
 
 
@@ -117,8 +132,11 @@ def test_a_method_from_outside_the_package_trains_and_resumes_exactly(tmp_path, 
     history = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < entry["train_consistency"] < 2 for entry in history) and len(history) == 2
     # Its network is a classifier, so the inference tools run it (they refuse a backbone).
-    images = synthetic_split(4, 3).images
-    assert runs.load_run(tmp_path / "straight").logits(images).shape == (4, 10)
+    run = runs.load_run(tmp_path / "straight", "latest")
+    assert run.logits(synthetic_split(4, 3).images).shape == (4, 10)
+    # Its own evaluator measured the final weights on the eval split, as the run's logits say.
+    assert history[-1]["eval_confidence"] == pytest.approx(mean_confidence(run.logits(budget_data().eval.images)),
+                                                           abs=1e-5)
 
 
 def test_labels_of_the_unlabelled_images_never_pass_the_door():
@@ -231,7 +249,7 @@ class Outside(Classification):
 
 
 methods.register(methods.MethodInfo("outside", "a method outside the package (test)", f"{__name__}:Outside",
-                                    {"loss": False, "accuracy": True}, "accuracy"))
+                                    ("classification",), "accuracy"))
 '''
 
 OPEN_IN_FRESH_PROCESS = "import sys; from jaxcifar import runs; print(runs.load_run(sys.argv[1]).config.objective)"

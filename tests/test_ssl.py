@@ -157,9 +157,10 @@ def test_each_method_evaluates_the_metrics_its_registry_entry_declares():
         evaluated = method.evaluate(evaluator, steps_lib.create_state(method.model, jax.random.key(0)), data.eval)
         assert tuple(evaluated) == tuple(methods.info(name).eval_metrics)
     # An entry that could not select a checkpoint by its own metrics is refused.
-    for eval_metrics, selection in (({"loss": False}, "accuracy"), ({"loss": False}, "loss")):
+    for selection in ("knn_accuracy", "loss"):
         with pytest.raises(ValueError, match=f"selection metric '{selection}' must be one of its eval metrics"):
-            methods.MethodInfo("other", "", "module:attribute", eval_metrics, selection)
+            methods.register(methods.MethodInfo("other", "", "module:attribute", ("classification",), selection))
+    assert "other" not in methods.names()
     with_validation = {"validation_fraction": 0.1}
     with pytest.raises(ValueError, match="val_knn_accuracy"):
         config_lib.validate(tiny_ssl_config(data=with_validation, early_stopping={"patience": 2, "metric": "val_loss"}), 1)
@@ -206,9 +207,9 @@ def test_knn_bank_is_computed_once_per_set_of_weights():
     objective = methods.create(config, 10)
     state = steps_lib.create_state(objective.model, jax.random.key(0))
     evaluator = Evaluator(parallel.make_mesh(), 20, data.train)
-    bank_reads = []
-    outputs = evaluator.outputs
-    evaluator.outputs = lambda fn, s, split: bank_reads.append(split is data.train) or outputs(fn, s, split)
+    bank_reads = []  # one entry per pass of the network over a split: True for the train split
+    batches = evaluator._batches
+    evaluator._batches = lambda split: bank_reads.append(split is data.train) or batches(split)
     first = objective.evaluate(evaluator, state, data.eval)
     assert objective.evaluate(evaluator, state, data.eval) == first
     assert bank_reads.count(True) == 1

@@ -22,9 +22,10 @@ neither names a method or a metric it does not own:
   - its loss and train metrics: the loss returns metric sums holding at least `loss_sum`
     and `count` (which the loop owns: the NaN check and images/s) plus any sums of its own,
     and `train_metrics` turns them into the averages logged as `train_<name>`;
-  - its eval metrics (`evaluate`) and its model-selection metric, declared here in its
-    `MethodInfo` (with whether each is maximised), from which config's choices, early
-    stopping's watchable metrics and --help are derived.
+  - the evaluators that measure it each epoch (`jaxcifar/evaluators/`: classification, kNN,
+    ...) and its model-selection metric, declared here in its `MethodInfo`; its eval metrics
+    (with whether each is maximised) are theirs, and config's choices, early stopping's
+    watchable metrics and --help are derived from them.
 
 Why a package and not one objectives.py: each method is read, tested and added on its own,
 as in solo-learn, and a new one is one file plus a recipe. Why this registry holds light
@@ -40,6 +41,8 @@ import dataclasses
 import importlib
 from typing import Any
 
+from jaxcifar import evaluators as evaluators_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodInfo:
@@ -48,7 +51,7 @@ class MethodInfo:
     name: str  # the value of config.objective
     doc: str  # one line for --help
     factory: str  # 'module:attribute' of a callable (config, num_classes) -> base.Method
-    eval_metrics: dict[str, bool]  # eval metric -> True if higher is better; in display order
+    evaluators: tuple[str, ...]  # the evaluators (jaxcifar/evaluators/) that measure it each epoch
     selection: str  # the eval metric that picks the best checkpoint and heads summary.json
     # Whether the trained network ends in class logits, so that predict, export and serve can
     # run it; False for a backbone trained for a later run (self-supervised pretraining).
@@ -58,7 +61,15 @@ class MethodInfo:
     # `config.method`; '' = none.
     settings: str = ""
 
-    def __post_init__(self) -> None:
+    @property
+    def eval_metrics(self) -> dict[str, bool]:
+        """Eval metric -> True if higher is better, in display order: its evaluators' metrics."""
+        return {metric: higher for name in self.evaluators
+                for metric, higher in evaluators_lib.info(name).metrics.items()}
+
+    def check(self) -> None:
+        """Refuse an entry that could not select a checkpoint by its own metrics (checked when
+        registered, once the evaluators it names are)."""
         if self.selection not in self.eval_metrics or not self.eval_metrics[self.selection]:
             raise ValueError(f"Method {self.name!r}: its selection metric {self.selection!r} must be one of its eval "
                              f"metrics {list(self.eval_metrics)}, and higher must be better.")
@@ -69,6 +80,7 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 def register(info: MethodInfo) -> None:
     """Add a method; config accepts its name as `objective` from now on."""
+    info.check()
     if info.name in _REGISTRY and _REGISTRY[info.name] != info:
         raise ValueError(f"A different method named {info.name!r} is already registered.")
     _REGISTRY[info.name] = info
@@ -123,15 +135,15 @@ def create(config: Any, num_classes: int) -> Any:
 
 
 register(MethodInfo("classification", "supervised: cross-entropy on the labels", "jaxcifar.methods.classification:Classification",
-                    {"loss": False, "accuracy": True}, "accuracy"))
+                    ("classification",), "accuracy"))
 register(MethodInfo("simclr", "self-supervised pretraining without labels, contrastive (SimCLR)",
-                    "jaxcifar.methods.simclr:SimCLR", {"knn_accuracy": True}, "knn_accuracy", classifier=False))
+                    "jaxcifar.methods.simclr:SimCLR", ("knn",), "knn_accuracy", classifier=False))
 register(MethodInfo("vicreg", "self-supervised pretraining without labels, non-contrastive (VICReg)",
-                    "jaxcifar.methods.vicreg:VICReg", {"knn_accuracy": True}, "knn_accuracy", classifier=False))
+                    "jaxcifar.methods.vicreg:VICReg", ("knn",), "knn_accuracy", classifier=False))
 register(MethodInfo("multicrop", "self-supervised pretraining without labels, many small crops per image (EMP-SSL)",
-                    "jaxcifar.methods.multicrop:MultiCrop", {"knn_accuracy": True}, "knn_accuracy", classifier=False,
+                    "jaxcifar.methods.multicrop:MultiCrop", ("knn",), "knn_accuracy", classifier=False,
                     settings="jaxcifar.methods.multicrop_fields:SETTINGS"))
 register(MethodInfo("self_training", "semi-supervised: a student on the labels and every unlabelled image's "
                     "propagated label (python -m jaxcifar.propagate), strongly augmented",
-                    "jaxcifar.methods.self_training:SelfTraining", {"loss": False, "accuracy": True}, "accuracy",
+                    "jaxcifar.methods.self_training:SelfTraining", ("classification",), "accuracy",
                     settings="jaxcifar.methods.self_training_fields:SETTINGS"))

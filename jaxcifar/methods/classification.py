@@ -5,13 +5,11 @@ one with the best eval accuracy."""
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import ml_collections
 
 from jaxcifar import augment, models
 from jaxcifar import steps as steps_lib
-from jaxcifar.data import ArraySplit
-from jaxcifar.methods.base import Evaluator, Method, StageContext, model_kwargs
+from jaxcifar.methods.base import Method, StageContext, model_kwargs
 
 
 class Classification(Method):
@@ -20,7 +18,6 @@ class Classification(Method):
         """`model`: one built elsewhere (a benchmark's dtype variant); default: the config's."""
         super().__init__(config, num_classes)
         self.model = model or models.create_model(config.model, num_classes, **model_kwargs(config))
-        self._eval_step = jax.jit(steps_lib.make_eval_step(self.model, config))
 
     def loss(self, stage: StageContext) -> steps_lib.LossFn:
         """With `stage.frozen_backbone` the backbone's BatchNorm runs in inference mode (its
@@ -43,6 +40,3 @@ class Classification(Method):
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return steps_lib.loss_and_accuracy(sums)
-
-    def evaluate(self, evaluator: Evaluator, state: steps_lib.TrainState, split: ArraySplit) -> dict[str, float]:
-        return steps_lib.summarize(evaluator.sums(self._eval_step, state, split), steps_lib.loss_and_accuracy)

@@ -1,7 +1,7 @@
 """The base of two-view self-supervised methods (SimCLR, VICReg): two random views of each
 image (augment.ssl_view, on the device), both through backbone + projector, and a loss of
 the pair of projections. Labels are never read while training. Evaluated by the weighted
-kNN classifier on backbone features (`ssl.knn_accuracy`; its bank is the train split with its
+kNN classifier on backbone features (the `knn` evaluator; its bank is the train split with its
 labels), as solo-learn and lightly monitor their runs; the best checkpoint is the one with
 the best kNN accuracy. A subclass gives the loss of the pair (`pair_loss`)."""
 
@@ -10,12 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jaxcifar import augment, models, ssl
 from jaxcifar import steps as steps_lib
-from jaxcifar.data import ArraySplit
-from jaxcifar.methods.base import Evaluator, Method, StageContext, model_kwargs
+from jaxcifar.methods.base import Method, StageContext, model_kwargs
 
 
 class TwoViewMethod(Method):
@@ -24,9 +22,6 @@ class TwoViewMethod(Method):
         super().__init__(config, num_classes)
         self.model = models.create_self_supervised(config.model, tuple(config.ssl.projector_dims),
                                                    **model_kwargs(config))
-        self._features = steps_lib.make_features(self.model, config.data.image_size,
-                                                 config.augment.normalization)
-        self._bank: tuple[jax.Array, np.ndarray] | None = None  # (a weight of the evaluated state, its bank)
 
     def pair_loss(self, z1: jax.Array, z2: jax.Array) -> jax.Array:
         """The scalar loss of the projections of the two views of a batch."""
@@ -56,14 +51,3 @@ class TwoViewMethod(Method):
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """The loss, and as `accuracy` how often a view's nearest other view is its pair."""
         return steps_lib.loss_and_accuracy(sums)
-
-    def evaluate(self, evaluator: Evaluator, state: steps_lib.TrainState, split: ArraySplit) -> dict[str, float]:
-        # The bank is computed once per set of weights (the eval split and each extra split
-        # share it). Arrays are immutable, so the same first weight object means the same
-        # weights; the step would not do: early stopping restores other weights at a step.
-        weight = jax.tree_util.tree_leaves(steps_lib.eval_variables(state)["params"])[0]
-        if self._bank is None or self._bank[0] is not weight:
-            self._bank = (weight, evaluator.outputs(self._features, state, evaluator.train))
-        queries = evaluator.outputs(self._features, state, split)
-        return {"knn_accuracy": ssl.knn_accuracy(self._bank[1], evaluator.train.labels, queries, split.labels,
-                                                 self.num_classes, self.config.ssl)}

@@ -1,5 +1,5 @@
 """What the server serves: one `uint8 (b, S, S, 3) -> float32 logits (b, k)` function and
-its description. Logits come from `Run.logits` (the eval step's computation, as evaluate,
+its description. Logits come from `Run.logits` (training's evaluation's computation, as evaluate,
 predict and export use) or from an artefact written by `jaxcifar.export`, never from a
 second implementation, so the server answers exactly what the offline tools answer."""
 

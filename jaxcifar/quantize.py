@@ -74,6 +74,11 @@ from jaxcifar.runs import Run, load_run
 
 log = logging.getLogger("jaxcifar")
 REPORT = "report.json"
+# Training images that calibrate the int8 activation ranges, Qwix's and LiteRT's (the LiteRT
+# conversion's time grows with them). experiments/calibration_size.py measures accuracy
+# against this number and names the knee (the fewest images within half a point of the
+# largest size's accuracy); 1000 until it has run.
+CALIBRATION_IMAGES = 1000
 CONVERTER_LOG = "converter.log"  # TensorFlow's converter writes its own lines, not this tool's
 # The folded float32 network must give the run's logits to float rounding.
 FOLD_TOLERANCE = 1e-3
@@ -267,7 +272,7 @@ def staged(out: pathlib.Path) -> Iterator[pathlib.Path]:
 
 
 def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, checkpoint: str | int = "best",
-                     data_dir: str | None = None, calibration_images: int = 1000,
+                     data_dir: str | None = None, calibration_images: int = CALIBRATION_IMAGES,
                      extra_splits: tuple[str, ...] = ("test_jpeg",), timing_repeats: int = 20,
                      train_split: data_lib.ArraySplit | None = None,
                      eval_splits: dict[str, data_lib.ArraySplit] | None = None, tta: bool | None = None,

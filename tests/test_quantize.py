@@ -1,4 +1,5 @@
-"""int8 post-training quantization (jaxcifar/quantize.py)."""
+"""int8 post-training quantization (jaxcifar/quantize.py), and the experiment that sizes its
+calibration (experiments/calibration_size.py)."""
 
 import contextlib
 import io
@@ -18,6 +19,7 @@ from jaxcifar.testing import synthetic_split, tiny_config
 from jaxcifar.cli import quantize as quantize_cli
 
 RESNET = dict(model="resnet18", model_kwargs={"width": 8})
+REPO = pathlib.Path(__file__).resolve().parents[1]
 OUTPUT = "output.txt"  # what the fixture's quantize showed, beside its run
 
 
@@ -278,3 +280,43 @@ def test_cli_passes_tta_through(monkeypatch, tmp_path):
         assert quantize_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "q"), flag]) == 2
         assert seen["tta"] is expected
 
+
+@pytest.fixture
+def experiments(monkeypatch):
+    """experiments/ importable, as its scripts import one another."""
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+
+
+def test_the_calibration_knee_is_the_fewest_images_within_the_tolerance_of_the_most(experiments):
+    import calibration_size
+
+    accuracies = {50: 0.90, 100: 0.930, 250: 0.932, 1000: 0.936}
+    assert calibration_size.knee(accuracies, 0.005) == 250  # 100 is 0.6 points below 1000's
+    assert calibration_size.knee(accuracies, 0.01) == 100
+    assert calibration_size.knee({**accuracies, 50: 0.95}, 0.0) == 50  # above the largest size's counts too
+
+
+@pytest.mark.tf("LiteRT conversion")
+def test_the_calibration_experiment_calibrates_on_each_size_and_renders_its_table(tiny_run, tmp_path, experiments,
+                                                                                  monkeypatch):
+    import calibration_size
+    import common
+    import report
+
+    splits = {"held out": synthetic_split(60, 3), "test": synthetic_split(40, 1)}  # the first one selects
+    result = calibration_size.measure(tiny_run, synthetic_split(64, 0), splits, [4, 16], ("litert_int8",),
+                                      tmp_path / "out", False, 0.005)
+    for n in (4, 16):
+        serving = json.loads((tmp_path / "out" / f"litert_int8_{n}" / export.SERVING_FILE).read_text())
+        assert serving["litert"]["calibration_images"] == n
+        row = result["sizes"][n]
+        assert set(row) == {"seconds", *splits} and row["seconds"]["litert_int8"] > 0
+        assert all(0 <= row[split]["litert_int8_agreement"] <= 1 for split in splits)
+    held_out = {n: row["held out"]["litert_int8_accuracy"] for n, row in result["sizes"].items()}
+    assert result["knee"] == {"litert_int8": calibration_size.knee(held_out, 0.005)}
+    common.write_result("calibration_size", result, tmp_path)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rendered = report.calibration_size().splitlines()
+    assert [line.split(" | ")[0] for line in rendered if re.match(r"\| \d", line)] == ["| 4", "| 16"]
+    assert any(f"LiteRT int8: **{result['knee']['litert_int8']} image" in line and "on held out" in line
+               for line in rendered)

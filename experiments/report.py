@@ -456,6 +456,28 @@ def litert_int8() -> str:
                          source("litert_int8")])
 
 
+def calibration_size() -> str:
+    """int8 accuracy (agreement with float32) against the number of calibration images, on the
+    split that names the knee and on `test` beside it, with each calibration's seconds."""
+    from jaxcifar.quantize import ARTEFACTS, accuracy_cell
+
+    r = load("calibration_size")
+    labels, splits = list(r["knee"]), list(r["examples"])
+    header = ["calibration images", *(f"{ARTEFACTS[label]}, {split}" for label in labels for split in splits),
+              *(f"{ARTEFACTS[label]}, seconds to make" for label in labels)]
+    rows = [[num(int(n)), *(accuracy_cell(row[split], label) for label in labels for split in splits),
+             *(secs(row["seconds"][label]) for label in labels)] for n, row in r["sizes"].items()]
+    largest = max(r["sizes"], key=int)
+    float32 = ", ".join(f"{pct(r['sizes'][largest][split]['float32_accuracy'], 2)} on {split}" for split in splits)
+    knees = "; ".join(f"{ARTEFACTS[label]}: **{plural(n, 'image')}**" for label, n in r["knee"].items())
+    return "\n\n".join([
+        table(header, rows),
+        f"float32: {float32}. The knee, the fewest calibration images within {100 * r['tolerance']:.1f} points of "
+        f"{num(int(largest))} images' accuracy on {r['selection_split']} (the other splits are for the record and "
+        f"do not steer it): {knees}.",
+        source("calibration_size")])
+
+
 def channel_pruning() -> str:
     r = load("channel_pruning")
     fractions = r["fractions"]
@@ -505,8 +527,8 @@ def rounding_drift() -> str:
 
 BLOCKS = {block.__name__: block for block in (
     make_train, recipes, simple_cnn, fast_cpu, fast_muon, fast_muon_sitting2, split_cifar_transfer,
-    ssl_label_efficiency, few_labels, efficient_finetune, compress_models, litert_int8, channel_pruning, image_folder_run,
-    rounding_drift)}
+    ssl_label_efficiency, few_labels, efficient_finetune, compress_models, litert_int8, calibration_size, channel_pruning,
+    image_folder_run, rounding_drift)}
 
 
 # ----- the files -----

@@ -38,6 +38,7 @@ import json
 import pathlib
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -128,22 +129,29 @@ class Evaluation:
 
 
 def evaluate_run(run: Run, split: data_lib.ArraySplit, tta: bool | None = None,
-                 batch_size: int | None = None) -> Evaluation:
+                 batch_size: int | None = None, seen: Callable[[int], object] = lambda images: None) -> Evaluation:
     """Logits and report of `run` on an in-memory split (e.g. a synthetic one in tests).
-    Fixed-size padded batches (batch_order.eval_batches), so the model compiles once."""
+    Fixed-size padded batches (batch_order.eval_batches), so the model compiles once.
+    `seen` is told how many images each batch held once its logits are on the host (a
+    progress bar's `update`)."""
     if not len(split):
         raise ValueError("The split to evaluate is empty.")
     tta = run.resolve_tta(tta)
-    logits = run_logits(run, split, tta, batch_size)
+    logits = run_logits(run, split, tta, batch_size, seen)
     report = build_report(split.labels, logits, run.class_names)
     report.update(tta=tta, checkpoint_step=run.step)
     return Evaluation(split, logits, report)
 
 
-def run_logits(run: Run, split: data_lib.ArraySplit, tta: bool, batch_size: int | None = None) -> np.ndarray:
-    """Logits of every image of `split`, in order (fixed-size padded batches)."""
-    return np.concatenate([np.asarray(run.logits(batch["image"], tta=tta))[batch["mask"]]
-                           for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size)])
+def run_logits(run: Run, split: data_lib.ArraySplit, tta: bool, batch_size: int | None = None,
+               seen: Callable[[int], object] = lambda images: None) -> np.ndarray:
+    """Logits of every image of `split`, in order (fixed-size padded batches); `seen` is
+    told how many images each batch held once its logits are on the host."""
+    chunks = []
+    for batch in batch_order.eval_batches(split, batch_size or run.config.eval_batch_size):
+        chunks.append(np.asarray(run.logits(batch["image"], tta=tta))[batch["mask"]])
+        seen(len(chunks[-1]))
+    return np.concatenate(chunks)
 
 
 def backbone_features(run: Run, split: data_lib.ArraySplit, batch_size: int | None = None) -> np.ndarray:

@@ -1,5 +1,5 @@
 """What a run shows: each epoch's progress bar, the line after each epoch, and the result
-line when it is done."""
+line when it is done; and the bar of a long pass over images (quantize's evaluations)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ class EpochBar:
 
     def __exit__(self, *exc) -> None:
         self.bar.close()
+
+
+def images_bar(description: str, total: int, show: bool = True) -> tqdm:
+    """A bar over `total` images that shows images/s and tqdm's estimate of the time left
+    (from the rate so far: the first batch's compilation skews it only until more batches
+    have run). It stays on screen when done, so the line says how long that pass took.
+    Process 0 draws it, and only when `show`."""
+    return tqdm(total=total, desc=description, unit=" img", disable=not show or jax.process_index() != 0,
+                dynamic_ncols=True)
 
 
 def epoch_line(entry: dict, total_epochs: int, eval_metrics: tuple[str, ...] = ("loss", "accuracy"),

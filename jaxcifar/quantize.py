@@ -41,6 +41,9 @@
    latency (batch 1) and throughput (batch 256), timed in turns in this process
    (`--timing_repeats`), the LiteRT ones with 1 and 2 interpreter threads. The CLI prints
    it as a table.
+7. **Progress**: a line per step with the seconds since the start (how long each LiteRT
+   conversion took among them), and a bar per model and split with images/s and the time
+   left; shown when the `jaxcifar` log is at INFO, as the command line sets it.
 """
 
 from __future__ import annotations
@@ -65,11 +68,17 @@ import qwix
 from flax import traverse_util
 
 from jaxcifar import data as data_lib
+from jaxcifar import progress as progress_lib
 from jaxcifar import augment, evaluate, export, litert, peft
 from jaxcifar.runs import Run, load_run
 
 log = logging.getLogger("jaxcifar")
 REPORT = "report.json"
+# Training images that calibrate the int8 activation ranges, Qwix's and LiteRT's (the LiteRT
+# conversion's time grows with them). experiments/calibration_size.py measures accuracy
+# against this number and names the knee (the fewest images within half a point of the
+# largest size's accuracy); 1000 until it has run.
+CALIBRATION_IMAGES = 1000
 CONVERTER_LOG = "converter.log"  # TensorFlow's converter writes its own lines, not this tool's
 # The folded float32 network must give the run's logits to float rounding.
 FOLD_TOLERANCE = 1e-3
@@ -178,8 +187,15 @@ def artefact_input(run: Run, images: np.ndarray) -> np.ndarray:
     return np.asarray(augment.resize(images, run.image_size)).round().astype(np.uint8)
 
 
-def artefact_logits(call: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([np.asarray(call(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+def artefact_logits(call: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 256,
+                    seen: Callable[[int], object] = lambda images: None) -> np.ndarray:
+    """An artefact's logits of `images`, in batches of `batch_size`; `seen` is told each
+    batch's size once its logits are here (a progress bar's `update`)."""
+    chunks = []
+    for i in range(0, len(images), batch_size):
+        chunks.append(np.asarray(call(images[i:i + batch_size])))
+        seen(len(chunks[-1]))
+    return np.concatenate(chunks)
 
 
 def agreement(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
@@ -256,7 +272,7 @@ def staged(out: pathlib.Path) -> Iterator[pathlib.Path]:
 
 
 def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, checkpoint: str | int = "best",
-                     data_dir: str | None = None, calibration_images: int = 1000,
+                     data_dir: str | None = None, calibration_images: int = CALIBRATION_IMAGES,
                      extra_splits: tuple[str, ...] = ("test_jpeg",), timing_repeats: int = 20,
                      train_split: data_lib.ArraySplit | None = None,
                      eval_splits: dict[str, data_lib.ArraySplit] | None = None, tta: bool | None = None,
@@ -274,10 +290,44 @@ def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, check
                               timing_repeats, train_split, eval_splits, tta, full)
 
 
+Model = Callable[[data_lib.ArraySplit, Callable[[int], object]], np.ndarray]  # (split, seen) -> logits
+
+
+class Progress:
+    """What quantize says as it goes, each line stamped with the seconds since it started:
+    log lines, and a bar per model and split it evaluates. Shown when the `jaxcifar` log is
+    at INFO."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def stamp(self) -> str:
+        return f"[{time.perf_counter() - self.started:4.0f} s]"
+
+    def __call__(self, message: str, *args) -> None:
+        log.info(f"{self.stamp()} {message}", *args)
+
+    def logits(self, label: str, model: Model, splits: dict[str, data_lib.ArraySplit]) -> dict[str, np.ndarray]:
+        """{split name: logits} of `model` (ARTEFACTS[label]) on each split, under a bar each."""
+        logits = {}
+        for name, split in splits.items():
+            with progress_lib.images_bar(f"{self.stamp()} evaluating {ARTEFACTS[label]} on {name}", len(split),
+                                         show=log.isEnabledFor(logging.INFO)) as bar:
+                logits[name] = model(split, bar.update)
+        return logits
+
+
+def slow_int8_note(evaluated: list[str], left_out: list[str]) -> str:
+    """Said once before the Qwix int8 model's evaluations: why they are slow, and where it is
+    evaluated (the splits `--full` would add, if any)."""
+    note = (f"{ARTEFACTS['int8']} is slow here: XLA:CPU has no fast int8 convolution, so it runs many times "
+            f"slower than float32; evaluated on {', '.join(evaluated)} only")
+    return note + (f"; --full adds {', '.join(left_out)}" if left_out else "")
+
+
 def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration_images, extra_splits, timing_repeats,
                    train_split, eval_splits, tta, full) -> dict:
-    started = time.perf_counter()
-    progress = lambda message, *args: log.info(f"[%4.0f s] {message}", time.perf_counter() - started, *args)  # noqa: E731
+    progress = Progress()
     run = load_run(workdir, checkpoint)
     run.require_classifier()
     if train_split is None:
@@ -300,9 +350,12 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
         paths[label] = out / label / export.STABLEHLO_FILE
     for label, images in (("litert_float32", None), ("litert_int8", calibration)):
         progress("converting to %s%s (the converter's log: %s)", ARTEFACTS[label],
-                 "" if images is None else f", calibrated on {len(images)} images", CONVERTER_LOG)
+                 "" if images is None else f", calibrating on {len(images)} images in one call that shows no progress",
+                 CONVERTER_LOG)
+        converting = time.perf_counter()
         with output_to(out / CONVERTER_LOG):
             paths[label] = export_litert(run, out / label, tta, images)
+        progress("converted to %s in %.0f s", ARTEFACTS[label], time.perf_counter() - converting)
     report["failed"] = {}
     for label, path in list(paths.items()):
         progress("proving %s in a child process", ARTEFACTS[label])
@@ -312,21 +365,20 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
             shutil.rmtree(path.parent)  # not published
             del paths[label]
     report["bytes"] = {label: path.stat().st_size for label, path in paths.items()}
-    models = {"float32": lambda split: evaluate.evaluate_run(run, split, tta).logits,
-              "int8": lambda split: evaluate.evaluate_run(int8_run, split, tta).logits,
+    # The run's float32 logits are evaluated whatever became of its artefact: they are the
+    # reference every agreement is measured against.
+    models = {"float32": run_evaluator(run, tta), **({"int8": run_evaluator(int8_run, tta)} if "int8" in paths else {}),
               **{label: evaluator(export.load_exported(paths[label]), run) for label in LITERT_ARTEFACTS
                  if label in paths}}
+    logits = {name: {} for name in eval_splits}
+    for label, model in models.items():
+        names = [name for name in eval_splits if label != "int8" or full or name == run.config.data.eval_split]
+        if label == "int8" and names:
+            progress(slow_int8_note(names, [name for name in eval_splits if name not in names]))
+        for name, values in progress.logits(label, model, {name: eval_splits[name] for name in names}).items():
+            logits[name][label] = values
     for name, split in eval_splits.items():
-        # The run's float32 logits are evaluated whatever became of its artefact: they are the
-        # reference every agreement is measured against.
-        labels = [label for label in models
-                  if label != "int8" or ("int8" in paths and (full or name == run.config.data.eval_split))]
-        logits = {}
-        for label in labels:
-            progress("evaluating %s on %s (%d images)%s", ARTEFACTS[label], name, len(split),
-                     " -- slow: XLA has no fast int8 convolution on a CPU" if label == "int8" else "")
-            logits[label] = models[label](split)
-        report[name] = {**agreement(logits, split.labels), "examples": len(split)}
+        report[name] = {**agreement(logits[name], split.labels), "examples": len(split)}
     calls = {label: export.load_exported(paths[label]) for label in ("float32", "int8") if label in paths}
     calls.update({timed_label(label, threads): export.load_exported(paths[label], threads)
                   for label in LITERT_ARTEFACTS if label in paths for threads in THREADS})
@@ -340,9 +392,16 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
     return report
 
 
-def evaluator(call: Callable[[np.ndarray], np.ndarray], run: Run) -> Callable[[data_lib.ArraySplit], np.ndarray]:
-    """split -> logits of an artefact's `call`, on the split's images at the run's image size."""
-    return lambda split: artefact_logits(call, artefact_input(run, split.images))
+def evaluator(call: Callable[[np.ndarray], np.ndarray], run: Run) -> Model:
+    """(split, seen) -> logits of an artefact's `call`, on the split's images at the run's
+    image size; `seen` is told each batch's size (artefact_logits)."""
+    return lambda split, seen: artefact_logits(call, artefact_input(run, split.images), seen=seen)
+
+
+def run_evaluator(run: Run, tta: bool) -> Model:
+    """(split, seen) -> logits of a run itself (float32, or Qwix int8: quantize_run), as
+    `evaluate` computes them."""
+    return lambda split, seen: evaluate.evaluate_run(run, split, tta, seen=seen).logits
 
 
 def tradeoff_table(report: dict) -> str:

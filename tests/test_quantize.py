@@ -1,7 +1,12 @@
-"""int8 post-training quantization (jaxcifar/quantize.py)."""
+"""int8 post-training quantization (jaxcifar/quantize.py), and the experiment that sizes its
+calibration (experiments/calibration_size.py)."""
 
+import contextlib
+import io
 import json
+import logging
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +19,23 @@ from jaxcifar.testing import synthetic_split, tiny_config
 from jaxcifar.cli import quantize as quantize_cli
 
 RESNET = dict(model="resnet18", model_kwargs={"width": 8})
+REPO = pathlib.Path(__file__).resolve().parents[1]
+OUTPUT = "output.txt"  # what the fixture's quantize showed, beside its run
+
+
+@contextlib.contextmanager
+def shown(output: io.StringIO):
+    """What quantize shows on stderr, its log lines and its bars, into `output`, with its log
+    at INFO as the command line sets it."""
+    handler, level = logging.StreamHandler(output), quantize.log.level
+    quantize.log.addHandler(handler)
+    quantize.log.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stderr(output):
+            yield
+    finally:
+        quantize.log.removeHandler(handler)
+        quantize.log.setLevel(level)
 
 
 def random_batch_norm(variables: dict, key: jax.Array) -> dict:
@@ -68,9 +90,12 @@ def quantized(tmp_path_factory):
     root = tmp_path_factory.mktemp("quantize")
     train_split, test = synthetic_split(512, 0), synthetic_split(200, 1)
     train.fit(tiny_config(**RESNET, epochs=3), root / "run", data=data_lib.Data(train_split, test, 10))
-    report = quantize.quantize_workdir(root / "run", root / "out", train_split=train_split,
-                                       eval_splits={"test": test, "test_jpeg": synthetic_split(100, 2)},
-                                       calibration_images=256, timing_repeats=1)
+    output = io.StringIO()
+    with shown(output):
+        report = quantize.quantize_workdir(root / "run", root / "out", train_split=train_split,
+                                           eval_splits={"test": test, "test_jpeg": synthetic_split(100, 2)},
+                                           calibration_images=256, timing_repeats=1)
+    (root / OUTPUT).write_text(output.getvalue())
     return root, report, test, train_split
 
 
@@ -117,6 +142,29 @@ def test_the_report_puts_every_model_next_to_float32_on_every_split(quantized):
     assert len(table) == 2 + len(report["latency"]) and "LiteRT int8, 2 interpreter threads" in table[-1]
     # What the CLI prints at the end: the speed trade-off, not only accuracy and size (issue 28).
     assert all(column in table[0] for column in ("size", "batch 1", "batch 256", "speed vs float32"))
+
+
+def test_progress_shows_every_evaluation_with_its_speed_and_time_left(quantized):
+    root, report, _, _ = quantized
+    output = (root / OUTPUT).read_text()
+    lines = re.split(r"[\r\n]+", output)
+    for split in ("test", "test_jpeg"):
+        for label in quantize.ARTEFACTS:
+            bar = [line for line in lines if f"evaluating {quantize.ARTEFACTS[label]} on {split}: " in line]
+            if label == "int8" and split == "test_jpeg":  # the Qwix int8 model: the eval split only
+                assert not bar
+                continue
+            # tqdm's last state of the bar: every image, the time taken < the time left, images/s.
+            examples = report[split]["examples"]
+            assert bar and re.search(rf" {examples}/{examples} \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ img/s\]",
+                                     bar[-1]), (label, split, bar)
+    # Said once, before its first evaluation: why the Qwix int8 model is slow, and what --full adds.
+    slow = [i for i, line in enumerate(lines) if "Qwix int8 StableHLO (XLA) is slow here" in line]
+    assert len(slow) == 1 and "--full adds test_jpeg" in lines[slow[0]]
+    assert slow[0] < min(i for i, line in enumerate(lines) if "evaluating Qwix int8" in line)
+    # The LiteRT int8 conversion, one call without progress: its calibration size, then its time.
+    assert "converting to LiteRT int8, calibrating on 256 images" in output
+    assert re.search(r"converted to LiteRT int8 in \d+ s", output)
 
 
 def test_the_litert_int8_model_computes_in_int8_from_end_to_end(quantized):
@@ -231,3 +279,44 @@ def test_cli_passes_tta_through(monkeypatch, tmp_path):
     for flag, expected in (("--tta", True), ("--no-tta", False)):
         assert quantize_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "q"), flag]) == 2
         assert seen["tta"] is expected
+
+
+@pytest.fixture
+def experiments(monkeypatch):
+    """experiments/ importable, as its scripts import one another."""
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+
+
+def test_the_calibration_knee_is_the_fewest_images_within_the_tolerance_of_the_most(experiments):
+    import calibration_size
+
+    accuracies = {50: 0.90, 100: 0.930, 250: 0.932, 1000: 0.936}
+    assert calibration_size.knee(accuracies, 0.005) == 250  # 100 is 0.6 points below 1000's
+    assert calibration_size.knee(accuracies, 0.01) == 100
+    assert calibration_size.knee({**accuracies, 50: 0.95}, 0.0) == 50  # above the largest size's counts too
+
+
+@pytest.mark.tf("LiteRT conversion")
+def test_the_calibration_experiment_calibrates_on_each_size_and_renders_its_table(tiny_run, tmp_path, experiments,
+                                                                                  monkeypatch):
+    import calibration_size
+    import common
+    import report
+
+    splits = {"held out": synthetic_split(60, 3), "test": synthetic_split(40, 1)}  # the first one selects
+    result = calibration_size.measure(tiny_run, synthetic_split(64, 0), splits, [4, 16], ("litert_int8",),
+                                      tmp_path / "out", False, 0.005)
+    for n in (4, 16):
+        serving = json.loads((tmp_path / "out" / f"litert_int8_{n}" / export.SERVING_FILE).read_text())
+        assert serving["litert"]["calibration_images"] == n
+        row = result["sizes"][n]
+        assert set(row) == {"seconds", *splits} and row["seconds"]["litert_int8"] > 0
+        assert all(0 <= row[split]["litert_int8_agreement"] <= 1 for split in splits)
+    held_out = {n: row["held out"]["litert_int8_accuracy"] for n, row in result["sizes"].items()}
+    assert result["knee"] == {"litert_int8": calibration_size.knee(held_out, 0.005)}
+    common.write_result("calibration_size", result, tmp_path)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rendered = report.calibration_size().splitlines()
+    assert [line.split(" | ")[0] for line in rendered if re.match(r"\| \d", line)] == ["| 4", "| 16"]
+    assert any(f"LiteRT int8: **{result['knee']['litert_int8']} image" in line and "on held out" in line
+               for line in rendered)

@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser)
     parser.add_argument("--out", required=True, help="directory for report.json and the float32/, int8/, litert_float32/ and litert_int8/ artefacts")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, then TFDS's own)")
-    parser.add_argument("--calibration_images", type=int, default=1000,
-                        help="training images that calibrate the activation ranges")
+    parser.add_argument("--calibration_images", type=int, default=quantize.CALIBRATION_IMAGES,
+                        help="training images that calibrate the activation ranges (the LiteRT conversion's time "
+                             "grows with them)")
     parser.add_argument("--extra_splits", default="test_jpeg",
                         help="comma-separated splits evaluated besides the run's eval split ('' = none)")
     parser.add_argument("--timing_repeats", type=int, default=20, help="timed calls per artefact and batch size")

@@ -36,11 +36,11 @@ test: $(VENV)/.installed-test
 
 # The edit loop: everything but the tests marked slow (real data, fresh processes, the browser).
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15
 
 # The quick tier on the newest JAX, Flax, Optax, Orbax and chex; what needs TensorFlow is skipped.
 test-latest: $(VENV_LATEST)/.installed
-	$(VENV_LATEST)/bin/python -m pytest -q -n 2 -m "not slow" --durations=10
+	$(VENV_LATEST)/bin/python -m pytest -q -n 2 -m "not slow" --durations=15
 
 train: setup
 	$(PY) -m jaxcifar.train --config simple_cnn --workdir $(WORKDIR) --data_dir $(DATA_DIR)

@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 
+from harness import machine_info
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CONVS = {"conv1 3x3, 256x32x32x3 -> 32": (256, 32, 32, 3, 32), "conv2 3x3, 256x15x15x32 -> 64": (256, 15, 15, 32, 64),
@@ -100,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
 
-    sys.path.insert(0, str(REPO / "experiments"))
-    from common import machine
 
     rng = np.random.default_rng(0)
     quantized = pathlib.Path(args.quantized)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32s} float32 {rows[name]['float32_ms']:8.2f} ms   int8 {rows[name]['int8_ms']:8.2f} ms   "
               f"{rows[name]['int8_over_float32_time']:.1f}x the time")
     result = {"command": "python benchmarks/int8_ops.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
+              "machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
               "repeats": args.repeats, "quantized": str(quantized), "ops": rows,
               "thunk_ms_per_batch": profiles}
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

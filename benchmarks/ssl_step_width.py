@@ -19,8 +19,9 @@ import statistics
 import sys
 import time
 
+from harness import machine_info
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 WIDTHS = {"full (fast)": (64, 256, 256), "half (ssl_simclr)": (32, 128, 128), "narrow": (32, 64, 128)}
 TRAIN_IMAGES = 50_000
@@ -59,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    sys.path.insert(0, str(REPO / "experiments"))
-    from common import machine
 
     compiled = {name: compile_width(widths, args.batch_size) for name, widths in WIDTHS.items()}
     seconds = {name: [] for name in WIDTHS}
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = TRAIN_IMAGES // args.batch_size
     result = {
         "command": "python benchmarks/ssl_step_width.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(), "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
+        "machine": machine_info(), "date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
         "widths": {name: {"widths": list(WIDTHS[name]), "step_seconds": seconds[name],
                           "median_step_seconds": round(statistics.median(seconds[name]), 3),
                           "epoch_seconds": round(statistics.median(seconds[name]) * steps_per_epoch, 1)}

@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--timing_repeats", type=int, default=20)
     parser.add_argument("--sweep_sizes", type=int, nargs="*", default=[1, 4, 16, 64, 256])
     args = parser.parse_args()
-    logging.basicConfig(format="%(message)s")
+    # force: absl (imported by TensorFlow and Orbax) has given the root logger its own format.
+    logging.basicConfig(format="%(message)s", force=True)
     quantize.log.setLevel(logging.INFO)  # quantize's progress
     out = pathlib.Path(args.out_dir)
     start = time.time()

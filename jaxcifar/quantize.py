@@ -234,6 +234,40 @@ def timed_label(label: str, threads: int) -> str:
     return f"{label}_threads{threads}"
 
 
+def timed_name(timed: str) -> str:
+    """How a report names a timed model: the artefact, and the LiteRT interpreter's threads."""
+    label, _, threads = timed.partition("_threads")
+    return ARTEFACTS[label] + (f", {threads} interpreter thread{'s' if threads != '1' else ''}" if threads else "")
+
+
+def fastest(latency: dict[str, dict]) -> dict[str, str]:
+    """{batch key: the timed model with the most images/s at that batch size}."""
+    batches = next(iter(latency.values())).keys()
+    return {batch: max(latency, key=lambda timed: latency[timed][batch]["images_per_second"]) for batch in batches}
+
+
+# What int8 speed depends on: VNNI (AVX-512 or AVX) fuses int8 multiply-adds; AMX adds int8
+# matrix tiles. Recorded beside every int8 figure, since the same artefact is fast on one CPU
+# and slow on the next.
+INSTRUCTION_SETS = {"avx2": ("avx2",), "avx512": ("avx512f",), "vnni": ("avx512_vnni", "avx_vnni"),
+                    "amx": ("amx_int8",)}
+
+
+def instruction_sets(cpu_flags: set[str]) -> dict[str, bool]:
+    """Which of INSTRUCTION_SETS a CPU with `cpu_flags` (/proc/cpuinfo's names) has."""
+    return {name: any(flag in cpu_flags for flag in flags) for name, flags in INSTRUCTION_SETS.items()}
+
+
+def cpu_flags() -> set[str]:
+    """This machine's CPU flags, from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                set())
+
+
 @contextlib.contextmanager
 def output_to(log_file: pathlib.Path) -> Iterator[None]:
     """This process's stdout and stderr, as file descriptors (so the converter's C++ log lines
@@ -385,8 +419,9 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
     progress("timing %d models at batch 1 and 256, %d calls each, in turns", len(calls), timing_repeats)
     images = artefact_input(run, next(iter(eval_splits.values())).images[:256])
     report["latency"] = time_artefacts(calls, images, (1, 256), timing_repeats)
+    report["fastest"] = fastest(report["latency"])
     report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform,
-                         "loadavg_at_end": list(os.getloadavg())}
+                         "instruction_sets": instruction_sets(cpu_flags()), "loadavg_at_end": list(os.getloadavg())}
     (out / REPORT).write_text(json.dumps(report, indent=2))
     progress("done")
     return report
@@ -413,8 +448,7 @@ def tradeoff_table(report: dict) -> str:
     lines = ["| model | size | " + " | ".join(f"{s} accuracy (agreement)" for s in splits)
              + " | batch 1 | batch 256 | speed vs float32 (1 / 256) |", "|---" * (len(splits) + 5) + "|"]
     for timed, latency in report["latency"].items():
-        label, _, threads = timed.partition("_threads")
-        threads = f", {threads} interpreter thread{'s' if threads != '1' else ''}" if threads else ""
+        label = timed.partition("_threads")[0]
         cells = [accuracy_cell(report[s], label) for s in splits]
         one, many = latency["batch_1"], latency["batch_256"]
         size = report["bytes"][label] / 1024
@@ -422,9 +456,19 @@ def tradeoff_table(report: dict) -> str:
                    if "float32" in report["bytes"] else "")
         speed = (f"{one['images_per_second'] / base['batch_1']['images_per_second']:.2f}x / "
                  f"{many['images_per_second'] / base['batch_256']['images_per_second']:.2f}x" if base else "n/a")
-        lines.append(f"| {ARTEFACTS[label]}{threads} | {size:,.0f} KiB{smaller} | " + " | ".join(cells)
+        lines.append(f"| {timed_name(timed)} | {size:,.0f} KiB{smaller} | " + " | ".join(cells)
                      + f" | {one['median_seconds'] * 1000:.2f} ms | {many['images_per_second']:,.0f} img/s | {speed} |")
     return "\n".join(lines)
+
+
+def fastest_lines(report: dict) -> str:
+    """Which model to deploy on this machine for single requests and for large batches, and
+    the instruction sets its int8 speed depends on."""
+    has = report["machine"]["instruction_sets"]
+    cpu = ", ".join(f"{name.upper()} {'yes' if present else 'no'}" for name, present in has.items())
+    return "\n".join([f"fastest here ({cpu}):"] + [
+        f"  batch {batch.removeprefix('batch_')}: {timed_name(timed)}, "
+        f"{report['latency'][timed][batch]['images_per_second']:,.0f} img/s" for batch, timed in report["fastest"].items()])
 
 
 def accuracy_cell(row: dict, label: str) -> str:

@@ -142,6 +142,27 @@ def test_the_report_puts_every_model_next_to_float32_on_every_split(quantized):
     assert len(table) == 2 + len(report["latency"]) and "LiteRT int8, 2 interpreter threads" in table[-1]
     # What the CLI prints at the end: the speed trade-off, not only accuracy and size (issue 28).
     assert all(column in table[0] for column in ("size", "batch 1", "batch 256", "speed vs float32"))
+    # And which model to deploy here, with the instruction sets its int8 speed depends on.
+    assert set(report["machine"]["instruction_sets"]) == set(quantize.INSTRUCTION_SETS)
+    for batch, timed in report["fastest"].items():
+        assert all(report["latency"][timed][batch]["images_per_second"] >= other[batch]["images_per_second"]
+                   for other in report["latency"].values())
+    lines = quantize.fastest_lines(report).splitlines()
+    assert "VNNI" in lines[0] and [line.split(":")[0].strip() for line in lines[1:]] == ["batch 1", "batch 256"]
+
+
+def test_the_fastest_model_is_the_one_with_the_most_images_per_second():
+    latency = {"float32": {"batch_1": {"images_per_second": 900.0}, "batch_256": {"images_per_second": 5000.0}},
+               "litert_int8_threads1": {"batch_1": {"images_per_second": 2000.0},
+                                        "batch_256": {"images_per_second": 4000.0}}}
+    assert quantize.fastest(latency) == {"batch_1": "litert_int8_threads1", "batch_256": "float32"}
+
+
+def test_instruction_sets_are_read_from_the_cpu_flags():
+    assert quantize.instruction_sets({"avx2", "avx512f", "avx512_vnni", "fma"}) == {
+        "avx2": True, "avx512": True, "vnni": True, "amx": False}
+    assert quantize.instruction_sets({"avx2", "avx_vnni"})["vnni"]
+    assert not any(quantize.instruction_sets(set()).values())
 
 
 def test_progress_shows_every_evaluation_with_its_speed_and_time_left(quantized):

@@ -9,9 +9,11 @@ that says how; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from jaxcifar.tf_extra import TensorFlowMissing
 
@@ -31,3 +33,25 @@ def reports_user_errors(main: Callable[[list[str] | None], int]) -> Callable[[li
             return USAGE_ERROR
 
     return wrapped
+
+
+@contextlib.contextmanager
+def shows_progress(prefix: str = "") -> Iterator[None]:
+    """The package's progress lines (the `jaxcifar` logger at INFO) on stderr as `PREFIX
+    message`, while a tool runs. A handler of its own, because absl (imported by TensorFlow
+    and Orbax) may already have configured the root logger, which would print every line as
+    `INFO:jaxcifar:...` and every library's INFO lines too; removed afterwards, so a tool
+    called in-process (a notebook, a test) leaves no handler on a stream that has gone."""
+    log = logging.getLogger("jaxcifar")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import pathlib
 import sys
-from jaxcifar.cli import reports_user_errors
-from jaxcifar.runs import add_run_arguments
+
 from jaxcifar import quantize
-from jaxcifar.quantize import ARTEFACTS, REPORT, log, quantize_workdir, tradeoff_table
+from jaxcifar.cli import reports_user_errors, shows_progress
+from jaxcifar.quantize import ARTEFACTS, REPORT, fastest_lines, quantize_workdir, tradeoff_table
+from jaxcifar.runs import add_run_arguments
 
 
 @reports_user_errors
@@ -28,14 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true",
                         help="also evaluate the Qwix int8 model (slow on a CPU) on --extra_splits")
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(message)s")
-    log.setLevel(logging.INFO)  # this module's progress, not every library's INFO lines
     if args.calibration_images < 1:
         parser.error(f"--calibration_images={args.calibration_images} must be at least 1.")
-    report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
-                              tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats, tta=args.tta,
-                              full=args.full)
+    with shows_progress():
+        report = quantize_workdir(args.workdir, args.out, args.checkpoint, args.data_dir, args.calibration_images,
+                                  tuple(s for s in args.extra_splits.split(",") if s), args.timing_repeats,
+                                  tta=args.tta, full=args.full)
     print(tradeoff_table(report))
+    print(fastest_lines(report))
     print(f"report: {pathlib.Path(args.out) / REPORT}")
     for label, reason in report["failed"].items():
         print(f"error: {ARTEFACTS[label]} was not published: {reason}", file=sys.stderr)

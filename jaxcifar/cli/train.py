@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import jax
@@ -15,7 +14,7 @@ import ml_collections
 
 from jaxcifar import config as config_lib
 from jaxcifar import parallel
-from jaxcifar.cli import USAGE_ERROR, reports_user_errors
+from jaxcifar.cli import USAGE_ERROR, reports_user_errors, shows_progress
 from jaxcifar.progress import finished_line
 from jaxcifar.stop_signals import StopRequested
 from jaxcifar.train import NonFiniteLoss, fit, log
@@ -77,12 +76,11 @@ def build_config(name_or_path: str, overrides: list[tuple[str, str]]) -> ml_coll
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> int:
-    # Our own handler: absl (imported by TF/Orbax) may already have configured the root logger.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("jaxcifar: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    with shows_progress("jaxcifar: "):
+        return train_from_command_line(argv)
+
+
+def train_from_command_line(argv: list[str] | None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = build_config(args.config, overrides)

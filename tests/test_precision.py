@@ -1,27 +1,16 @@
 """Mixed precision (`config.precision`, jaxcifar/precision.py): bfloat16 compute, float32 state."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxcifar import checkpoint, methods, models, runs, train
-from jaxcifar import data as data_lib
 from jaxcifar import config as config_lib
 from jaxcifar import steps as steps_lib
 from jaxcifar.precision import compute_dtype
-from jaxcifar.testing import crash_after_saves, read_history, synthetic_split, tiny_config
-
-# The loss-curve runs: 8 steps per epoch on tiny_data's 256 images, 256 steps in all.
-CURVE = dict(epochs=32, optimizer="adam", lr=1e-3)
-# Bound on |bfloat16 - float32| of the per-epoch mean train loss over CURVE's 32 epochs. Measured
-# on a 2-core AVX2 machine (jax 0.10.2, 2026-12-04): the float32 curve falls from 1.94 to 0.022;
-# the largest gap was 0.048 (epoch 10: 0.270 vs 0.222) with seed 0, the seed used here, and
-# 0.015 (epoch 22) with seed 1. The bound is twice the largest. It is absolute, not relative:
-# where the loss is small, the same small gaps are up to 18% of it.
-CURVE_ATOL = 0.1
+from jaxcifar.testing import (PRECISION_CURVE_ATOL, crash_after_saves, loss_curve, read_history, synthetic_split,
+                              tiny_config)
 
 
 def test_auto_picks_bfloat16_on_accelerators_and_float32_on_cpus():
@@ -75,18 +64,11 @@ def test_float32_is_the_default_and_builds_the_registrys_models_unchanged():
     jax.tree_util.tree_map(np.testing.assert_array_equal, apply(ours), apply(registry))
 
 
-def curve_run(root, precision: str) -> tuple[list[float], dict]:
-    data = data_lib.Data(synthetic_split(256, 0), synthetic_split(77, 1), 10)
-    summary = train.fit(tiny_config(precision=precision, **CURVE), root / precision, data=data)
-    history = (root / precision / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["train_loss"] for line in history], summary
-
-
 @pytest.fixture(scope="module")
 def curves(tmp_path_factory):
-    """float32 and bfloat16 runs of CURVE: (workdir root, {precision: (losses, summary)})."""
+    """float32 and bfloat16 runs of the loss curve: (workdir root, {precision: (losses, summary)})."""
     root = tmp_path_factory.mktemp("precision")
-    return root, {precision: curve_run(root, precision) for precision in ("float32", "bfloat16")}
+    return root, {precision: loss_curve(root / precision, precision) for precision in ("float32", "bfloat16")}
 
 
 def test_a_bfloat16_run_trains_and_follows_float32s_loss_curve(curves):
@@ -94,7 +76,7 @@ def test_a_bfloat16_run_trains_and_follows_float32s_loss_curve(curves):
     (exact, exact_summary), (low, summary) = runs_by_precision["float32"], runs_by_precision["bfloat16"]
     assert summary["compute_dtype"] == "bfloat16" and exact_summary["compute_dtype"] == "float32"
     assert low[-1] < 0.5 * low[0] and summary["test_accuracy"] > 0.5  # it learns (chance is 0.1)
-    np.testing.assert_allclose(low, exact, rtol=0, atol=CURVE_ATOL)
+    np.testing.assert_allclose(low, exact, rtol=0, atol=PRECISION_CURVE_ATOL)
 
 
 def test_a_bfloat16_runs_checkpoint_holds_float32_parameters_and_optimizer_state(curves):

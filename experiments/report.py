@@ -304,14 +304,15 @@ def _budget_verdicts(parts: dict) -> str:
     """The best method's mean at each label budget against its target."""
     lines = []
     for n, target in FEW_LABEL_TARGETS.items():
-        means = {name: statistics.mean(values) for way, name in FEW_LABEL_WAYS
-                 if (values := [parts[f"{way}_{n}_{s}"]["test_accuracy"] for s in range(3) if f"{way}_{n}_{s}" in parts])}
-        if not means:
+        values = {name: found for way, name in FEW_LABEL_WAYS
+                  if (found := [parts[f"{way}_{n}_{s}"]["test_accuracy"] for s in range(3) if f"{way}_{n}_{s}" in parts])}
+        if not values:
             continue
-        best = max(means, key=means.get)
-        verdict = "reached" if means[best] >= target else "missed"
-        lines.append(f"**{n} labels per class: the best so far is the {best}, {pct(means[best])}; the {pct(target, 0)} "
-                     f"target is {verdict}.**")
+        best = max(values, key=lambda name: statistics.mean(values[name]))
+        mean, seeds = statistics.mean(values[best]), len(values[best])
+        verdict = "reached" if mean >= target else "missed"
+        lines.append(f"**{n} labels per class: the best so far is the {best}, {pct(mean)} ({seeds} seed"
+                     f"{'s' if seeds > 1 else ''}); the {pct(target, 0)} target is {verdict}.**")
     return " ".join(lines)
 
 

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                      args.tolerance)
     for label, n in result["knee"].items():
         print(f"{quantize.ARTEFACTS[label]}: the knee is {n} calibration images")
-    write_result("calibration_size", {"workdir": str(run.workdir), "checkpoint_step": run.step,
+    write_result("calibration_size", {"workdir": args.workdir, "checkpoint_step": run.step,
                                       "model": run.config.model, "tta": run.resolve_tta(args.tta), **result,
                                       "wall_seconds": time.time() - started})
 

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 
 import numpy as np
@@ -35,12 +36,19 @@ def seconds_to(threshold: float, accuracies: list[float], cumulative_seconds: li
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
+def commit() -> str:
+    """The checkout's commit a result came from, '-dirty' when tracked files differ from it."""
+    return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).parent).stdout.strip()
+
+
 def write_result(name: str, result: dict, directory: pathlib.Path = RESULTS) -> pathlib.Path:
-    """DIRECTORY/NAME.json (experiments/results/ by default) with the command, machine and date added."""
+    """DIRECTORY/NAME.json (experiments/results/ by default) with the command, machine, date
+    and commit added."""
     path = pathlib.Path(directory) / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
     result = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-              "machine": machine(), **result}
+              "commit": commit(), "machine": machine(), **result}
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return path

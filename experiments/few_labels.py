@@ -43,12 +43,11 @@ import datetime
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
 import numpy as np
-from common import FAST_EPOCH_REFERENCE_SECONDS, RESULTS, fast_epoch_seconds, write_result
+from common import FAST_EPOCH_REFERENCE_SECONDS, RESULTS, commit, fast_epoch_seconds, write_result
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
@@ -56,11 +55,6 @@ from jaxcifar import batch_order, evaluate, parallel, propagate, select_labels, 
 
 NAME = "few_labels"
 PRETRAIN_RECIPE = "ssl_multicrop"
-
-
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=pathlib.Path(__file__).parent).stdout.strip()
 
 
 def record(part: str, result: dict) -> None:

@@ -78,7 +78,7 @@ def main() -> None:
         done = out / f"{name}_int8" / quantize.REPORT  # a rerun (e.g. adding --fast_workdir) reuses it
         report = json.loads(done.read_text()) if done.exists() else quantize.quantize_workdir(
             workdir, out / f"{name}_int8", data_dir=args.data_dir, calibration_images=args.calibration_images,
-            timing_repeats=args.timing_repeats, extra_splits=INT8_EXTRA_SPLITS.get(name, ("test_jpeg",)))
+            timing_repeats=args.timing_repeats, extra_splits=INT8_EXTRA_SPLITS.get(name, ("test_jpeg",)), full=True)
         results[name] = {"measured": True, **report}
         splits = {split: row for split, row in report.items() if isinstance(row, dict) and "int8_accuracy" in row}
         print(f"{name}: " + ", ".join(f"{split} float32 {row['float32_accuracy']:.4f} int8 {row['int8_accuracy']:.4f}"

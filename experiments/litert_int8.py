@@ -42,7 +42,7 @@ def sweep_batch_sizes(run: runs.Run, out: pathlib.Path, calibration: np.ndarray,
             for threads in quantize.THREADS:
                 calls[f"{label} batch {size}, {threads} thread{'s' if threads > 1 else ''}"] = export.load_exported(
                     path, threads)
-    timed = quantize.time_artefacts(calls, images, (256,), repeats)
+    timed = quantize.time_artefacts({256: calls}, images, repeats)
     return {name: result["batch_256"]["images_per_second"] for name, result in timed.items()}
 
 
@@ -72,7 +72,8 @@ def main() -> None:
     for name, workdir in workdirs.items():
         reports[name] = quantize.quantize_workdir(workdir, out / f"{name}_quantized", data_dir=args.data_dir,
                                                   calibration_images=args.calibration_images,
-                                                  timing_repeats=args.timing_repeats)
+                                                  timing_repeats=args.timing_repeats,
+                                                  extra_splits=("test_jpeg",), full=True)
         tables[name] = quantize.tradeoff_table(reports[name])
         print(f"{name}\n{tables[name]}", flush=True)
 

@@ -34,13 +34,14 @@
    (`export.probe`), since a model can abort the process that runs it; one that fails is
    left out, reported in report.json's `failed` and in an `error:` line (exit status 1),
    and the others are kept. The converter's own log lines go to `DIR/converter.log`.
-6. **`DIR/report.json`**: on `test` and on `--extra_splits` (default `test_jpeg`), each
+6. **`DIR/report.json`**: on `test` and on `--extra_splits` (e.g. `test_jpeg`), each
    model's `{label}_accuracy` and `{label}_agreement` (the fraction of images whose class is
-   the one the run's own float32 logits give); the Qwix int8 model, many times slower than
-   float32 on a CPU, on `test` only unless `--full`; the artefacts' sizes; and their CPU
-   latency (batch 1) and throughput (batch 256), timed in turns in this process
-   (`--timing_repeats`), the LiteRT ones with 1 and 2 interpreter threads. The CLI prints
-   it as a table.
+   the one the run's own float32 logits give); the artefacts' sizes; and their CPU latency
+   (batch 1) and throughput (batch 256), timed in turns in this process
+   (`--timing_repeats`), the LiteRT ones with 1 and 2 interpreter threads. On a CPU the Qwix
+   int8 model is sized and timed at batch 1 only, unless `--full`: XLA:CPU has no fast int8
+   convolution, and `fast`'s network with its TTA runs at about 2 images/s, so evaluating it
+   on 1,000 images took 8 minutes. The CLI prints the report as a table.
 7. **Progress**: a line per step with the seconds since the start (how long each LiteRT
    conversion took among them), and a bar per model and split with images/s and the time
    left; shown when the `jaxcifar` log is at INFO, as the command line sets it.
@@ -48,6 +49,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -79,6 +81,10 @@ REPORT = "report.json"
 # accuracy did not: experiments/calibration_size.py found the knee at 25 images on a `fast`
 # run (25 to 1,000 all within 0.3 points). 100 leaves a margin for networks not measured.
 CALIBRATION_IMAGES = 100
+# Timed calls per artefact and batch size, after one untimed call: the report's medians say
+# which model to deploy, not a benchmark's (experiments/litert_int8.py passes 20). At batch 256
+# one call of `fast`'s network takes 0.6-4 s on 2 cores, so each repeat costs about 10 s.
+TIMING_REPEATS = 3
 CONVERTER_LOG = "converter.log"  # TensorFlow's converter writes its own lines, not this tool's
 # The folded float32 network must give the run's logits to float rounding.
 FOLD_TOLERANCE = 1e-3
@@ -210,24 +216,25 @@ def agreement(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, fl
     return row
 
 
-def time_artefacts(calls: dict[str, Callable[[np.ndarray], object]], images: np.ndarray,
-                   batch_sizes: tuple[int, ...], repeats: int) -> dict[str, dict]:
-    """Median seconds per call of each artefact (name -> images -> logits) at each batch
-    size, and images/s. The artefacts take turns call by call, so a change in the
-    machine's load falls on all."""
-    seconds = {(name, b): [] for name in calls for b in batch_sizes}
-    for b in batch_sizes:
-        batch = images[:b]
-        for call in calls.values():
+def time_artefacts(calls: dict[int, dict[str, Callable[[np.ndarray], object]]], images: np.ndarray,
+                   repeats: int) -> dict[str, dict]:
+    """Median seconds per call and images/s of each artefact (name -> images -> logits) at
+    each batch size it is timed at ({batch size: {name: call}}). At a batch size the
+    artefacts take turns call by call, so a change in the machine's load falls on all."""
+    latency = {}
+    for b, timed in calls.items():
+        batch, seconds = images[:b], {name: [] for name in timed}
+        for call in timed.values():
             jax.block_until_ready(call(batch))  # compile this batch size
         for _ in range(repeats):
-            for name, call in calls.items():
+            for name, call in timed.items():
                 start = time.perf_counter()
                 jax.block_until_ready(call(batch))
-                seconds[(name, b)].append(time.perf_counter() - start)
-    return {name: {f"batch_{b}": {"median_seconds": float(np.median(seconds[(name, b)])),
-                                  "images_per_second": b / float(np.median(seconds[(name, b)]))}
-                   for b in batch_sizes} for name in calls}
+                seconds[name].append(time.perf_counter() - start)
+        for name, values in seconds.items():
+            median = float(np.median(values))
+            latency.setdefault(name, {})[f"batch_{b}"] = {"median_seconds": median, "images_per_second": b / median}
+    return latency
 
 
 def timed_label(label: str, threads: int) -> str:
@@ -242,8 +249,9 @@ def timed_name(timed: str) -> str:
 
 def fastest(latency: dict[str, dict]) -> dict[str, str]:
     """{batch key: the timed model with the most images/s at that batch size}."""
-    batches = next(iter(latency.values())).keys()
-    return {batch: max(latency, key=lambda timed: latency[timed][batch]["images_per_second"]) for batch in batches}
+    batches = dict.fromkeys(batch for timings in latency.values() for batch in timings)
+    return {batch: max((timed for timed in latency if batch in latency[timed]),
+                       key=lambda timed: latency[timed][batch]["images_per_second"]) for batch in batches}
 
 
 # What int8 speed depends on: VNNI (AVX-512 or AVX) fuses int8 multiply-adds; AMX adds int8
@@ -307,15 +315,15 @@ def staged(out: pathlib.Path) -> Iterator[pathlib.Path]:
 
 def quantize_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, checkpoint: str | int = "best",
                      data_dir: str | None = None, calibration_images: int = CALIBRATION_IMAGES,
-                     extra_splits: tuple[str, ...] = ("test_jpeg",), timing_repeats: int = 20,
+                     extra_splits: tuple[str, ...] = (), timing_repeats: int = TIMING_REPEATS,
                      train_split: data_lib.ArraySplit | None = None,
                      eval_splits: dict[str, data_lib.ArraySplit] | None = None, tta: bool | None = None,
                      full: bool = False) -> dict:
     """Library form of the CLI; returns the report. `train_split` and `eval_splits` (name ->
     split) replace reading the run's data, e.g. for synthetic runs in tests. `tta` (default:
     the run's own) applies to every model's evaluations, exports and timings alike. The Qwix
-    int8 model, slow on a CPU (XLA has no fast int8 convolution), is evaluated on the run's
-    eval split only, unless `full`. Every artefact is proven in a child process
+    int8 model, slow on a CPU (XLA has no fast int8 convolution), is evaluated and timed at
+    batch 256 there only if `full` (`int8_in_full`). Every artefact is proven in a child process
     (`export.probe`) before it is published; one that fails is left out, and
     `report["failed"]` says why."""
     out = pathlib.Path(out)
@@ -351,12 +359,15 @@ class Progress:
         return logits
 
 
-def slow_int8_note(evaluated: list[str], left_out: list[str]) -> str:
-    """Said once before the Qwix int8 model's evaluations: why they are slow, and where it is
-    evaluated (the splits `--full` would add, if any)."""
-    note = (f"{ARTEFACTS['int8']} is slow here: XLA:CPU has no fast int8 convolution, so it runs many times "
-            f"slower than float32; evaluated on {', '.join(evaluated)} only")
-    return note + (f"; --full adds {', '.join(left_out)}" if left_out else "")
+def int8_in_full(full: bool) -> bool:
+    """Whether the Qwix int8 model is evaluated and timed at batch 256: not on a CPU, unless
+    `full`, because XLA:CPU has no fast int8 convolution (see the module docstring)."""
+    return full or jax.default_backend() != "cpu"
+
+
+SLOW_INT8_NOTE = (f"{ARTEFACTS['int8']} is not evaluated here: XLA:CPU has no fast int8 convolution, so it runs "
+                  "many times slower than float32 (minutes for 1,000 images); it is sized and timed at batch 1, "
+                  "and --full evaluates it and times it at batch 256 too")
 
 
 def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration_images, extra_splits, timing_repeats,
@@ -391,25 +402,26 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
             paths[label] = export_litert(run, out / label, tta, images)
         progress("converted to %s in %.0f s", ARTEFACTS[label], time.perf_counter() - converting)
     report["failed"] = {}
-    for label, path in list(paths.items()):
-        progress("proving %s in a child process", ARTEFACTS[label])
-        failure = export.probe(path)
+    progress("proving %s, each in a child process, side by side", ", ".join(ARTEFACTS[label] for label in paths))
+    # Side by side: each child spends most of its time importing, so they overlap well.
+    with concurrent.futures.ThreadPoolExecutor(len(paths)) as pool:
+        failures = dict(zip(list(paths), pool.map(export.probe, paths.values())))
+    for label, failure in failures.items():
         if failure:
             report["failed"][label] = failure
-            shutil.rmtree(path.parent)  # not published
-            del paths[label]
+            shutil.rmtree(paths.pop(label).parent)  # not published
     report["bytes"] = {label: path.stat().st_size for label, path in paths.items()}
     # The run's float32 logits are evaluated whatever became of its artefact: they are the
     # reference every agreement is measured against.
     models = {"float32": run_evaluator(run, tta), **({"int8": run_evaluator(int8_run, tta)} if "int8" in paths else {}),
               **{label: evaluator(export.load_exported(paths[label]), run) for label in LITERT_ARTEFACTS
                  if label in paths}}
+    if "int8" in models and not int8_in_full(full):
+        progress(SLOW_INT8_NOTE)
+        del models["int8"]
     logits = {name: {} for name in eval_splits}
     for label, model in models.items():
-        names = [name for name in eval_splits if label != "int8" or full or name == run.config.data.eval_split]
-        if label == "int8" and names:
-            progress(slow_int8_note(names, [name for name in eval_splits if name not in names]))
-        for name, values in progress.logits(label, model, {name: eval_splits[name] for name in names}).items():
+        for name, values in progress.logits(label, model, eval_splits).items():
             logits[name][label] = values
     for name, split in eval_splits.items():
         report[name] = {**agreement(logits[name], split.labels), "examples": len(split)}
@@ -418,7 +430,8 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
                   for label in LITERT_ARTEFACTS if label in paths for threads in THREADS})
     progress("timing %d models at batch 1 and 256, %d calls each, in turns", len(calls), timing_repeats)
     images = artefact_input(run, next(iter(eval_splits.values())).images[:256])
-    report["latency"] = time_artefacts(calls, images, (1, 256), timing_repeats)
+    batches = {1: calls, 256: {label: call for label, call in calls.items() if label != "int8" or int8_in_full(full)}}
+    report["latency"] = time_artefacts(batches, images, timing_repeats)
     report["fastest"] = fastest(report["latency"])
     report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform,
                          "instruction_sets": instruction_sets(cpu_flags()), "loadavg_at_end": list(os.getloadavg())}
@@ -450,14 +463,16 @@ def tradeoff_table(report: dict) -> str:
     for timed, latency in report["latency"].items():
         label = timed.partition("_threads")[0]
         cells = [accuracy_cell(report[s], label) for s in splits]
-        one, many = latency["batch_1"], latency["batch_256"]
+        one, many = latency["batch_1"], latency.get("batch_256")
         size = report["bytes"][label] / 1024
         smaller = (f" ({report['bytes']['float32'] / report['bytes'][label]:.1f}x smaller)"
                    if "float32" in report["bytes"] else "")
-        speed = (f"{one['images_per_second'] / base['batch_1']['images_per_second']:.2f}x / "
-                 f"{many['images_per_second'] / base['batch_256']['images_per_second']:.2f}x" if base else "n/a")
+        speed = "n/a" if not base else " / ".join(
+            "-" if timing is None else f"{timing['images_per_second'] / base[batch]['images_per_second']:.2f}x"
+            for batch, timing in (("batch_1", one), ("batch_256", many)))
+        throughput = "-" if many is None else f"{many['images_per_second']:,.0f} img/s"
         lines.append(f"| {timed_name(timed)} | {size:,.0f} KiB{smaller} | " + " | ".join(cells)
-                     + f" | {one['median_seconds'] * 1000:.2f} ms | {many['images_per_second']:,.0f} img/s | {speed} |")
+                     + f" | {one['median_seconds'] * 1000:.2f} ms | {throughput} | {speed} |")
     return "\n".join(lines)
 
 

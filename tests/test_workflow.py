@@ -156,7 +156,8 @@ def check_quantize(argv, cwd, done):
     for label in quantize.ARTEFACTS:
         assert (out / label / export.SERVING_FILE).is_file(), label
     evaluated = next(report[split] for split in report if split.startswith("test"))
-    assert all(f"{label}_accuracy" in evaluated for label in quantize.ARTEFACTS), evaluated
+    # All but the Qwix int8 model, which a CPU evaluates only with --full (too slow).
+    assert all(f"{label}_accuracy" in evaluated for label in quantize.ARTEFACTS if label != "int8"), evaluated
 
 
 def check_predict(argv, cwd, done):

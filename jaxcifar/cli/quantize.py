@@ -22,11 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration_images", type=int, default=quantize.CALIBRATION_IMAGES,
                         help="training images that calibrate the activation ranges (the LiteRT conversion's time "
                              "grows with them)")
-    parser.add_argument("--extra_splits", default="test_jpeg",
-                        help="comma-separated splits evaluated besides the run's eval split ('' = none)")
-    parser.add_argument("--timing_repeats", type=int, default=20, help="timed calls per artefact and batch size")
+    parser.add_argument("--extra_splits", default="",
+                        help="comma-separated splits evaluated besides the run's eval split, e.g. test_jpeg (its "
+                             "10,000 JPEG copies: the robustness check, a minute or more per model on a CPU)")
+    parser.add_argument("--timing_repeats", type=int, default=quantize.TIMING_REPEATS,
+                        help="timed calls per artefact and batch size")
     parser.add_argument("--full", action="store_true",
-                        help="also evaluate the Qwix int8 model (slow on a CPU) on --extra_splits")
+                        help="on a CPU, also evaluate the Qwix int8 model and time it at batch 256 (minutes: XLA:CPU "
+                             "has no fast int8 convolution)")
     args = parser.parse_args(argv)
     if args.calibration_images < 1:
         parser.error(f"--calibration_images={args.calibration_images} must be at least 1.")

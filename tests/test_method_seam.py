@@ -222,11 +222,12 @@ def test_a_recipe_file_can_bring_its_own_method(tmp_path, own_registry):
     """A method outside the package is one file plus a recipe that registers it."""
     recipe_file = tmp_path / "mean_teacher.py"
     recipe_file.write_text(f"""
-from jaxcifar import config, methods
-from {__name__} import MEAN_TEACHER
+from jaxcifar import config, evaluators, methods
+from {__name__} import CONFIDENCE, MEAN_TEACHER
 
 
 def get_config():
+    evaluators.register(CONFIDENCE)
     methods.register(MEAN_TEACHER)
     return config.recipe(objective="mean_teacher", data={{"examples_per_class": 25}})
 """)

@@ -3,6 +3,7 @@ in README.md, docs/, experiments/README.md and benchmarks/NOTES.md names a real 
 script, flags its parser accepts, real recipes and config fields, and paths that exist; every
 link and file reference resolves; and every rendered result table matches its JSON."""
 
+import argparse
 import contextlib
 import functools
 import importlib.util
@@ -20,6 +21,7 @@ import warnings
 import pytest
 
 from jaxcifar import config as config_lib
+from jaxcifar import runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
@@ -139,7 +141,16 @@ def module_flags(module: str) -> frozenset[str]:
 
 @functools.cache
 def script_flags(script: pathlib.Path) -> frozenset[str]:
-    return frozenset(re.findall(r"add_argument\(\s*[\"'](--[\w.-]+)", script.read_text()))
+    """The flags a script declares, and those of `runs.add_run_arguments` where it calls it."""
+    text = script.read_text()
+    declared = frozenset(re.findall(r"add_argument\(\s*[\"'](--[\w.-]+)", text))
+    return declared | (run_argument_flags() if "add_run_arguments(" in text else frozenset())
+
+
+def run_argument_flags() -> frozenset[str]:
+    parser = argparse.ArgumentParser()
+    runs.add_run_arguments(parser)
+    return frozenset(flag for action in parser._actions for flag in action.option_strings if flag.startswith("--"))
 
 
 def is_module(module: str) -> bool:

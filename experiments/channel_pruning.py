@@ -21,7 +21,7 @@ from common import write_result
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import export, optim, quantize, runs, train
+from jaxcifar import export, optim, quantize_report, runs, train
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
                                "export_bytes": artefacts[str(fraction)].stat().st_size}
         print(f"channels removed {fraction}: test {summary['test_accuracy']:.4f}", flush=True)
     images = data_lib.load_data(runs.read_config(args.base), args.data_dir).eval.images
-    speed = quantize.time_artefacts({1: artefacts, 256: artefacts}, images, args.timing_repeats)
+    speed = quantize_report.time_artefacts({1: artefacts, 256: artefacts}, images, args.timing_repeats)
     for fraction, row in rows.items():
         row["latency"] = speed[fraction]
     write_result("channel_pruning", {"base": args.base, "epochs": args.epochs, "lr": args.lr,

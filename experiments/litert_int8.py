@@ -27,7 +27,7 @@ import numpy as np
 from common import write_result
 
 from jaxcifar import config as config_lib
-from jaxcifar import data, export, litert, quantize, runs, train
+from jaxcifar import data, export, litert, quantize, quantize_report, runs, train
 
 
 def sweep_batch_sizes(run: runs.Run, out: pathlib.Path, calibration: np.ndarray, images: np.ndarray,
@@ -42,7 +42,7 @@ def sweep_batch_sizes(run: runs.Run, out: pathlib.Path, calibration: np.ndarray,
             for threads in quantize.THREADS:
                 calls[f"{label} batch {size}, {threads} thread{'s' if threads > 1 else ''}"] = export.load_exported(
                     path, threads)
-    timed = quantize.time_artefacts({256: calls}, images, repeats)
+    timed = quantize_report.time_artefacts({256: calls}, images, repeats)
     return {name: result["batch_256"]["images_per_second"] for name, result in timed.items()}
 
 
@@ -74,7 +74,7 @@ def main() -> None:
                                                   calibration_images=args.calibration_images,
                                                   timing_repeats=args.timing_repeats,
                                                   extra_splits=("test_jpeg",), full=True)
-        tables[name] = quantize.tradeoff_table(reports[name])
+        tables[name] = quantize_report.tradeoff_table(reports[name])
         print(f"{name}\n{tables[name]}", flush=True)
 
     run = runs.load_run(workdirs["simple_cnn"])

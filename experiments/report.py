@@ -450,7 +450,7 @@ def compress_models() -> str:
 def litert_int8() -> str:
     """int8 on a CPU runtime with int8 kernels: LiteRT against the XLA exports, per model, as
     `python -m jaxcifar.quantize` prints it (one formatter for both)."""
-    from jaxcifar.quantize import tradeoff_table
+    from jaxcifar.quantize_report import tradeoff_table
 
     r = load("litert_int8")
     return "\n\n".join([*(f"`{name}`:\n\n{tradeoff_table(m)}" for name, m in r["models"].items()),
@@ -460,7 +460,8 @@ def litert_int8() -> str:
 def calibration_size() -> str:
     """int8 accuracy (agreement with float32) against the number of calibration images, on the
     split that names the knee and on `test` beside it, with each calibration's seconds."""
-    from jaxcifar.quantize import ARTEFACTS, accuracy_cell
+    from jaxcifar.quantize import ARTEFACTS
+    from jaxcifar.quantize_report import accuracy_cell
 
     r = load("calibration_size")
     labels, splits = list(r["knee"]), list(r["examples"])

@@ -41,7 +41,8 @@
    (`--timing_repeats`), the LiteRT ones with 1 and 2 interpreter threads. On a CPU the Qwix
    int8 model is sized and timed at batch 1 only, unless `--full`: XLA:CPU has no fast int8
    convolution, and `fast`'s network with its TTA runs at about 2 images/s, so evaluating it
-   on 1,000 images took 8 minutes. The CLI prints the report as a table.
+   on 1,000 images took 8 minutes. The CLI prints the report as a table and names the fastest
+   model here (jaxcifar/quantize_report.py times the artefacts and prints the report).
 7. **Progress**: a line per step with the seconds since the start (how long each LiteRT
    conversion took among them), and a bar per model and split with images/s and the time
    left; shown when the `jaxcifar` log is at INFO, as the command line sets it.
@@ -72,6 +73,7 @@ from flax import traverse_util
 from jaxcifar import data as data_lib
 from jaxcifar import progress as progress_lib
 from jaxcifar import augment, evaluate, export, litert, peft
+from jaxcifar.quantize_report import fastest, machine, time_artefacts, timed_label
 from jaxcifar.runs import Run, load_run
 
 log = logging.getLogger("jaxcifar")
@@ -214,66 +216,6 @@ def agreement(logits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, fl
         if label != "float32":
             row[f"{label}_agreement"] = float(np.mean(values.argmax(-1) == reference))
     return row
-
-
-def time_artefacts(calls: dict[int, dict[str, Callable[[np.ndarray], object]]], images: np.ndarray,
-                   repeats: int) -> dict[str, dict]:
-    """Median seconds per call and images/s of each artefact (name -> images -> logits) at
-    each batch size it is timed at ({batch size: {name: call}}). At a batch size the
-    artefacts take turns call by call, so a change in the machine's load falls on all."""
-    latency = {}
-    for b, timed in calls.items():
-        batch, seconds = images[:b], {name: [] for name in timed}
-        for call in timed.values():
-            jax.block_until_ready(call(batch))  # compile this batch size
-        for _ in range(repeats):
-            for name, call in timed.items():
-                start = time.perf_counter()
-                jax.block_until_ready(call(batch))
-                seconds[name].append(time.perf_counter() - start)
-        for name, values in seconds.items():
-            median = float(np.median(values))
-            latency.setdefault(name, {})[f"batch_{b}"] = {"median_seconds": median, "images_per_second": b / median}
-    return latency
-
-
-def timed_label(label: str, threads: int) -> str:
-    return f"{label}_threads{threads}"
-
-
-def timed_name(timed: str) -> str:
-    """How a report names a timed model: the artefact, and the LiteRT interpreter's threads."""
-    label, _, threads = timed.partition("_threads")
-    return ARTEFACTS[label] + (f", {threads} interpreter thread{'s' if threads != '1' else ''}" if threads else "")
-
-
-def fastest(latency: dict[str, dict]) -> dict[str, str]:
-    """{batch key: the timed model with the most images/s at that batch size}."""
-    batches = dict.fromkeys(batch for timings in latency.values() for batch in timings)
-    return {batch: max((timed for timed in latency if batch in latency[timed]),
-                       key=lambda timed: latency[timed][batch]["images_per_second"]) for batch in batches}
-
-
-# What int8 speed depends on: VNNI (AVX-512 or AVX) fuses int8 multiply-adds; AMX adds int8
-# matrix tiles. Recorded beside every int8 figure, since the same artefact is fast on one CPU
-# and slow on the next.
-INSTRUCTION_SETS = {"avx2": ("avx2",), "avx512": ("avx512f",), "vnni": ("avx512_vnni", "avx_vnni"),
-                    "amx": ("amx_int8",)}
-
-
-def instruction_sets(cpu_flags: set[str]) -> dict[str, bool]:
-    """Which of INSTRUCTION_SETS a CPU with `cpu_flags` (/proc/cpuinfo's names) has."""
-    return {name: any(flag in cpu_flags for flag in flags) for name, flags in INSTRUCTION_SETS.items()}
-
-
-def cpu_flags() -> set[str]:
-    """This machine's CPU flags, from /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
-                set())
 
 
 @contextlib.contextmanager
@@ -433,8 +375,7 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
     batches = {1: calls, 256: {label: call for label, call in calls.items() if label != "int8" or int8_in_full(full)}}
     report["latency"] = time_artefacts(batches, images, timing_repeats)
     report["fastest"] = fastest(report["latency"])
-    report["machine"] = {"cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform,
-                         "instruction_sets": instruction_sets(cpu_flags()), "loadavg_at_end": list(os.getloadavg())}
+    report["machine"] = machine()
     (out / REPORT).write_text(json.dumps(report, indent=2))
     progress("done")
     return report
@@ -450,47 +391,6 @@ def run_evaluator(run: Run, tta: bool) -> Model:
     """(split, seen) -> logits of a run itself (float32, or Qwix int8: quantize_run), as
     `evaluate` computes them."""
     return lambda split, seen: evaluate.evaluate_run(run, split, tta, seen=seen).logits
-
-
-def tradeoff_table(report: dict) -> str:
-    """The report as a markdown table: per artefact (and LiteRT thread count), size, accuracy
-    and agreement with the run's float32 logits on each split, batch-1 latency and batch-256
-    throughput, and speed against the float32 StableHLO export."""
-    splits = [name for name, row in report.items() if isinstance(row, dict) and "float32_accuracy" in row]
-    base = report["latency"].get("float32")
-    lines = ["| model | size | " + " | ".join(f"{s} accuracy (agreement)" for s in splits)
-             + " | batch 1 | batch 256 | speed vs float32 (1 / 256) |", "|---" * (len(splits) + 5) + "|"]
-    for timed, latency in report["latency"].items():
-        label = timed.partition("_threads")[0]
-        cells = [accuracy_cell(report[s], label) for s in splits]
-        one, many = latency["batch_1"], latency.get("batch_256")
-        size = report["bytes"][label] / 1024
-        smaller = (f" ({report['bytes']['float32'] / report['bytes'][label]:.1f}x smaller)"
-                   if "float32" in report["bytes"] else "")
-        speed = "n/a" if not base else " / ".join(
-            "-" if timing is None else f"{timing['images_per_second'] / base[batch]['images_per_second']:.2f}x"
-            for batch, timing in (("batch_1", one), ("batch_256", many)))
-        throughput = "-" if many is None else f"{many['images_per_second']:,.0f} img/s"
-        lines.append(f"| {timed_name(timed)} | {size:,.0f} KiB{smaller} | " + " | ".join(cells)
-                     + f" | {one['median_seconds'] * 1000:.2f} ms | {throughput} | {speed} |")
-    return "\n".join(lines)
-
-
-def fastest_lines(report: dict) -> str:
-    """Which model to deploy on this machine for single requests and for large batches, and
-    the instruction sets its int8 speed depends on."""
-    has = report["machine"]["instruction_sets"]
-    cpu = ", ".join(f"{name.upper()} {'yes' if present else 'no'}" for name, present in has.items())
-    return "\n".join([f"fastest here ({cpu}):"] + [
-        f"  batch {batch.removeprefix('batch_')}: {timed_name(timed)}, "
-        f"{report['latency'][timed][batch]['images_per_second']:,.0f} img/s" for batch, timed in report["fastest"].items()])
-
-
-def accuracy_cell(row: dict, label: str) -> str:
-    """'accuracy (agreement)' of `label` on one split's row; '-' where it was not evaluated."""
-    if f"{label}_accuracy" not in row:
-        return "-"
-    return f"{row[f'{label}_accuracy']:.2%}" + ("" if label == "float32" else f" ({row[f'{label}_agreement']:.2%})")
 
 
 if __name__ == "__main__":  # the command line lives in jaxcifar/cli/quantize.py

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxcifar import evaluate, export, litert, quantize, runs, train
+from jaxcifar import evaluate, export, litert, quantize, quantize_report, runs, train
 from jaxcifar import data as data_lib
 from jaxcifar.testing import synthetic_split, tiny_config
 from jaxcifar.cli import quantize as quantize_cli
@@ -125,7 +125,7 @@ def test_quantize_publishes_what_runs_and_reports_what_does_not(airbench_quantiz
     # --full: the Qwix int8 model, slow on a CPU, evaluated and timed at batch 256 too.
     assert "int8_accuracy" in report["test"] and "batch_256" in report["latency"]["int8"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left beside it
-    assert "LiteRT" not in quantize.tradeoff_table(report)
+    assert "LiteRT" not in quantize_report.tradeoff_table(report)
 
 
 def test_staged_output_replaces_the_folder_only_when_complete(tmp_path):

@@ -1,5 +1,5 @@
-"""int8 post-training quantization (jaxcifar/quantize.py), and the experiment that sizes its
-calibration (experiments/calibration_size.py)."""
+"""int8 post-training quantization (jaxcifar/quantize.py), its report (jaxcifar/quantize_report.py),
+and the experiment that sizes its calibration (experiments/calibration_size.py)."""
 
 import contextlib
 import io
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcifar import evaluate, export, litert, models, peft, quantize, runs, train
+from jaxcifar import evaluate, export, litert, models, peft, quantize, quantize_report, runs, train
 from jaxcifar import data as data_lib
 from jaxcifar.testing import synthetic_split, tiny_config
 from jaxcifar.cli import quantize as quantize_cli
@@ -135,20 +135,20 @@ def test_the_report_puts_every_model_next_to_float32_on_every_split(quantized):
     summary = json.loads((root / "run" / "summary.json").read_text())
     assert report["test"]["float32_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
     assert set(report["bytes"]) == labels
-    assert set(report["latency"]) == {"float32", "int8", *(quantize.timed_label(label, threads) for threads in
+    assert set(report["latency"]) == {"float32", "int8", *(quantize_report.timed_label(label, threads) for threads in
                                                           quantize.THREADS for label in quantize.LITERT_ARTEFACTS)}
     assert all(set(timings) == ({"batch_1"} if timed == "int8" else {"batch_1", "batch_256"})
                for timed, timings in report["latency"].items())
-    table = quantize.tradeoff_table(report).splitlines()
+    table = quantize_report.tradeoff_table(report).splitlines()
     assert len(table) == 2 + len(report["latency"]) and "LiteRT int8, 2 interpreter threads" in table[-1]
     # What the CLI prints at the end: the speed trade-off, not only accuracy and size (issue 28).
     assert all(column in table[0] for column in ("size", "batch 1", "batch 256", "speed vs float32"))
     # And which model to deploy here, with the instruction sets its int8 speed depends on.
-    assert set(report["machine"]["instruction_sets"]) == set(quantize.INSTRUCTION_SETS)
+    assert set(report["machine"]["instruction_sets"]) == set(quantize_report.INSTRUCTION_SETS)
     for batch, timed in report["fastest"].items():
         assert all(report["latency"][timed][batch]["images_per_second"] >= other[batch]["images_per_second"]
                    for other in report["latency"].values() if batch in other)
-    lines = quantize.fastest_lines(report).splitlines()
+    lines = quantize_report.fastest_lines(report).splitlines()
     assert "VNNI" in lines[0] and [line.split(":")[0].strip() for line in lines[1:]] == ["batch 1", "batch 256"]
 
 
@@ -156,14 +156,14 @@ def test_the_fastest_model_is_the_one_with_the_most_images_per_second():
     latency = {"float32": {"batch_1": {"images_per_second": 900.0}, "batch_256": {"images_per_second": 5000.0}},
                "litert_int8_threads1": {"batch_1": {"images_per_second": 2000.0},
                                         "batch_256": {"images_per_second": 4000.0}}}
-    assert quantize.fastest(latency) == {"batch_1": "litert_int8_threads1", "batch_256": "float32"}
+    assert quantize_report.fastest(latency) == {"batch_1": "litert_int8_threads1", "batch_256": "float32"}
 
 
 def test_instruction_sets_are_read_from_the_cpu_flags():
-    assert quantize.instruction_sets({"avx2", "avx512f", "avx512_vnni", "fma"}) == {
+    assert quantize_report.instruction_sets({"avx2", "avx512f", "avx512_vnni", "fma"}) == {
         "avx2": True, "avx512": True, "vnni": True, "amx": False}
-    assert quantize.instruction_sets({"avx2", "avx_vnni"})["vnni"]
-    assert not any(quantize.instruction_sets(set()).values())
+    assert quantize_report.instruction_sets({"avx2", "avx_vnni"})["vnni"]
+    assert not any(quantize_report.instruction_sets(set()).values())
 
 
 def test_progress_shows_every_evaluation_with_its_speed_and_time_left(quantized):

@@ -8,7 +8,8 @@ import sys
 
 from jaxcifar import quantize
 from jaxcifar.cli import reports_user_errors, shows_progress
-from jaxcifar.quantize import ARTEFACTS, REPORT, fastest_lines, quantize_workdir, tradeoff_table
+from jaxcifar.quantize import ARTEFACTS, REPORT, quantize_workdir
+from jaxcifar.quantize_report import fastest_lines, tradeoff_table
 from jaxcifar.runs import add_run_arguments
 
 

@@ -293,6 +293,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.prune.channels and config.peft.mode != "full":
         errors.append(f"prune.channels with peft.mode={config.peft.mode!r}: an adapter is saved against its base "
                       "run's weights, which a narrowed network no longer has. Prune first, then adapt the pruned run.")
+    if config.peft.train_norms and config.peft.mode != "lora":
+        errors.append(f"peft.train_norms with peft.mode={config.peft.mode!r}: it adds bitfit's parameters to lora's, "
+                      "and only there (bitfit and full already train them; linear with them is bitfit). Use "
+                      "--config.peft.mode=lora, or drop peft.train_norms.")
     if config.prune.sparsity and (config.lookahead_every or config.ema_decay):
         errors.append("prune.sparsity > 0 cannot be combined with lookahead_every or ema_decay: their averaged "
                       "weights would bring pruned weights back. Set them to 0 for a pruning run.")

@@ -155,9 +155,11 @@ def group_schedule(schedule: Callable, multiplier: float, train_steps: int | Non
 
 
 def make_optimizer(stage: ml_collections.ConfigDict, param_groups: Mapping[str, str], params: Any,
-                   steps_per_epoch: int, peft_mode: str = "full") -> tuple[optax.GradientTransformation, Any]:
+                   steps_per_epoch: int, peft_mode: str = "full",
+                   peft_train_norms: bool = False) -> tuple[optax.GradientTransformation, Any]:
     """(multi_transform over the groups, the label tree). Groups with multiplier None are
-    frozen, and so is every parameter that `peft_mode` does not train (peft.is_trainable)."""
+    frozen, and so is every parameter that `peft_mode` (with `peft_train_norms`) does not
+    train (peft.is_trainable)."""
     schedule = make_schedule(stage, steps_per_epoch)
     transforms = {FROZEN: optax.set_to_zero()}
     group_of_label = {}
@@ -172,7 +174,8 @@ def make_optimizer(stage: ml_collections.ConfigDict, param_groups: Mapping[str, 
                                                 group_schedule(schedule, multiplier, train_steps), weight_decay)
             group_of_label[group] = group
     labels = jax.tree_util.tree_map_with_path(
-        lambda path, group: group_of_label[group] if peft.is_trainable(peft_mode, path_str(path)) else FROZEN,
+        lambda path, group: (group_of_label[group] if peft.is_trainable(peft_mode, path_str(path), peft_train_norms)
+                             else FROZEN),
         param_labels(params, param_groups))
     check_muon_shapes(stage, labels, params)
     return optax.multi_transform(transforms, labels), labels

@@ -7,7 +7,8 @@ Modes (`--config.peft.mode`), each on top of the stage's own `lr_multipliers`:
   linear  the head only; the backbone's BatchNorm runs in inference mode, as a frozen stage;
   bitfit  the head, every bias and every BatchNorm scale and bias (BitFit; Frankle et al.'s
           BatchNorm-only training);
-  lora    the head and rank-`peft.rank` adapters on every 3x3 and 1x1 conv (`models.layers.Conv`).
+  lora    the head and rank-`peft.rank` adapters on every 3x3 and 1x1 conv (`models.layers.Conv`);
+          with `peft.train_norms`, also what bitfit trains (LoRA + BitFit + BatchNorm).
 
 In `bitfit` and `lora` the backbone's BatchNorm runs in training mode, so its running
 statistics are re-estimated on the new data. Why: the new task's images shift every
@@ -56,18 +57,24 @@ def is_adapter_path(path: str) -> bool:
     return any(part in LORA_PARTS for part in path.split("/"))
 
 
-def is_trainable(mode: str, path: str) -> bool:
+def is_norm_or_bias_path(path: str) -> bool:
+    """Whether the '/'-joined `path` is a bias or a BatchNorm scale: what bitfit trains."""
+    return path.split("/")[-1] in ("bias", "scale")
+
+
+def is_trainable(mode: str, path: str, train_norms: bool = False) -> bool:
     """Whether mode `mode` trains the parameter at '/'-joined `path` (e.g.
-    'backbone/layer1_0/bn1/scale'). Every mode trains the head: the new task's classifier."""
+    'backbone/layer1_0/bn1/scale'). Every mode trains the head: the new task's classifier.
+    `train_norms` (`peft.train_norms`, mode lora only) adds what bitfit trains to lora's."""
     parts = path.split("/")
     if mode == "full" or parts[0] == "head":
         return True
     if mode == "linear":
         return False
     if mode == "bitfit":
-        return parts[-1] in ("bias", "scale")
+        return is_norm_or_bias_path(path)
     if mode == "lora":
-        return is_adapter_path(path)
+        return is_adapter_path(path) or (train_norms and is_norm_or_bias_path(path))
     raise ValueError(f"unknown peft.mode {mode!r}; valid: {', '.join(MODES)}")
 
 

@@ -13,4 +13,6 @@ FIELDS = schema.block("peft", (
                                  "convs (see jaxcifar/peft.py)", choices=MODES),
     schema.Field("rank", 8, "lora: rank of each conv's adapter", check=schema.positive_int),
     schema.Field("alpha", 8.0, "lora: the adapter's update is scaled by alpha / rank"),
+    schema.Field("train_norms", False, "lora: also train what bitfit trains (every bias, every BatchNorm scale and "
+                                       "bias); only with mode=lora"),
 ))

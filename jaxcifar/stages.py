@@ -63,7 +63,8 @@ def build_stage(method: Method, config: ml_collections.ConfigDict, stage: Stage,
     optimizer over the parameter groups and `peft.mode`, and the method's step, told
     whether any backbone parameter trains (if none, its BatchNorm runs in inference mode)
     and the stage's length (lookahead's schedule)."""
-    tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch, config.peft.mode)
+    tx, labels = optim.make_optimizer(stage.config, config.param_groups, params, steps_per_epoch, config.peft.mode,
+                                      config.peft.train_norms)
     trainable = optim.trainable_paths(labels)
     frozen_backbone = optim.is_subtree_frozen(labels, "backbone")
     stage_steps = (stage.first_epoch * steps_per_epoch, (stage.end_epoch - stage.first_epoch) * steps_per_epoch)

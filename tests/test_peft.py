@@ -11,7 +11,7 @@ import pytest
 
 from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
-from jaxcifar import checkpoint, evaluate, models, peft, runs, train
+from jaxcifar import checkpoint, evaluate, models, optim, peft, runs, train
 from jaxcifar.models.layers import LoRA
 from jaxcifar.testing import synthetic_split, tiny_config
 
@@ -24,14 +24,20 @@ def data(seed: int) -> data_lib.Data:
     return data_lib.Data(synthetic_split(128, seed), synthetic_split(40, seed + 1), 10)
 
 
+# Each run's name -> its peft block: every mode, and lora with bitfit's parameters alongside.
+RUNS = {**{mode: {"mode": mode, **PEFT} for mode in ("linear", "bitfit", "lora", "full")},
+        "lora_norms": {"mode": "lora", **PEFT, "train_norms": True}}
+
+
 @pytest.fixture(scope="module")
 def peft_runs(tmp_path_factory):
-    """A base run, and one run of each PEFT mode started from it on other data."""
+    """A base run, and one run of each PEFT mode (and of lora + train_norms) started from it on
+    other data."""
     root = tmp_path_factory.mktemp("peft")
     train.fit(tiny_config(**NET, epochs=1), root / "base", data=data(0))
-    summaries = {mode: train.fit(tiny_config(**NET, epochs=1, peft={"mode": mode, **PEFT}), root / mode,
-                                 data=data(2), init_from=str(root / "base"))
-                 for mode in ("linear", "bitfit", "lora", "full")}
+    summaries = {name: train.fit(tiny_config(**NET, epochs=1, peft=block), root / name, data=data(2),
+                                 init_from=str(root / "base"))
+                 for name, block in RUNS.items()}
     return root, summaries
 
 
@@ -49,6 +55,43 @@ def test_each_mode_trains_what_it_names():
                   "backbone/layer1_0/conv1/lora_b/kernel": {"full", "lora"}}
     for path, modes in trained_by.items():
         assert {mode for mode in peft.MODES if peft.is_trainable(mode, path)} == modes, path
+
+
+def test_lora_with_train_norms_trains_exactly_what_lora_and_bitfit_train():
+    model = models.create_model("resnet18", 10, lora=LoRA(2, 4.0), width=8)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    stage = dict(config_lib.stage_plan(tiny_config(**NET)))["train"]
+
+    def trained(mode: str, train_norms: bool = False) -> set[str]:  # as the loop's optimizer labels them
+        return optim.trainable_paths(optim.make_optimizer(stage, NET["param_groups"], params, 10, mode, train_norms)[1])
+
+    lora, bitfit, both = trained("lora"), trained("bitfit"), trained("lora", train_norms=True)
+    assert lora - bitfit and bitfit - lora  # each adds something the other leaves frozen
+    assert both == lora | bitfit
+    assert any(path.endswith("bn1/scale") for path in both - lora)
+
+
+def test_an_adapter_of_lora_with_train_norms_loads_as_its_run(peft_runs):
+    """Its adapter carries the trained biases, BatchNorm parameters and statistics besides the
+    LoRA leaves: applied to the base run's variables it gives the run's variables exactly."""
+    root, summaries = peft_runs
+    base = checkpoint.load_variables(root / "base", "best")[0]
+    run = checkpoint.load_variables(root / "lora_norms", "best")[0]
+    record, leaves = peft.read_adapter(summaries["lora_norms"]["adapter"]["path"])
+    base_leaves = flat(base)
+    scales = [p for p in leaves if p.startswith("params/backbone/") and p.endswith("/scale")]
+    assert scales and all(not np.array_equal(leaves[p], base_leaves[p]) for p in scales)  # they trained, and are saved
+    rebuilt = flat(peft.apply_adapter(run, base, leaves, "base"))
+    for path, value in flat(run).items():
+        np.testing.assert_array_equal(rebuilt[path], value, err_msg=path)
+    lora = summaries["lora"]
+    assert summaries["lora_norms"]["trainable_parameters"]["train"] == (
+        lora["trainable_parameters"]["train"] + summaries["bitfit"]["trainable_parameters"]["train"]
+        - (summaries["linear"]["trainable_parameters"]["train"]))  # the head is in both
+    images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), np.uint8)
+    np.testing.assert_array_equal(runs.load_run(root / "lora_norms").logits(images),
+                                  runs.load_run(summaries["lora_norms"]["adapter"]["path"]).logits(images))
+    assert record["adapter_parameters"] > summaries["lora"]["adapter"]["adapter_parameters"]
 
 
 @pytest.mark.parametrize("name,kwargs", [("resnet18", {"width": 8}), ("airbench", {"widths": (8, 16, 16)}),
@@ -80,13 +123,14 @@ def test_lora_merged_into_the_kernels_gives_the_same_logits(name, kwargs):
 def test_only_the_parameters_of_the_mode_move_and_batch_norm_statistics_follow_it(peft_runs):
     root, _ = peft_runs
     base = checkpoint.load_variables(root / "base", "latest")[0]
-    for mode in ("linear", "bitfit", "lora"):
-        run = checkpoint.load_variables(root / mode, "latest")[0]
+    for name in ("linear", "bitfit", "lora", "lora_norms"):
+        mode, train_norms = RUNS[name]["mode"], RUNS[name].get("train_norms", False)
+        run = checkpoint.load_variables(root / name, "latest")[0]
         before = flat(base["params"])
         for path, value in flat(run["params"]).items():
             if path.startswith("head/") or peft.is_adapter_path(path):
                 continue
-            assert (not np.array_equal(value, before[path])) == peft.is_trainable(mode, path), (mode, path)
+            assert (not np.array_equal(value, before[path])) == peft.is_trainable(mode, path, train_norms), (name, path)
         stats_moved = not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(base["batch_stats"]),
                                                                     jax.tree_util.tree_leaves(run["batch_stats"])))
         assert stats_moved == (mode != "linear"), mode  # linear runs the frozen backbone's BN in inference mode
@@ -147,6 +191,7 @@ def test_an_adapter_moved_with_its_base_finds_it_by_its_relative_path(peft_runs,
 
 
 def test_peft_fields_are_validated():
-    for fields, message in (({"mode": "prefix"}, "peft.mode='prefix'"), ({"rank": 0}, "peft.rank=0")):
+    for fields, message in (({"mode": "prefix"}, "peft.mode='prefix'"), ({"rank": 0}, "peft.rank=0"),
+                            ({"mode": "bitfit", "train_norms": True}, "peft.train_norms with peft.mode='bitfit'")):
         with pytest.raises(ValueError, match=message):
             config_lib.validate(tiny_config(peft=fields), 1)

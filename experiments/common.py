@@ -33,13 +33,19 @@ def seconds_to(threshold: float, accuracies: list[float], cumulative_seconds: li
     return next((s for a, s in zip(accuracies, cumulative_seconds) if a >= threshold), None)
 
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 
 
 def commit() -> str:
-    """The checkout's commit a result came from, '-dirty' when tracked files differ from it."""
-    return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True,
-                          cwd=pathlib.Path(__file__).parent).stdout.strip()
+    """The checkout's commit a result came from, '-dirty' when tracked files other than the
+    results differ from it (an experiment that writes a row as it ends each part has changed
+    its own results file before its next part ends)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)experiments/results")
+    return git("rev-parse", "--short=7", "HEAD") + ("-dirty" if changed else "")
 
 
 def write_result(name: str, result: dict, directory: pathlib.Path = RESULTS) -> pathlib.Path:

@@ -61,8 +61,9 @@ def reported_weights(trainer: Any, state: steps.TrainState, history: list[dict])
     weights (a run without one selects nothing). Never chosen on the test split."""
     best_step = trainer.checkpointer.best_step()  # None: no checkpoint carries a validation metric
     split = data_lib.validation_split_name(trainer.config.data) if trainer.data.validation is not None else None
-    if best_step is not None and best_step != int(state.step):
-        state, _ = trainer.checkpointer.restore(best_step, state)
+    if best_step is not None and best_step != int(state.step):  # perhaps of an earlier stage
+        target = trainer.checkpoint_target(trainer.checkpointer.restore_record(best_step), state)
+        state, _ = trainer.checkpointer.restore(best_step, target)
     step = int(state.step) if best_step is None else best_step
     epoch = next((h["epoch"] for h in history if h["step"] == step), None)
     return state, {"split": split, "metric": f"val_{trainer.objective.metric}" if split else None,

@@ -90,14 +90,18 @@ class Trainer:
         tx = self.built(stage, state.params).tx
         return state.replace(opt_state=jax.jit(tx.init, out_shardings=self.replicated)(state.params))
 
+    def checkpoint_target(self, record: dict, like: steps.TrainState) -> steps.TrainState:
+        """The abstract state (shapes, dtypes, shardings) that a checkpoint with `record`
+        restores into: `like`'s, with the optimizer state of the checkpoint's own stage (a
+        frozen stage keeps no moments for its frozen groups)."""
+        stage = self.stages[record["stage_index"]]
+        abstract = jax.eval_shape(lambda s: self.with_fresh_opt_state(s, stage), like)
+        return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
+                                      abstract)
+
     def restore_or_init(self) -> tuple[steps.TrainState, dict]:
         fresh = self.initial_state()
-
-        def target(record: dict) -> steps.TrainState:
-            stage = self.stages[record["stage_index"]]
-            return jax.eval_shape(lambda s: self.with_fresh_opt_state(s, stage), fresh)
-
-        restored = self.checkpointer.restore_latest_good(self._abstract_with_shardings(target))
+        restored = self.checkpointer.restore_latest_good(lambda record: self.checkpoint_target(record, fresh))
         if restored is None:
             totals = dict.fromkeys(("wall_seconds", "train_seconds", "compile_seconds", "images_trained"), 0.0)
             return self.with_fresh_opt_state(fresh, self.stages[0]), {"stage_index": 0, "history": [],
@@ -106,13 +110,6 @@ class Trainer:
         self.workdir.rewrite_log(record["history"])
         log.info("Resumed from step %d (%s).", int(state.step), self.checkpointer.directory)
         return state, record
-
-    def _abstract_with_shardings(self, target_fn):
-        def make(record):
-            abstract = target_fn(record)
-            return jax.tree_util.tree_map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract)
-        return make
 
     # ----- loop -----
     def train_step_fn(self, stage: Stage, params: Any):

@@ -180,3 +180,15 @@ def test_group_fields_naming_unknown_groups_are_rejected():
         config_lib.validate(staged_config(stages=(), group_epochs={"nope": 1}), 1)
     with pytest.raises(ValueError, match=r"group_epochs.head=99 must be in"):
         config_lib.validate(staged_config(stages=(), group_epochs={"head": 99}), 1)
+
+
+def test_a_run_whose_best_epoch_is_in_an_earlier_stage_reports_that_epochs_weights(tmp_path, tiny_data, monkeypatch):
+    """The best checkpoint of a frozen stage has another optimizer state than the last stage's
+    (no moments for the frozen groups): it must restore all the same, and be what is reported."""
+    data = data_lib.Data(tiny_data.train, tiny_data.eval, 10, validation=testing.synthetic_split(20, 2))
+    frozen_only = train.fit(staged_config(stages=staged_config().stages[:1]), tmp_path / "frozen_only", data=data)
+    monkeypatch.setattr(checkpoint.Checkpointer, "best_step", lambda self: min(self.steps()))  # the frozen epoch's
+    summary = train.fit(staged_config(), tmp_path / "staged", data=data)
+    assert summary["selection"]["epoch"] == 1 and summary["epochs_completed"] == 2
+    assert summary["test_accuracy"] == frozen_only["test_accuracy"]
+    assert summary["val_loss"] == frozen_only["val_loss"]

@@ -244,14 +244,24 @@ print(json.dumps({{"devices": jax.device_count(), "eight_vs_one": difference(on_
 """
 
 
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def with_cpu_devices(count: int) -> dict[str, str]:
+    """This process's environment for a child process whose XLA:CPU shows `count` virtual
+    devices, its other XLA flags kept (the suite's fast compilation, a user's own): a child
+    compared with another must differ only in its devices."""
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if not flag.startswith(DEVICE_COUNT_FLAG)]
+    return {**os.environ, "XLA_FLAGS": " ".join([*flags, f"{DEVICE_COUNT_FLAG}={count}"])}
+
+
 def one_step_on_eight_devices_and_on_one(optimizer: str) -> dict:
     """Max weight differences after one supervised step of `optax.OPTIMIZER` (e.g.
     "sgd(0.05, momentum=0.9)"), in a fresh process with 8 virtual CPU devices: 8 devices
     against 1 ("eight_vs_one"), and one device's rows only against all rows
     ("missing_all_reduce", what a step that forgot to sum gradients over devices would do)."""
     out = subprocess.run([sys.executable, "-c", ONE_STEP_ON_8_DEVICES_AND_ON_1.format(optimizer=optimizer)],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+                         capture_output=True, text=True, timeout=300, env=with_cpu_devices(8))
     if out.returncode:
         raise RuntimeError(f"The one-step comparison failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -44,10 +44,10 @@ INTERRUPTED_ARGS = ("--config.epochs=8", "--config.log_every_steps=1")
 DRIFT_ARGS = ("--config.epochs=2", "--config.eval_batch_size=40")
 
 
-def start(workdir, *args, env=None):
-    """fit_synthetic.py in a fresh process, on one CPU device unless `env` sets XLA_FLAGS."""
+def start(workdir, *args, devices=1, env=None):
+    """fit_synthetic.py in a fresh process on `devices` CPU devices, `env` added to its environment."""
     return subprocess.Popen([sys.executable, SCRIPT, str(workdir), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "XLA_FLAGS": "", **(env or {})})
+                            stderr=subprocess.PIPE, text=True, env={**testing.with_cpu_devices(devices), **(env or {})})
 
 
 def result(proc, timeout=300):
@@ -127,8 +127,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(tmp_path, uninterrupted_run)
 
 @pytest.mark.slow  # fresh processes
 def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
-    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAXCIFAR_TEST_CRASH_AFTER_SAVES": "1"}
-    proc = start(tmp_path / "w", *DRIFT_ARGS, env=eight)
+    proc = start(tmp_path / "w", *DRIFT_ARGS, devices=8, env={"JAXCIFAR_TEST_CRASH_AFTER_SAVES": "1"})
     proc.communicate(timeout=300)
     assert proc.returncode == 17 and Checkpointer(tmp_path / "w").steps() == [8]
     _, step = checkpoint.load_variables(tmp_path / "w", "latest")  # evaluate/predict/export path, 1 device
@@ -174,8 +173,7 @@ def two_process_result(procs, timeout=300):
 @pytest.mark.slow  # fresh processes
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     multi = two_process_result(start_two_processes(tmp_path / "multi", *DRIFT_ARGS))
-    single = result(start(tmp_path / "single", *DRIFT_ARGS,
-                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+    single = result(start(tmp_path / "single", *DRIFT_ARGS, devices=2))
     assert multi["summary"]["processes"] == 2 and multi["summary"]["devices"] == 2
     # Two processes sum gradients through gloo in another order: rounding drift (testing.TRAJECTORY_RTOL).
     np.testing.assert_allclose(multi["train_loss"], single["train_loss"], rtol=TRAJECTORY_RTOL)

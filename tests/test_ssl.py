@@ -3,7 +3,6 @@ labels never read, resume, and handing the backbone to a classifier."""
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -303,7 +302,7 @@ def test_ssl_step_on_eight_devices_equals_one_device():
     that used only its own rows as negatives would see a loss of another size entirely."""
     out = subprocess.run([sys.executable, "-c", ONE_SSL_STEP_ON_8_DEVICES_AND_ON_1],
                          capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+                         env=testing.with_cpu_devices(8))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8

@@ -18,9 +18,9 @@ from jaxcifar.testing import EVAL_FLIPS, TRAJECTORY_RTOL, tiny_config
 REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 
 
-def run_fit_subprocess(workdir, *overrides, env=None):
+def run_fit_subprocess(workdir, *overrides, devices=1):
     out = subprocess.run([sys.executable, str(REPO / "tests" / "fit_synthetic.py"), str(workdir), *overrides],
-                         capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+                         capture_output=True, text=True, env=testing.with_cpu_devices(devices), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -95,7 +95,7 @@ def test_eight_devices_give_the_same_losses_as_one(tmp_path, resident_scan):
     if resident_scan:  # batches gathered on the devices and each epoch one scan: same losses
         args += ["--config.data.device_resident=True", "--config.data.scan_epoch=True"]
     one = run_fit_subprocess(tmp_path / "one", *args)
-    eight = run_fit_subprocess(tmp_path / "eight", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    eight = run_fit_subprocess(tmp_path / "eight", *args, devices=8)
     assert one["summary"]["devices"] == 1 and eight["summary"]["devices"] == 8
     np.testing.assert_allclose(eight["train_loss"], one["train_loss"], rtol=TRAJECTORY_RTOL)
     assert abs(eight["summary"]["test_accuracy"] - one["summary"]["test_accuracy"]) <= EVAL_FLIPS

@@ -31,6 +31,11 @@ recorded too, for when neither reaches 94% on them.
         --airbench_script third_party/airbench94_muon.py
     python experiments/device_check.py --dry-run --pack PACK   # CPU, tiny, no install (tests/test_device_check.py)
 
+A dry run checks the logic in under a minute: its first step runs in its own process, as on
+the device (the process, its guard and its record proven once), the others but the anchor in
+the check's own process, where each fresh process would cost seconds of imports for a second
+of work (their peak host memory is then the check's so far).
+
 On an accelerator machine without a package registry, everything the check needs travels
 inside the checkout, in a folder git ignores (the whole tree must stay within 64 MiB; the
 pack is about 55 MB): the pack, the anchor's script, and a wheel of each pure-Python
@@ -51,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import json
 import os
 import pathlib
@@ -60,9 +64,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 from common import write_result
+
+from jaxcifar import xla_cpu
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -96,12 +103,6 @@ INSTALL_SECONDS = 30
 # widths, projector, the many-crop and student settings that scale a step, and the curve's epochs.
 DRY_RUN = {"train_per_class": 8, "test_per_class": 4, "labels_per_class": 2, "widths": (16, 16, 16),
            "projector_dims": (32, 16), "method": {"crops": 4, "unlabeled_ratio": 2}, "curve_epochs": 2}
-# A dry run checks the logic, not the speed: XLA:CPU without LLVM's optimisations and with its
-# older fusion emitters compiles a tiny training step 3-6x faster (measured on jaxlib 0.10.2:
-# the whole dry run in 2 minutes instead of 6 on a busy 2-core machine). XLA aborts on a flag
-# it does not know, and these were checked on that jaxlib only, so only its line gets them.
-DRY_RUN_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
-DRY_RUN_XLA_JAXLIB = "0.10."
 SPLITS = "splits.npz"  # the decoded pack, in the check's folder
 
 
@@ -132,28 +133,36 @@ def plan_seconds(steps: list[Step], install: bool) -> int:
     return INSTALL_SECONDS * install + sum(STEP_SECONDS[step.kind] for step in steps)
 
 
-def step_environment(dry_run: bool) -> dict[str, str]:
-    """The environment of the steps' processes: this one's, and in a dry run its XLA flags."""
-    environment = dict(os.environ)
-    if dry_run and importlib.metadata.version("jaxlib").startswith(DRY_RUN_XLA_JAXLIB):
-        environment["XLA_FLAGS"] = " ".join([environment.get("XLA_FLAGS", ""), *DRY_RUN_XLA_FLAGS]).strip()
-    return environment
+def step_arguments(step: Step, root: str, dry_run: bool) -> list[str]:
+    """The command-line arguments that run `step` alone (run_one reads them)."""
+    return ["--root", root, *(["--dry-run"] if dry_run else []), "--step", step.kind, *step.options]
 
 
-def run_step(name: str, command: list[str], seconds: float | None, environment: dict[str, str]) -> dict:
-    """Run one step's process; its record (the JSON it writes to --record), or why there is none."""
+def run_step(name: str, arguments: list[str], seconds: float | None) -> dict:
+    """Run one step in its own process; its record (the JSON it writes to --record), or why there is none."""
     with tempfile.TemporaryDirectory() as tmp:
         record_path = pathlib.Path(tmp, "record.json")
         start = time.perf_counter()
         try:
-            done = subprocess.run([*command, "--record", str(record_path)], cwd=REPO, capture_output=True,
-                                  text=True, timeout=seconds, env=environment)
+            done = subprocess.run([sys.executable, __file__, *arguments, "--record", str(record_path)], cwd=REPO,
+                                  capture_output=True, text=True, timeout=seconds)
         except subprocess.TimeoutExpired:
             return {"step": name, "step_wall_seconds": seconds, "error": f"timed out after {seconds} s"}
         outcome = {"step": name, "step_wall_seconds": round(time.perf_counter() - start, 1)}
         if done.returncode or not record_path.exists():
             return {**outcome, "error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
         return {**outcome, **json.loads(record_path.read_text())}
+
+
+def run_step_here(name: str, arguments: list[str]) -> dict:
+    """Run one step in this process (a dry run's); its record, or the error that ended it."""
+    start = time.perf_counter()
+    try:
+        record = run_one(build_parser().parse_args(arguments))
+    except Exception:  # a failed step is recorded and the check goes on, as with a failed process
+        return {"step": name, "step_wall_seconds": round(time.perf_counter() - start, 1),
+                "error": "raised", "stderr_tail": traceback.format_exc()[-2000:]}
+    return {"step": name, "step_wall_seconds": round(time.perf_counter() - start, 1), **record}
 
 
 def install(seconds: float) -> dict:
@@ -386,11 +395,13 @@ def check(args: argparse.Namespace) -> dict:
         prepare_started = time.perf_counter()
         write_splits(load_pack(args.pack, args.dry_run), pathlib.Path(root))
         prepare_seconds = round(time.perf_counter() - prepare_started, 1)
-        command = [sys.executable, __file__, "--root", root, *(["--dry-run"] if args.dry_run else [])]
-        environment = step_environment(args.dry_run)
-        for step in planned:
-            steps[step.name] = run_step(step.name, [*command, "--step", step.kind, *step.options],
-                                        None if args.dry_run else STEP_SECONDS[step.kind], environment)
+        for index, step in enumerate(planned):
+            arguments = step_arguments(step, root, args.dry_run)
+            # The anchor patches torch and changes directory: never in the check's process.
+            if args.dry_run and index and step.kind != "anchor":
+                steps[step.name] = run_step_here(step.name, arguments)
+            else:
+                steps[step.name] = run_step(step.name, arguments, None if args.dry_run else STEP_SECONDS[step.kind])
     if anchor:
         anchor_accuracy = steps["airbench94_muon"].get("final_accuracy_tta")
         for precision in PRECISIONS:
@@ -408,9 +419,6 @@ def check(args: argparse.Namespace) -> dict:
 
 def run_one(args: argparse.Namespace) -> dict:
     """The record of the one step `args.step` names, in this process."""
-    # The lent machine has no TensorFlow and no step needs it (no TFDS, no TensorBoard): hiding
-    # an installed one runs here the code that runs there, and saves its import (4 s a step).
-    sys.modules["tensorflow"] = sys.modules["tensorflow_datasets"] = None
     root = pathlib.Path(args.root)
     steps = {"fast_muon": lambda: train_fast_muon(root, args.precision, args.dry_run),
              "one_epoch": lambda: train_one_epoch(root, args.recipe, args.precision, args.dry_run),
@@ -420,7 +428,7 @@ def run_one(args: argparse.Namespace) -> dict:
     return steps[args.step]()
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pack", help="a CIFAR-10 JPEG pack (../shared/cifar10_jpeg_pack.npz)")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true",
@@ -435,12 +443,22 @@ def main() -> None:
     parser.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--record", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    # The lent machine has no TensorFlow and nothing here needs it (no TFDS, no TensorBoard):
+    # hiding an installed one runs here the code that runs there, and saves its import (4 s).
+    sys.modules["tensorflow"] = sys.modules["tensorflow_datasets"] = None
+    arguments = build_parser()
+    args = arguments.parse_args()
+    if args.dry_run:  # it checks the logic, not the speed (the whole dry run 2 minutes, not 6)
+        xla_cpu.use_fast_compile()
     if args.step is not None:
         pathlib.Path(args.record).write_text(json.dumps(run_one(args), indent=1))
         return
     if not args.pack:
-        parser.error("--pack is required: the CIFAR-10 JPEG pack to train on")
+        arguments.error("--pack is required: the CIFAR-10 JPEG pack to train on")
     out = pathlib.Path(args.out)
     write_result(out.stem, check(args), out.parent)
 

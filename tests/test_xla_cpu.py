@@ -31,3 +31,10 @@ def test_user_flags_win_and_unchecked_jaxlib_versions_get_nothing():
     assert xla_cpu.default_flags("--xla_cpu_experimental_ynn_fusion_type=", "0.10.2") == []
     assert xla_cpu.default_flags("--xla_force_host_platform_device_count=8", "0.10.2") == [xla_cpu.EIGEN_CONV]
     assert xla_cpu.default_flags("", "0.13.0") == []
+
+
+def test_fast_compilation_is_added_once_and_only_where_checked():
+    assert xla_cpu.fast_compile_flags("", "0.10.2") == list(xla_cpu.FAST_COMPILE)
+    assert xla_cpu.fast_compile_flags(" ".join(xla_cpu.FAST_COMPILE), "0.10.2") == []
+    assert xla_cpu.fast_compile_flags("--xla_backend_optimization_level=2", "0.10.2") == []  # the user's own wins
+    assert xla_cpu.fast_compile_flags("", "0.12.1") == []

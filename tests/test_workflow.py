@@ -6,9 +6,15 @@ a temporary folder (their runs/, exported/ and quantized/ land there), with tiny
 overrides appended. Each serve command is started and sent every `curl` request of the
 block. A command that dies (as quantize once did, on the LiteRT int8 model of airbench)
 fails the test with its output.
+
+The recipes' own network runs the whole chain so. The others run only the commands whose code
+differs by network (training the model, exporting it, quantizing it), each through its tool's
+`main` in the test's process: evaluate, predict and serve take one code path whatever the
+network, and a fresh process per command costs seconds of imports for a second of work.
 """
 
 import contextlib
+import importlib
 import json
 import pathlib
 import queue
@@ -45,6 +51,8 @@ NETWORKS = {
     "simple_cnn": ["--config.model=simple_cnn", "--config.model_kwargs={}"],
     "resnet18": ["--config.model=resnet18", "--config.model_kwargs={'width': 8}"],
 }
+WHOLE_CHAIN = "airbench"  # the recipes' network: every command, each in a fresh process
+NETWORK_STEPS = ("jaxcifar.train", "jaxcifar.export", "jaxcifar.quantize")  # the other networks' commands
 # A toy budget on the real data. train[:500] holds at least 36 images of each class, enough
 # for the README's own 25-per-class budget; decoding it, not all 50,000, keeps each step cheap.
 TINY_TRAIN = ["--config.data.train_split=train[:500]", "--config.data.examples_per_class=5",
@@ -117,6 +125,13 @@ def run_step(argv: list[str], cwd) -> subprocess.CompletedProcess:
     assert done.returncode == 0, (f"{shlex.join(argv[1:])} {ending(done.returncode)}:\n"
                                   f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
     return done
+
+
+def run_here(argv: list[str], command: list[str]) -> None:
+    """`command` (README command `argv` as runnable made it) through its tool's `main` in this
+    process, from the current directory."""
+    tool_main = importlib.import_module(tool(argv).replace("jaxcifar.", "jaxcifar.cli.", 1)).main
+    assert tool_main(command[3:]) == 0, shlex.join(command[1:])
 
 
 def ending(returncode: int) -> str:
@@ -275,16 +290,26 @@ def test_the_readme_workflow_parses_into_commands_this_test_can_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("network", NETWORKS)
-def test_the_readme_workflow_runs_to_the_end(network, tmp_path, shared_data_dir):
+def test_the_readme_workflow_runs_to_the_end(tmp_path, shared_data_dir):
     commands = workflow_commands()
     write_user_images(commands, tmp_path)
     requests = [argv for argv in commands if argv[0] == "curl"]
     for argv in filter(tool, commands):
-        command = runnable(argv, network, shared_data_dir)
+        command = runnable(argv, WHOLE_CHAIN, shared_data_dir)
         if tool(argv) == "jaxcifar.serve":
             with serving(command, tmp_path) as url:
                 for curl in requests:
                     check_answer(curl, send(curl, url, tmp_path))
         else:
             CHECKS[tool(argv)](argv, tmp_path, run_step(command, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network", [network for network in NETWORKS if network != WHOLE_CHAIN])
+def test_every_network_trains_exports_and_quantizes_as_the_readme_says(network, tmp_path, shared_data_dir,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv in workflow_commands():
+        if tool(argv) in NETWORK_STEPS:
+            run_here(argv, runnable(argv, network, shared_data_dir))
+            CHECKS[tool(argv)](argv, tmp_path, None)

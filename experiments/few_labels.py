@@ -23,6 +23,10 @@ Parts (each label budget uses the same images for every method at a seed: data.l
              the same student, its labels propagated over the features of the `finetune` row
              of its budget and seed (the teacher, trained first if missing) instead of the
              self-supervised backbone's.
+  consistency
+             the teacher's student with the consistency loss (method.consistency_weight=1):
+             FixMatch's weak-to-strong target, aligned to the class prior and weighted by its
+             confidence, beside the propagated labels (the teacher's, propagated if missing).
   finetune   today's probe + fine-tune (`ssl_finetune`) of the new backbone, same budgets.
   scratch    the same network trained from scratch on the budget alone.
   select_finetune
@@ -225,9 +229,10 @@ def train_row(name: str, config, out: pathlib.Path, data_dir: str | None, init_f
 
 
 def train_student(name: str, targets_dir: pathlib.Path, n: int, seed: int, out: pathlib.Path,
-                  data_dir: str | None) -> None:
+                  data_dir: str | None, consistency_weight: float = 0.0) -> None:
     config = budget_config("ssl_student", n, seed)
     config.method.targets = str(targets_dir / targets.TARGETS)
+    config.method.consistency_weight = consistency_weight
     config.batch_size = 2 * n  # 5 steps an epoch at 25 per class; 350 unlabelled images a step
     config.method.unlabeled_ratio = 350 // config.batch_size
     row_schedule(config, 10 * n)
@@ -239,18 +244,38 @@ def student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
         train_student(f"student_{n}_{seed}", propagated(out, n, seed), n, seed, out, data_dir)
 
 
-def teacher_student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
-    """SimCLRv2's order: the probe + fine-tune row is the teacher; the labels propagate over
-    its features (sharpened by the budget's labels), and the student learns from those."""
-    for n, seed in grid:
-        teacher = out / f"finetune_{n}_{seed}"
-        if not (teacher / "summary.json").exists():
-            transfer_rows("finetune", out, data_dir, [(n, seed)])
+def teacher_targets(out: pathlib.Path, data_dir: str | None, n: int, seed: int, again: bool) -> pathlib.Path:
+    """SimCLRv2's order: the probe + fine-tune row is the teacher (trained if missing); the
+    budget's labels propagate over its features (if `again` or not yet done), recorded as
+    propagate_teacher_N_SEED. The folder of the targets."""
+    teacher, propagated_dir = out / f"finetune_{n}_{seed}", out / f"propagated_teacher_{n}_{seed}"
+    if not (teacher / "summary.json").exists():
+        transfer_rows("finetune", out, data_dir, [(n, seed)])
+    if again or not (propagated_dir / targets.TARGETS).exists():
         started = time.time()
-        report = propagate.propagate_run(teacher, out / f"propagated_teacher_{n}_{seed}",
-                                         budget_config("ssl_student", n, seed), data_dir)
+        report = propagate.propagate_run(teacher, propagated_dir, budget_config("ssl_student", n, seed), data_dir)
         record(f"propagate_teacher_{n}_{seed}", {**report, "wall_seconds": time.time() - started})
-        train_student(f"teacher_student_{n}_{seed}", out / f"propagated_teacher_{n}_{seed}", n, seed, out, data_dir)
+    return propagated_dir
+
+
+def teacher_student_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    """The student learns from the labels propagated over the fine-tuned teacher's features."""
+    for n, seed in grid:
+        train_student(f"teacher_student_{n}_{seed}", teacher_targets(out, data_dir, n, seed, again=True), n, seed,
+                      out, data_dir)
+
+
+# The consistency loss's weight: ssl_student's documented setting (FixMatch's lambda_u), not tuned.
+CONSISTENCY_WEIGHT = 1.0
+
+
+def consistency_rows(out: pathlib.Path, data_dir: str | None, grid) -> None:
+    """The teacher's student with the consistency loss beside the propagated labels: its own
+    prediction on a weak view, aligned to the labels' class prior and weighted by its
+    confidence, as the target of the strong view (methods/self_training.py)."""
+    for n, seed in grid:
+        train_student(f"consistency_{n}_{seed}", teacher_targets(out, data_dir, n, seed, again=False), n, seed,
+                      out, data_dir, consistency_weight=CONSISTENCY_WEIGHT)
 
 
 # Epochs of a transfer row at 1 label per class, where a batch holds all 10 images: the
@@ -277,7 +302,8 @@ def transfer_rows(way: str, out: pathlib.Path, data_dir: str | None, grid) -> No
 
 
 PARTS = {"budget": budget, "pretrain": pretrain, "embedding": embedding, "propagate": propagate_rows, "select": select_rows,
-         "student": student_rows, "teacher_student": teacher_student_rows, "finetune": lambda *args: transfer_rows("finetune", *args),
+         "student": student_rows, "teacher_student": teacher_student_rows, "consistency": consistency_rows,
+         "finetune": lambda *args: transfer_rows("finetune", *args),
          "scratch": lambda *args: transfer_rows("scratch", *args), "select_finetune": select_finetune_rows}
 
 

@@ -261,11 +261,13 @@ def ssl_label_efficiency() -> str:
 
 FEW_LABEL_WAYS = (("scratch", "scratch (same network)"), ("finetune", "SSL probe, then fine-tune"),
                   ("propagate", "label propagation alone"), ("student", "self-trained student"),
-                  ("teacher_student", "student of the fine-tuned teacher"))
+                  ("teacher_student", "student of the fine-tuned teacher"),
+                  ("consistency", "the teacher's student + consistency"))
 # The parts a way's minutes add up: a student's include the propagation it learns from, and
 # the teacher's student also the fine-tune (the teacher) whose features it propagates over.
 FEW_LABEL_MINUTES = {"student": ("propagate", "student"),
-                     "teacher_student": ("finetune", "propagate_teacher", "teacher_student")}
+                     "teacher_student": ("finetune", "propagate_teacher", "teacher_student"),
+                     "consistency": ("finetune", "propagate_teacher", "consistency")}
 
 
 def _seed_cell(parts: dict, prefix: str, key: str = "test_accuracy", seeds: int = 3) -> str:

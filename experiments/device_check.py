@@ -104,6 +104,9 @@ INSTALL_SECONDS = 30
 DRY_RUN = {"train_per_class": 8, "test_per_class": 4, "labels_per_class": 2, "widths": (16, 16, 16),
            "projector_dims": (32, 16), "method": {"crops": 4, "unlabeled_ratio": 2}, "curve_epochs": 2}
 SPLITS = "splits.npz"  # the decoded pack, in the check's folder
+# No TensorBoard events: the steps' workdirs are temporary and the JSON holds what they measure;
+# where TensorFlow is installed (a CI dry run), writing them would import it, seconds of a step.
+TENSORBOARD = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +245,7 @@ def train_fast_muon(root: pathlib.Path, precision: str, dry_run: bool) -> dict:
     from jaxcifar import train
 
     config = recipe_config("fast_muon", seed=0, epochs=1 if dry_run else None)
-    config.precision = precision
+    config.precision, config.tensorboard = precision, TENSORBOARD
     data = run_data(config, read_splits(root))
     if dry_run:
         shrink(config, data)
@@ -260,7 +263,7 @@ def one_epoch_config(recipe: str, precision: str, dry_run: bool):
     from jaxcifar import config as config_lib
 
     config = config_lib.load_recipe(recipe)
-    config.seed, config.precision, config.epochs = 0, precision, 1
+    config.seed, config.precision, config.epochs, config.tensorboard = 0, precision, 1, TENSORBOARD
     config.stages = tuple({**dict(stage), "epochs": 1} for stage in config.stages)
     if recipe in FEW_LABEL_RECIPES:
         config.data.examples_per_class = DRY_RUN["labels_per_class"] if dry_run else FEW_LABELS

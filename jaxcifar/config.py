@@ -70,6 +70,8 @@ FIELDS: tuple[schema.Field, ...] = (
     schema.Field("tta_translate", False, "with tta: also average views shifted by one pixel (airbench's level 2)"),
     schema.Field("keep_checkpoints", 2, "keep the latest N checkpoints; the best on the validation split is kept as "
                                         "well", check=schema.positive_int),
+    schema.Field("tensorboard", True, "also write TensorBoard events (WORKDIR/tensorboard; needs TensorFlow, whose "
+                                      "import costs seconds in a fresh process); metrics.jsonl is written either way"),
     schema.Field("log_every_steps", 25, "the progress bar pulls metrics from the device only this often; in a "
                                         "multi-process run, stop signals are also agreed on this often"),
     *ssl_fields.FIELDS,

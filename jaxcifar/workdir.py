@@ -30,7 +30,7 @@ log = logging.getLogger("jaxcifar")
 
 # Fields that may change between the runs sharing a workdir: they leave the checkpoints' layout
 # alone (a bfloat16 run resumes as float32 and back; tta and precision change the numbers).
-RESUMABLE_CHANGES = ("log_every_steps", "keep_checkpoints", "eval_batch_size", "tta", "precision")
+RESUMABLE_CHANGES = ("log_every_steps", "keep_checkpoints", "eval_batch_size", "tta", "precision", "tensorboard")
 CLASSES_FILE = "classes.json"
 # config.json's one key beyond the config: the module defining the run's method
 # (methods.module_of), so that a fresh process can open a run of a method defined outside
@@ -131,7 +131,7 @@ class Workdir:
             write_atomically(config_file, json.dumps(record, indent=2))
             if class_names is not None:
                 write_atomically(classes_file, json.dumps({"class_names": list(class_names)}, indent=2))
-        self._tb = None
+        self._tb = None if config.tensorboard else False
 
     def rewrite_log(self, history: list[dict]) -> None:
         """On resume: metrics.jsonl = the checkpoint's history, dropping epochs logged after
@@ -155,7 +155,8 @@ class Workdir:
             writer.flush()
 
     def _tensorboard(self):
-        """TensorBoard event writer in WORKDIR/tensorboard (skipped where TensorFlow is absent)."""
+        """TensorBoard event writer in WORKDIR/tensorboard (skipped where TensorFlow is absent,
+        or `config.tensorboard` is off)."""
         if self._tb is None:
             try:
                 from jaxcifar.tf_extra import TF_INSTALL, import_tf

@@ -22,12 +22,21 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tensorfl
 # cannot hand a test another program's executable.
 TEST_COMPILATION_CACHE = pathlib.Path(tempfile.gettempdir()) / f"jaxcifar-tests-xla-{os.getuid()}"
 os.environ.setdefault("JAXCIFAR_COMPILATION_CACHE", str(TEST_COMPILATION_CACHE))
+# Every program is cached, however quickly it compiled (JAX skips those under a second by
+# default): the suite's fresh processes would otherwise compile the same small evaluation
+# and initialisation programs again, each one.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def pytest_configure(config):
+    import jax
+
     from jaxcifar import parallel
 
     parallel.configure_compilation_cache()
+    # This process imported JAX (through jaxcifar.testing) before the line above set the variable.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     config.addinivalue_line("markers", "slow: trains on the real data or in fresh processes; "
                                        "`make test-fast` leaves these out")
     config.addinivalue_line("markers", "tf(feature): needs TensorFlow for `feature`; skipped where the `tf` extra "
@@ -55,6 +64,32 @@ def pytest_collection_modifyitems(items):
         if needs and not TENSORFLOW_INSTALLED:
             item.add_marker(pytest.mark.skip(reason=f"needs TensorFlow for {needs.args[0]}; this environment has "
                                                     "no `tf` extra (pip install -e \".[tf]\")"))
+
+
+# Modules whose tests share module fixtures that train for half a minute or more. Each
+# pytest-xdist worker holds its own module fixtures, so such a module's tests spread over
+# both workers trained its runs twice; `pytest_xdist_make_scheduler` sends each of these
+# modules to one worker whole, and every other test on its own, as `-n 2` does by default.
+# (pytest-xdist's `--dist loadgroup` would do it by mark, but its marks no longer reach the
+# scheduler under pytest 9.2, which stopped letting a plugin rename a test.)
+SHARED_FIXTURE_MODULES = ("test_peft.py", "test_precision.py", "test_quantize.py", "test_litert.py",
+                          "test_reliability.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which `make test` installs
+def pytest_xdist_make_scheduler(config, log):
+    """For the default `--dist load`: scheduling by module for SHARED_FIXTURE_MODULES, by test
+    for the rest. Larger modules are handed out first (pytest-xdist's loadscope order)."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixturesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if pathlib.PurePath(module).name in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixturesTogether(config, log)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Crash safety: exact resume after SIGKILL, SIGTERM saves, restore on another device
 count, two-process data parallelism and stops, and clear errors that lose nothing."""
 
-import fcntl
 import functools
 import json
 import os
@@ -33,11 +32,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout these tests b
 
 SCRIPT = str(REPO / "tests" / "fit_synthetic.py")
 
+# These tests' processes crash, stop and resume the training loop; how batches reach it is not
+# their subject. So they keep the train split on the device (the same batches as tf.data, bit
+# for bit: tests/test_fast.py) and write no TensorBoard events, and none imports TensorFlow,
+# about 6 s of each of some 30 processes. The two-process comparison keeps tf.data, where
+# each process streams only its own rows.
+WITHOUT_TENSORFLOW = ("--config.data.device_resident=True", "--config.tensorboard=False")
 # The run that the SIGKILL and SIGTERM tests interrupt and `uninterrupted_run` trains straight
 # through: 8 epochs of 8 steps leave a signal sent after the first checkpoint time to land mid-run.
 # log_every_steps=1 syncs the loop with the device every step, so a SIGTERM lands at any step, mostly
 # mid-epoch (syncing every 2 steps, 2 of 4 tries stopped at an epoch's end).
-INTERRUPTED_ARGS = ("--config.epochs=8", "--config.log_every_steps=1")
+INTERRUPTED_ARGS = ("--config.epochs=8", "--config.log_every_steps=1", *WITHOUT_TENSORFLOW)
 # The runs compared up to rounding drift, which testing.TRAJECTORY_RTOL bounds over 2 epochs: the
 # first 2 of 8 epochs, at a higher learning rate, drifted 3.2e-3 from 1 device to 2 processes. An
 # eval batch of 40 splits over 8 devices and over 2 processes.
@@ -56,24 +61,10 @@ def result(proc, timeout=300):
     return json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
 
 
-def computed_once(tmp_path_factory, name, compute):
-    """compute(a fresh workdir)'s result (JSON), once per test session. Each pytest-xdist
-    worker holds its own module fixtures, so the workers share the result through their
-    common temporary folder: the first to ask computes it, the others wait for it there."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return compute(tmp_path_factory.mktemp(name))
-    shared = tmp_path_factory.getbasetemp().parent / f"{name}.json"
-    with open(f"{shared}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file closes
-        if not shared.exists():
-            shared.write_text(json.dumps(compute(tmp_path_factory.mktemp(name))))
-        return json.loads(shared.read_text())
-
-
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory):
     """RESULT of INTERRUPTED_ARGS trained straight through: what an interrupted run must resume to."""
-    return computed_once(tmp_path_factory, "uninterrupted", lambda workdir: result(start(workdir, *INTERRUPTED_ARGS)))
+    return result(start(tmp_path_factory.mktemp("uninterrupted"), *INTERRUPTED_ARGS))
 
 
 def checkpoint_entries(workdir):
@@ -127,13 +118,14 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(tmp_path, uninterrupted_run)
 
 @pytest.mark.slow  # fresh processes
 def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
-    proc = start(tmp_path / "w", *DRIFT_ARGS, devices=8, env={"JAXCIFAR_TEST_CRASH_AFTER_SAVES": "1"})
+    args = (*DRIFT_ARGS, *WITHOUT_TENSORFLOW)
+    proc = start(tmp_path / "w", *args, devices=8, env={"JAXCIFAR_TEST_CRASH_AFTER_SAVES": "1"})
     proc.communicate(timeout=300)
     assert proc.returncode == 17 and Checkpointer(tmp_path / "w").steps() == [8]
     _, step = checkpoint.load_variables(tmp_path / "w", "latest")  # evaluate/predict/export path, 1 device
     assert step == 8
-    resumed = result(start(tmp_path / "w", *DRIFT_ARGS))
-    straight = result(start(tmp_path / "one", *DRIFT_ARGS))
+    resumed = result(start(tmp_path / "w", *args))
+    straight = result(start(tmp_path / "one", *args))
     assert resumed["summary"]["devices"] == 1 and resumed["summary"]["steps"] == 16
     # The first epoch ran on 8 devices: rounding drift, bounded as testing.TRAJECTORY_RTOL says.
     np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=TRAJECTORY_RTOL)
@@ -180,10 +172,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 TWO_PROCESS_STOP_ARGS = {
-    "tf_data": ("--config.epochs=8", "--config.eval_batch_size=40"),  # tiny_config: log_every_steps=2
+    "step_loop": ("--config.epochs=8", "--config.eval_batch_size=40", *WITHOUT_TENSORFLOW),  # log_every_steps=2
     # A CPU runs a scanned epoch ~25x slower than the step loop (benchmarks/results/scan_epoch_cpu.json),
     # and acts on a stop at the epoch's end: 4 epochs leave a stop sent once 2 are logged all of epoch 3.
-    "scanned": ("--config.epochs=4", "--config.eval_batch_size=40", "--config.data.device_resident=True",
+    "scanned": ("--config.epochs=4", "--config.eval_batch_size=40", *WITHOUT_TENSORFLOW,
                 "--config.data.scan_epoch=True"),
 }
 
@@ -193,8 +185,8 @@ def uninterrupted_two_process_run(tmp_path_factory):
     """epoch path -> process 0's RESULT of an uninterrupted two-process run (run once per path)."""
     @functools.cache
     def get(epoch_path):
-        return computed_once(tmp_path_factory, f"uninterrupted_{epoch_path}", lambda workdir:
-                             two_process_result(start_two_processes(workdir, *TWO_PROCESS_STOP_ARGS[epoch_path])))
+        workdir = tmp_path_factory.mktemp(f"uninterrupted_{epoch_path}")
+        return two_process_result(start_two_processes(workdir, *TWO_PROCESS_STOP_ARGS[epoch_path]))
 
     return get
 
@@ -210,7 +202,7 @@ def wait_for_logged_epochs(workdir, n, procs, timeout=240):
 
 
 @pytest.mark.slow  # fresh processes
-@pytest.mark.parametrize("epoch_path,signalled", [("tf_data", (1,)), ("tf_data", (0, 1)), ("scanned", (0,))],
+@pytest.mark.parametrize("epoch_path,signalled", [("step_loop", (1,)), ("step_loop", (0, 1)), ("scanned", (0,))],
                          ids=["one_process", "both_processes", "one_process_scanned_epochs"])
 def test_sigterm_to_any_process_stops_every_process_at_one_step_and_resume_is_bit_identical(
         tmp_path, uninterrupted_two_process_run, epoch_path, signalled):

@@ -31,7 +31,7 @@ def leaves(variables):
 
 
 def test_fit_writes_summary_logs_and_checkpoints(tmp_path, tiny_data):
-    summary = train.fit(tiny_config(keep_checkpoints=1), tmp_path, data=tiny_data)
+    summary = train.fit(tiny_config(keep_checkpoints=1, tensorboard=False), tmp_path, data=tiny_data)
     for key in ("test_accuracy", "epochs_completed", "wall_seconds", "train_images_per_second", "devices", "config"):
         assert key in summary
     assert summary["epochs_completed"] == 2
@@ -39,6 +39,7 @@ def test_fit_writes_summary_logs_and_checkpoints(tmp_path, tiny_data):
     assert json.loads((tmp_path / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
     history = testing.read_history(tmp_path)
     assert [entry["epoch"] for entry in history] == [1, 2]
+    assert not (tmp_path / "tensorboard").exists()  # metrics.jsonl only: TensorBoard events were turned off
     # With nothing to select on, the summary reports the final weights: the last epoch's evaluation.
     assert summary["test_accuracy"] == history[-1]["eval_accuracy"] != history[0]["eval_accuracy"]
     # keep_checkpoints=1 keeps the latest; with no validation split nothing is selected, so no best
@@ -93,7 +94,7 @@ def test_same_seed_same_result_and_other_seed_differs(tmp_path, tiny_data):
 def test_eight_devices_give_the_same_losses_as_one(tmp_path, resident_scan):
     args = ["--config.eval_batch_size=40"]
     if resident_scan:  # batches gathered on the devices and each epoch one scan: same losses
-        args += ["--config.data.device_resident=True", "--config.data.scan_epoch=True"]
+        args += ["--config.data.device_resident=True", "--config.data.scan_epoch=True", "--config.tensorboard=False"]
     one = run_fit_subprocess(tmp_path / "one", *args)
     eight = run_fit_subprocess(tmp_path / "eight", *args, devices=8)
     assert one["summary"]["devices"] == 1 and eight["summary"]["devices"] == 8

@@ -8,9 +8,10 @@ block. A command that dies (as quantize once did, on the LiteRT int8 model of ai
 fails the test with its output.
 
 The recipes' own network runs the whole chain so. The others run only the commands whose code
-differs by network (training the model, exporting it, quantizing it), each through its tool's
-`main` in the test's process: evaluate, predict and serve take one code path whatever the
-network, and a fresh process per command costs seconds of imports for a second of work.
+differs by network (training the model, exporting it, quantizing it; of the trainings, those
+the export reads), each through its tool's `main` in the test's process: evaluate, predict
+and serve take one code path whatever the network, and a fresh process per command costs
+seconds of imports for a second of work.
 """
 
 import contextlib
@@ -309,7 +310,19 @@ def test_the_readme_workflow_runs_to_the_end(tmp_path, shared_data_dir):
 def test_every_network_trains_exports_and_quantizes_as_the_readme_says(network, tmp_path, shared_data_dir,
                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for argv in workflow_commands():
-        if tool(argv) in NETWORK_STEPS:
-            run_here(argv, runnable(argv, network, shared_data_dir))
-            CHECKS[tool(argv)](argv, tmp_path, None)
+    for argv in network_steps(workflow_commands()):
+        run_here(argv, runnable(argv, network, shared_data_dir))
+        CHECKS[tool(argv)](argv, tmp_path, None)
+
+
+def network_steps(commands: list[list[str]]) -> list[list[str]]:
+    """The NETWORK_STEPS commands, less a training whose run no later one of them reads: the
+    exports and quantizations, and the trainings that lead to them (not step 2's probe,
+    whose code is step 3's first stage)."""
+    kept, needed = [], set()
+    for argv in reversed(commands):
+        if tool(argv) not in NETWORK_STEPS or (tool(argv) == "jaxcifar.train" and flag(argv, "--workdir") not in needed):
+            continue
+        kept.append(argv)
+        needed.update(filter(None, (flag(argv, "--workdir"), flag(argv, "--init_from"))))
+    return kept[::-1]

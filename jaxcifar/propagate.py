@@ -31,10 +31,14 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jaxcifar import targets
+
+if TYPE_CHECKING:  # the module imports the data layer where it reads data, not at import
+    from jaxcifar import data as data_lib
 
 REPORT = "report.json"
 
@@ -108,7 +112,7 @@ def propagate(features: np.ndarray, labelled: np.ndarray, labels: np.ndarray, nu
 
 def propagate_run(workdir: str | pathlib.Path, out: str | pathlib.Path, data_config, data_dir: str | None = None,
                   k: int = 20, alpha: float = 0.99, gamma: float = 3.0, checkpoint: str | int = "best",
-                  whole: "data_lib.ArraySplit | None" = None, test: "data_lib.ArraySplit | None" = None) -> dict:
+                  whole: data_lib.ArraySplit | None = None, test: data_lib.ArraySplit | None = None) -> dict:
     """Library form of the CLI; `data_config` is a run config whose `data` block chooses the
     label budget (as the run that will read the targets chooses it). `whole` (the train
     split) and `test` replace reading the data, e.g. for synthetic runs in tests. Returns

@@ -33,8 +33,10 @@ LR_MULTIPLES x the mode's untuned rate (the recipe's fine-tuning rate for `full`
 the first stage's on split-CIFAR; the first stage's own for the PEFT modes). Why those: a
 factor of 3 is half a decade, so the grid spans 9x around the rate of the earlier, untuned
 comparison, which stays a point of it (x1); the PEFT modes' x3 is 15x full's rate, the range
-in which LoRA and BitFit are usually tuned. A choice on the grid's edge is flagged in the
-JSON (`chosen_at_edge`): extend the grid that way before reading much into it. Each run
+in which LoRA and BitFit are usually tuned. While the best rate is the largest (or smallest)
+tried, the next rate past it (x3, or /3) is tried too, at most MAX_EXTENSIONS times: on the
+first rows run, the PEFT modes' best was x3 each time. A best rate still on the edge after
+that is flagged in the JSON (`chosen_at_edge`). Each run
 trains on the labelled images less a validation split held out of them
 (`data.validation_fraction` = VALIDATION_FRACTION: 20 of each class's 100, stratified, a
 fixed draw shared by every run; it is taken out of the label budget, never from beyond it)
@@ -61,7 +63,7 @@ end, with the command, machine, date, load average and commit. The workdirs name
 
 Cost, from the seconds per epoch recorded by the untuned comparison (its JSON's per-seed
 medians, split-CIFAR, under load): 11 modes x (3 rates + 3 seeds) = 66 runs of 20 + 20
-epochs. Stage 1 at ~2.0 s/epoch; stage 2 at linear 2.0, bitfit 2.4, lora_r4 5.6, lora_r8
+epochs, and up to 22 more where a grid is extended. Stage 1 at ~2.0 s/epoch; stage 2 at linear 2.0, bitfit 2.4, lora_r4 5.6, lora_r8
 5.1, full 6.1 s/epoch, ranks 16 and 32 taken as 2x and 4x rank 8's (an upper bound: as if
 the adapters' cost were all of it), a _norms mode as its lora mode; phase 1 at 0.8 of an
 epoch (80 of 100 images per class); ~30 s a run to compile and evaluate. About 110 minutes
@@ -89,7 +91,9 @@ from jaxcifar import config as config_lib
 from jaxcifar import data as data_lib
 
 LORA_RANKS = (4, 8, 16, 32)
-LR_MULTIPLES = (1 / 3, 1.0, 3.0)  # of a mode's untuned rate; the docstring says why
+LR_STEP = 3.0  # between neighbouring rates of phase 1: half a decade
+LR_MULTIPLES = (1 / LR_STEP, 1.0, LR_STEP)  # of a mode's untuned rate; the docstring says why
+MAX_EXTENSIONS = 2  # rates added past a winning edge of the grid, one at a time: up to 9x beyond it
 VALIDATION_FRACTION = 0.2  # of each class's labelled images, held out in phase 1
 SEEDS = (0, 1, 2)
 SWEEP_SEED = 0
@@ -155,6 +159,21 @@ def ssl_config(epochs: int, seed: int):
     frozen, finetune = dict(config.stages[0]), dict(config.stages[1])
     config.stages = ({**frozen, "epochs": epochs // 4}, {**finetune, "epochs": epochs - epochs // 4})
     return config
+
+
+def tried_rates(grid: list[float], run: Callable[[float], dict]) -> dict[float, dict]:
+    """{rate: run(rate)'s record} for each rate of `grid`, then, while the best so far
+    (`choose_lr` on the records' val_accuracy) is the largest or the smallest rate tried, the
+    next rate past that edge (x or / LR_STEP), at most MAX_EXTENSIONS of them: a best rate on
+    the grid's edge says only that the best lies that way."""
+    records = {lr: run(lr) for lr in grid}
+    for _ in range(MAX_EXTENSIONS):
+        best = choose_lr({lr: record.get("val_accuracy") for lr, record in records.items()})
+        if best not in (min(records), max(records)):
+            break
+        lr = float(f"{best * LR_STEP if best == max(records) else best / LR_STEP:.4g}")
+        records[lr] = run(lr)
+    return dict(sorted(records.items()))
 
 
 def choose_lr(scores: dict[float, float | None]) -> float:
@@ -224,14 +243,15 @@ def sweep(task: Task, rows: dict[str, Mode], seeds, out: pathlib.Path, data_dir:
     sweep_data = data_lib.load_data(for_lr_sweep(task.make_config(SWEEP_SEED)), data_dir)
     results = {}
     for row, mode in rows.items():
-        scores = {}
-        for lr in lr_grid(task.make_config(SWEEP_SEED), mode):
+        def run_at(lr: float) -> dict:
             name = run_name(f"{task.name}_sweep", row, lr, SWEEP_SEED)
             config = for_lr_sweep(with_mode(task.make_config(SWEEP_SEED), mode, lr))
             record = recorded_run(records, name, lambda: measure(config, out / "lr_sweep" / name, sweep_data, task.base),
                                   {"task": task.name, "phase": "lr_sweep", "mode": row, "lr": lr, "seed": SWEEP_SEED})
-            scores[lr] = record
             print(f"{task.name} {row} lr {lr:g}: validation {record.get('val_accuracy')}", flush=True)
+            return record
+
+        scores = tried_rates(lr_grid(task.make_config(SWEEP_SEED), mode), run_at)
         results[row] = {"sweep": scores, "lr": choose_lr({lr: r.get("val_accuracy") for lr, r in scores.items()})}
     data = data_lib.load_data(task.make_config(0), data_dir)
     for row, mode in rows.items():
@@ -247,12 +267,13 @@ def sweep(task: Task, rows: dict[str, Mode], seeds, out: pathlib.Path, data_dir:
     return results
 
 
-def mode_table(results: dict, rows: dict[str, Mode], grids: dict[str, list[float]]) -> dict:
-    """Per row: the chosen rate and every phase-1 score, then phase 2's figures over seeds."""
+def mode_table(results: dict, rows: dict[str, Mode]) -> dict:
+    """Per row: the chosen rate and every phase-1 score (`chosen_at_edge`: the best rate is
+    still the largest or smallest tried), then phase 2's figures over seeds."""
     table = {}
     for row, r in results.items():
         runs = [run for run in r["runs"] if "diverged" not in run]
-        grid = grids[row]
+        grid = sorted(r["sweep"])
         entry = {"peft": dataclasses.asdict(rows[row]), "lr": r["lr"], "lr_grid": grid,
                  "chosen_at_edge": r["lr"] in (grid[0], grid[-1]),
                  "lr_sweep": {f"{lr:g}": {key: run.get(key) for key in ("val_accuracy", "val_accuracy_best_epoch",
@@ -316,16 +337,17 @@ def main() -> None:
 
     result = {"split_cifar": None, "ssl": None}
     for task in tasks:
-        grids = {row: lr_grid(task.make_config(SWEEP_SEED), mode) for row, mode in rows.items()}
         results = sweep(task, rows, args.seeds, out, args.data_dir)
         result[task.about["task"]] = {**task.about, "base": str(task.base), "seeds": args.seeds,
-                                      "modes": mode_table(results, rows, grids),
+                                      "modes": mode_table(results, rows),
                                       "runs": {row: r["runs"] for row, r in results.items()}}
     write_result("efficient_finetune", {
         **result,
         "skipped": skipped,
         "lr_sweep": {"multiples": list(LR_MULTIPLES), "of": "the untuned rate: the recipe's fine-tuning rate "
                      "(full), the first stage's (PEFT modes)", "seed": SWEEP_SEED,
+                     "extended": f"while the best rate is the largest (smallest) tried, x (/) {LR_STEP:g} past it, "
+                                 f"at most {MAX_EXTENSIONS} times",
                      "validation_fraction": VALIDATION_FRACTION,
                      "validation": "held out of the labelled images (data.validation_fraction), stratified, fixed draw",
                      "score": "validation accuracy of the final weights; ties to the smaller rate"},

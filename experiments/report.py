@@ -422,15 +422,16 @@ def _peft_rows(part: dict, jpeg: bool, tuned: bool) -> list[list[str]]:
 
 
 def _peft_sweep_rows(part: dict) -> list[list[str]]:
-    """Per mode, phase 1's validation accuracy at each rate of its grid, the chosen one in bold."""
+    """Per mode, phase 1's validation accuracy at each rate it tried, the chosen one in bold
+    (one cell: an extended grid tries more rates than another)."""
     rows = []
     for mode, m in part["modes"].items():
         cells = []
         for lr in m["lr_grid"]:
             run = m["lr_sweep"][f"{lr:g}"]
-            cell = "diverged" if run.get("val_accuracy") is None else f"{pct(run['val_accuracy'])} at {lr:g}"
+            cell = f"diverged at {lr:g}" if run.get("val_accuracy") is None else f"{pct(run['val_accuracy'])} at {lr:g}"
             cells.append(f"**{cell}**" if lr == m["lr"] else cell)
-        rows.append([_peft_label(mode), *cells])
+        rows.append([_peft_label(mode), ", ".join(cells)])
     return rows
 
 
@@ -460,8 +461,9 @@ def _peft_part(part: dict, title: str, jpeg: bool, sweep: dict | None) -> list[s
         examples = next(iter(next(iter(part["modes"].values()))["lr_sweep"].values())).get("validation_examples")
         out += [f"Learning rate of stage 2, chosen on the validation accuracy of the final weights ({examples} "
                 "images held out of the labelled ones, seed " f"{sweep['seed']}; ties to the smaller rate), "
-                "at each multiple of the mode's untuned rate:",
-                table(["mode", *(f"×{m:.3g}" for m in sweep["multiples"])], _peft_sweep_rows(part))]
+                f"at {', '.join(f'×{m:.3g}' for m in sweep['multiples'])} the mode's untuned rate"
+                + (f", then {sweep['extended']}" if "extended" in sweep else "") + ":",
+                table(["mode", "validation accuracy at each rate tried"], _peft_sweep_rows(part))]
     return [*out, _peft_gap(part)]
 
 

@@ -30,6 +30,28 @@ def test_the_best_rate_wins_a_tie_goes_to_the_smaller_and_a_diverged_rate_never_
         ef.choose_lr({0.01: None})
 
 
+def test_a_grid_whose_edge_wins_is_extended_past_it_one_rate_at_a_time(ef):
+    def tried(scores):  # run -> its record, for the rates `scores` knows; the rates tried, in order
+        order = []
+
+        def run(lr):
+            order.append(lr)
+            return {"val_accuracy": scores[lr]}
+
+        return ef.tried_rates([0.01, 0.03, 0.09], run), order
+
+    rising = {0.01: 0.5, 0.03: 0.6, 0.09: 0.7, 0.27: 0.8, 0.81: 0.9}
+    records, order = tried(rising)
+    assert order == [0.01, 0.03, 0.09, 0.27, 0.81]  # two extensions at most, though 0.81 still wins
+    assert list(records) == order and records[0.81] == {"val_accuracy": 0.9}
+    assert tried({0.01: 0.5, 0.03: 0.7, 0.09: 0.6})[1] == [0.01, 0.03, 0.09]  # the best inside: done
+    falling = {0.001111: 0.75, 0.003333: 0.8, 0.01: 0.7, 0.03: 0.6, 0.09: 0.5}
+    assert tried(falling)[1] == [0.01, 0.03, 0.09, 0.003333, 0.001111]  # /3, 4 significant figures
+    # A diverged rate past the best ends it; so does a rate past the edge that scores lower.
+    assert tried({0.01: 0.5, 0.03: 0.6, 0.09: None})[1] == [0.01, 0.03, 0.09]
+    assert tried({0.01: 0.5, 0.03: 0.6, 0.09: 0.7, 0.27: 0.65})[1] == [0.01, 0.03, 0.09, 0.27]
+
+
 def test_each_row_sets_its_peft_block_and_only_the_second_stage_rate(ef):
     rows = ef.modes((4, 8))
     assert list(rows) == ["linear", "bitfit", "lora_r4", "lora_r8", "lora_r4_norms", "lora_r8_norms", "full"]
@@ -97,13 +119,12 @@ def test_the_table_and_the_gap_to_full_are_rendered_from_the_records(ef, monkeyp
     import report
 
     rows = {row: mode for row, mode in ef.modes((4,)).items() if row in ("lora_r4", "full")}
-    grids = {"lora_r4": [0.01, 0.05, 0.15], "full": [0.003, 0.01, 0.03]}
     sweeps = {"lora_r4": {0.01: record(0.70), 0.05: record(0.78), 0.15: record(diverged=True)},
               "full": {0.003: record(0.80), 0.01: record(0.80), 0.03: record(0.79)}}
     tests = {"lora_r4": (0.80, 0.82, 0.81), "full": (0.84, 0.85, 0.86)}
     results = {row: {"sweep": sweep, "lr": ef.choose_lr({lr: r.get("val_accuracy") for lr, r in sweep.items()}),
                      "runs": [record(test=t) for t in tests[row]]} for row, sweep in sweeps.items()}
-    modes = ef.mode_table(results, rows, grids)
+    modes = ef.mode_table(results, rows)
     modes["full"]["trainable_fraction"] = 1.0
     assert modes["lora_r4"]["chosen_at_edge"] is False and modes["lora_r4"]["lr_sweep"]["0.15"] == {"diverged": "NaN"}
     part = {"network": "net", "eval": "test", "seeds": [0, 1, 2], "modes": modes}
@@ -115,8 +136,8 @@ def test_the_table_and_the_gap_to_full_are_rendered_from_the_records(ef, monkeyp
     text = report.efficient_finetune()
     assert "| lora, rank 4 | 0.05 | 81.0 ± 0.8% |" in text
     assert "| full | 0.003 (grid edge) | 85.0 ± 0.8% |" in text
-    assert "| full | **80.0% at 0.003** | 80.0% at 0.01 | 79.0% at 0.03 |" in text
-    assert "| lora, rank 4 | 70.0% at 0.01 | **78.0% at 0.05** | diverged |" in text
+    assert "| full | **80.0% at 0.003**, 80.0% at 0.01, 79.0% at 0.03 |" in text
+    assert "| lora, rank 4 | 70.0% at 0.01, **78.0% at 0.05**, diverged at 0.15 |" in text
     assert "lora, rank 4 (1.00%), 81.0 ± 0.8% on `test` against full fine-tuning's 85.0 ± 0.8%: 4.0 points behind" in text
     assert "Not run: ssl, no backbone." in text
 
@@ -141,6 +162,7 @@ def test_a_tiny_sweep_scores_rates_on_validation_only_then_reruns_from_its_recor
                              validation=validation)
 
     monkeypatch.setattr(ef.data_lib, "load_data", load_data)
+    monkeypatch.setattr(ef, "MAX_EXTENSIONS", 0)  # the grid's extension is tested on its own, above
     task = ef.Task("tiny", lambda seed: tiny_config(**net, epochs=2, seed=seed, stages=stages), tmp_path / "base", {})
     rows = {"lora_r2_norms": ef.Mode("lora", 2, True)}
     results = ef.sweep(task, rows, [0], tmp_path / "out", None)

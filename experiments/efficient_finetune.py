@@ -34,8 +34,8 @@ the first stage's on split-CIFAR; the first stage's own for the PEFT modes). Why
 factor of 3 is half a decade, so the grid spans 9x around the rate of the earlier, untuned
 comparison, which stays a point of it (x1); the PEFT modes' x3 is 15x full's rate, the range
 in which LoRA and BitFit are usually tuned. While the best rate is the largest (or smallest)
-tried, the next rate past it (x3, or /3) is tried too, at most MAX_EXTENSIONS times: on the
-first rows run, the PEFT modes' best was x3 each time. A best rate still on the edge after
+tried, the next rate past it (x3, or /3) is tried too, at most MAX_EXTENSIONS times, since a
+best rate on the edge says only that the best lies that way; one still on the edge after
 that is flagged in the JSON (`chosen_at_edge`). Each run
 trains on the labelled images less a validation split held out of them
 (`data.validation_fraction` = VALIDATION_FRACTION: 20 of each class's 100, stratified, a
@@ -63,9 +63,10 @@ end, with the command, machine, date, load average and commit. The workdirs name
 
 Cost, from the seconds per epoch recorded by the untuned comparison (its JSON's per-seed
 medians, split-CIFAR, under load): 11 modes x (3 rates + 3 seeds) = 66 runs of 20 + 20
-epochs, and up to 22 more where a grid is extended. Stage 1 at ~2.0 s/epoch; stage 2 at linear 2.0, bitfit 2.4, lora_r4 5.6, lora_r8
-5.1, full 6.1 s/epoch, ranks 16 and 32 taken as 2x and 4x rank 8's (an upper bound: as if
-the adapters' cost were all of it), a _norms mode as its lora mode; phase 1 at 0.8 of an
+epochs, and up to 22 more where a grid is extended. Stage 1 at ~2.0 s/epoch; stage 2 at
+linear 2.0, bitfit 2.4, lora_r4 5.6, lora_r8 5.1, full 6.1 s/epoch, ranks 16 and 32 taken as
+2x and 4x rank 8's (an upper bound: as if the adapters' cost were all of it), a _norms mode
+as its lora mode; phase 1 at 0.8 of an
 epoch (80 of 100 images per class); ~30 s a run to compile and evaluate. About 110 minutes
 for phase 1 and 130 for phase 2: 4 hours on the 2-core CPU. `--modes` and `--lora_ranks`
 restrict the sweep, `--seeds` phase 2.

@@ -34,7 +34,7 @@ def pytest_configure(config):
     from jaxcifar import parallel
 
     parallel.configure_compilation_cache()
-    # This process imported JAX (through jaxcifar.testing) before the line above set the variable.
+    # This process imported JAX (through jaxcifar.testing) before this module set the variable.
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     config.addinivalue_line("markers", "slow: trains on the real data or in fresh processes; "

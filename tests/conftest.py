@@ -11,7 +11,16 @@ import tempfile
 
 import pytest
 
-from jaxcifar import testing
+from jaxcifar import xla_cpu  # imports no JAX
+
+# The suite compiles many small programs and runs most for a few steps: it compiles at LLVM's
+# optimisation level 1 (xla_cpu.QUICK_COMPILE says what that saves), set before JAX starts its
+# CPU backend, so that every test process and every process they start (which inherit it)
+# compiles so. A level the user set wins. The runs a test compares are compiled alike.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_cpu.QUICK_COMPILE}".strip()
+
+from jaxcifar import testing  # noqa: E402  (after XLA_FLAGS: it imports JAX)
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
 
@@ -53,7 +62,8 @@ TENSORFLOW_FIXTURES = {"shared_data_dir": "TFDS input (the prepared CIFAR-10)",
 
 def pytest_collection_modifyitems(items):
     """Every test that reads the real data is slow (its own @pytest.mark.slow not needed); a
-    test that needs TensorFlow is skipped, saying for what, where it is not installed."""
+    test that needs TensorFlow is skipped, saying for what, where it is not installed. Modules
+    run in order of their slow tests, most first (see `slow_modules_first`)."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "shared_data_dir" in fixtures:
@@ -64,6 +74,19 @@ def pytest_collection_modifyitems(items):
         if needs and not TENSORFLOW_INSTALLED:
             item.add_marker(pytest.mark.skip(reason=f"needs TensorFlow for {needs.args[0]}; this environment has "
                                                     "no `tf` extra (pip install -e \".[tf]\")"))
+    items[:] = slow_modules_first(items)
+
+
+def slow_modules_first(items: list) -> list:
+    """`items`, each module's tests together and in their order, the modules with the most slow
+    tests first. pytest-xdist hands out tests in this order as workers free up, so the
+    minute-long tests start early and the last ones to finish are short: in file order the
+    README workflow (two minutes) came last, and the other worker sat idle for most of it."""
+    slow_tests: dict[str, int] = {}
+    for item in items:
+        slow_tests[item.module.__name__] = slow_tests.get(item.module.__name__, 0) + bool(item.get_closest_marker("slow"))
+    order = {module: rank for rank, module in enumerate(sorted(slow_tests, key=lambda m: -slow_tests[m]))}
+    return sorted(items, key=lambda item: order[item.module.__name__])
 
 
 # Modules whose tests share module fixtures that train for half a minute or more. Each

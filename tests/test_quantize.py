@@ -18,7 +18,7 @@ from jaxcifar import data as data_lib
 from jaxcifar.testing import synthetic_split, tiny_config
 from jaxcifar.cli import quantize as quantize_cli
 
-RESNET = dict(model="resnet18", model_kwargs={"width": 8})
+RESNET = dict(model="resnet18", model_kwargs={"width": 8, "stage_sizes": (1, 1, 1, 1)})
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OUTPUT = "output.txt"  # what the fixture's quantize showed, beside its run
 

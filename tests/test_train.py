@@ -117,39 +117,35 @@ def test_one_step_on_eight_devices_equals_one_device_to_rounding():
     assert result["missing_all_reduce"] > 100 * 1e-6
 
 
-def test_cli_trains_on_real_data_and_resumes(tmp_path, shared_data_dir):
-    cmd = [sys.executable, "-m", "jaxcifar.train", "--config", "simple_cnn", "--workdir", str(tmp_path),
-           "--data_dir", shared_data_dir, "--config.epochs=1", "--config.data.examples_per_class=50",
-           "--config.batch_size=50", "--config.data.eval_split=test[:200]"]
-    env = {**os.environ, "JAXCIFAR_COMPILATION_CACHE": str(tmp_path / "xla_cache")}
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert any((tmp_path / "xla_cache").iterdir())  # compiled steps persist for the next run
-    assert "summary.json" in first.stdout
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["eval_examples"] == 200 and summary["epochs_completed"] == 1
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode == 0 and "Resumed from step 10" in again.stderr
-
-
-def test_cli_prints_a_line_per_epoch_and_ctrl_c_exits_130_with_a_checkpoint(tmp_path, shared_data_dir):
-    cmd = [sys.executable, "-m", "jaxcifar.train", "--config", "simple_cnn", "--workdir", str(tmp_path / "w"),
-           "--data_dir", shared_data_dir, "--config.epochs=200", "--config.data.examples_per_class=20",
-           "--config.batch_size=50", "--config.data.eval_split=test[:100]", "--config.eval_batch_size=50"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "JAXCIFAR_COMPILATION_CACHE": ""})
+def interrupt_after_a_checkpoint(cmd, workdir, env, after_step=0):
+    """(stdout, stderr) of `cmd` stopped with Ctrl-C (SIGINT) once it has saved a checkpoint
+    past `after_step`; fails unless it exits 130, as a shell expects of Ctrl-C."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 240
-    while not Checkpointer(tmp_path / "w").steps() and proc.poll() is None and time.time() < deadline:
+    while (Checkpointer(workdir).steps() or [0])[-1] <= after_step and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
+    return out, err
+
+
+def test_cli_trains_on_real_data_ctrl_c_saves_and_the_same_command_resumes(tmp_path, shared_data_dir):
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "jaxcifar.train", "--config", "simple_cnn", "--workdir", str(workdir),
+           "--data_dir", shared_data_dir, "--config.epochs=200", "--config.data.examples_per_class=20",
+           "--config.batch_size=50", "--config.data.eval_split=test[:100]", "--config.eval_batch_size=50"]
+    env = {**os.environ, "JAXCIFAR_COMPILATION_CACHE": str(tmp_path / "xla_cache")}
+    out, err = interrupt_after_a_checkpoint(cmd, workdir, env)
     assert "Stopped by SIGINT" in err and "checkpoint saved" in err and "resume" in err
     assert "tracked_metric" not in err  # no warning that reads like a failure
     first = next(line for line in out.splitlines() if line.startswith("epoch 1/200 [train]"))
     for part in ("train loss", "test[:100] loss", "acc", "img/s"):  # the split as the run names it
         assert part in first
-    assert Checkpointer(tmp_path / "w").steps()
+    assert any((tmp_path / "xla_cache").iterdir())  # compiled steps persist for the next run
+    stopped_at = Checkpointer(workdir).steps()[-1]
+    _, err = interrupt_after_a_checkpoint(cmd, workdir, env, after_step=stopped_at)
+    assert f"Resumed from step {stopped_at} " in err
 
 
 def test_epoch_line_says_what_keras_says():

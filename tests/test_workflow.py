@@ -46,11 +46,12 @@ STEP_TIMEOUT_S = 600
 READY_TIMEOUT_S = 180
 
 # Each network a recipe uses, as overrides that turn the README's recipes (airbench) to it at
-# toy width. model_kwargs is replaced whole: the recipes' `widths` is airbench's alone.
+# toy size. model_kwargs is replaced whole: the recipes' `widths` is airbench's alone. The ResNet
+# keeps each kind of block (stride 2, a 1x1 shortcut) in two stages of one.
 NETWORKS = {
     "airbench": ["--config.model_kwargs.widths=(8,16,16)"],
     "simple_cnn": ["--config.model=simple_cnn", "--config.model_kwargs={}"],
-    "resnet18": ["--config.model=resnet18", "--config.model_kwargs={'width': 8}"],
+    "resnet18": ["--config.model=resnet18", "--config.model_kwargs={'width': 8, 'stage_sizes': (1, 1)}"],
 }
 WHOLE_CHAIN = "airbench"  # the recipes' network: every command, each in a fresh process
 NETWORK_STEPS = ("jaxcifar.train", "jaxcifar.export", "jaxcifar.quantize")  # the other networks' commands
@@ -150,7 +151,9 @@ def check_accuracy(report: dict) -> None:
 
 
 def check_train(argv, cwd, done):
+    """A summary with an accuracy; a command (`done`, its process) says where it wrote it."""
     check_accuracy(json.loads((cwd / flag(argv, "--workdir") / "summary.json").read_text()))
+    assert done is None or "summary.json" in done.stdout
 
 
 def check_evaluate(argv, cwd, done):

@@ -34,11 +34,13 @@ setup: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --durations=25
 
-# The edit loop: everything but the tests marked slow (real data, fresh processes, the browser).
+# The edit loop: everything but the tests marked slow (real data, fresh processes, the browser)
+# or heavy (a module fixture that trains for half a minute).
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15
+	$(PY) -m pytest -q -n 2 -m "not slow and not heavy" --durations=15
 
-# The quick tier on the newest JAX, Flax, Optax, Orbax and chex; what needs TensorFlow is skipped.
+# The tests but the slow ones, on the newest JAX, Flax, Optax, Orbax and chex; what needs
+# TensorFlow is skipped.
 test-latest: $(VENV_LATEST)/.installed
 	$(VENV_LATEST)/bin/python -m pytest -q -n 2 -m "not slow" --durations=15
 

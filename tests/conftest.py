@@ -47,7 +47,9 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     config.addinivalue_line("markers", "slow: trains on the real data or in fresh processes; "
-                                       "`make test-fast` leaves these out")
+                                       "`make test-fast` and `make test-latest` leave these out")
+    config.addinivalue_line("markers", "heavy: shares a module fixture that trains for half a minute or more; "
+                                       "`make test-fast` leaves these out, `make test-latest` runs them")
     config.addinivalue_line("markers", "tf(feature): needs TensorFlow for `feature`; skipped where the `tf` extra "
                                        "is not installed")
 
@@ -58,16 +60,21 @@ TENSORFLOW_INSTALLED = all(importlib.util.find_spec(m) for m in ("tensorflow", "
 TENSORFLOW_FIXTURES = {"shared_data_dir": "TFDS input (the prepared CIFAR-10)",
                        "exported_both": "the SavedModel export",
                        "quantized": "LiteRT conversion", "airbench_quantized": "LiteRT conversion"}
+# Module fixtures that train for half a minute or more (cold): a test that uses one is marked heavy.
+HEAVY_FIXTURES = {"peft_runs", "curves", "quantized", "airbench_quantized"}
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that reads the real data is slow (its own @pytest.mark.slow not needed); a
-    test that needs TensorFlow is skipped, saying for what, where it is not installed. Modules
+    """Every test that reads the real data is slow (its own @pytest.mark.slow not needed), and
+    one that uses a HEAVY_FIXTURES fixture heavy; a test that needs TensorFlow is skipped,
+    saying for what, where it is not installed. Modules
     run in order of their slow tests, most first (see `slow_modules_first`)."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "shared_data_dir" in fixtures:
             item.add_marker(pytest.mark.slow)
+        if HEAVY_FIXTURES & set(fixtures):
+            item.add_marker(pytest.mark.heavy)
         for fixture in sorted(set(fixtures) & TENSORFLOW_FIXTURES.keys()):
             item.add_marker(pytest.mark.tf(TENSORFLOW_FIXTURES[fixture]))
         needs = item.get_closest_marker("tf")

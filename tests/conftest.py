@@ -4,6 +4,7 @@ CIFAR-10 where a test needs the real data. Markers: `slow`, and `tf(feature)` on
 needs TensorFlow (the optional `tf` extra) for `feature`, skipped where it is not installed
 (`make test-latest`'s environment)."""
 
+import collections
 import importlib.util
 import os
 import pathlib
@@ -67,8 +68,8 @@ HEAVY_FIXTURES = {"peft_runs", "curves", "quantized", "airbench_quantized"}
 def pytest_collection_modifyitems(items):
     """Every test that reads the real data is slow (its own @pytest.mark.slow not needed), and
     one that uses a HEAVY_FIXTURES fixture heavy; a test that needs TensorFlow is skipped,
-    saying for what, where it is not installed. Modules
-    run in order of their slow tests, most first (see `slow_modules_first`)."""
+    saying for what, where it is not installed. Modules run in order of their slow tests, most
+    first (`slow_modules_first`)."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "shared_data_dir" in fixtures:
@@ -89,11 +90,9 @@ def slow_modules_first(items: list) -> list:
     tests first. pytest-xdist hands out tests in this order as workers free up, so the
     minute-long tests start early and the last ones to finish are short: in file order the
     README workflow (two minutes) came last, and the other worker sat idle for most of it."""
-    slow_tests: dict[str, int] = {}
-    for item in items:
-        slow_tests[item.module.__name__] = slow_tests.get(item.module.__name__, 0) + bool(item.get_closest_marker("slow"))
-    order = {module: rank for rank, module in enumerate(sorted(slow_tests, key=lambda m: -slow_tests[m]))}
-    return sorted(items, key=lambda item: order[item.module.__name__])
+    slow_tests = collections.Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+    # A stable sort: modules with as many slow tests keep their order, each one's tests together.
+    return sorted(items, key=lambda item: -slow_tests[item.module.__name__])
 
 
 # Modules whose tests share module fixtures that train for half a minute or more. Each

@@ -64,7 +64,7 @@ class ConvGroup(nn.Module):
 
 class AirbenchBackbone(nn.Module):
     dtype: jnp.dtype = jnp.float32
-    widths: tuple[int, int, int] = WIDTHS
+    widths: tuple[int, ...] = WIDTHS
     lora: LoRA | None = None
 
     @nn.compact
@@ -80,7 +80,7 @@ class Airbench(nn.Module):
     dtype: jnp.dtype = jnp.float32
     scale: float = 1 / 9  # airbench's output scaling
     dropout: float = 0.0  # on the pooled features entering the head, in training only (airbench has none)
-    widths: tuple[int, int, int] = WIDTHS  # of the three conv groups; narrower ones cost less (ssl_* recipes)
+    widths: tuple[int, ...] = WIDTHS  # one per conv group (three in airbench); narrower cost less (ssl_* recipes)
     lora: LoRA | None = None  # adapters on the 3x3 convs (peft.mode=lora); the whitening conv stays frozen
 
     def setup(self) -> None:

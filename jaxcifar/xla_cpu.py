@@ -50,29 +50,37 @@ def configure() -> None:
 # epoch ran several times slower).
 #
 # The test suite's middle way, for work that compiles many small programs and runs each for a
-# few steps: LLVM's optimisations at level 1 rather than 2. Cold (nothing compiled yet),
-# test_fast.py and test_peft.py took 124 s of CPU with it against 184 s without. Level 0 alone
-# compiles faster still, but ran test_fast.py's scanned-epoch test in 66 s instead of under 11,
-# a net loss. Never a default either: a long training wants its steps fast.
-QUICK_COMPILE = "--xla_backend_optimization_level=1"
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
-FAST_COMPILE_JAXLIB_PREFIXES = ("0.10.",)  # versions on which FAST_COMPILE was checked to exist
+# few steps: LLVM's optimisations at level 1 rather than 2, and the older fusion emitters.
+# Cold (nothing compiled yet), test_fast.py and test_peft.py took 124 s of CPU at level 1
+# against 184 s without; the older emitters then took test_fast.py, test_peft.py and
+# test_ssl.py from 254 to 225 s of CPU, and test_train.py, test_quantize.py and
+# test_precision.py from 263 to 238 s. Level 0 compiles faster still, but ran test_fast.py's
+# scanned-epoch test in 66 s instead of under 11, a net loss. Never a default either: a long
+# training wants its steps fast.
+OLD_FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+QUICK_COMPILE = ("--xla_backend_optimization_level=1", OLD_FUSION_EMITTERS)
+FAST_COMPILE = ("--xla_backend_optimization_level=0", OLD_FUSION_EMITTERS)
+# XLA aborts on a flag it does not know: the emitters' flag is added only where checked.
+OLD_FUSION_EMITTERS_JAXLIB_PREFIXES = ("0.10.",)
 
 
-def fast_compile_flags(current: str, jaxlib_version: str) -> list[str]:
-    """The flags to append to `current` XLA_FLAGS to compile fast (pure, for tests)."""
-    if "xla_backend_optimization_level" in current or not jaxlib_version.startswith(FAST_COMPILE_JAXLIB_PREFIXES):
+def compile_flags(preset: tuple[str, ...], current: str, jaxlib_version: str) -> list[str]:
+    """The flags of `preset` (QUICK_COMPILE, FAST_COMPILE) to append to `current` XLA_FLAGS
+    (pure, for tests): none where the user set an optimisation level, and the emitters' flag
+    only on the jaxlib versions where it was checked to exist."""
+    if "xla_backend_optimization_level" in current:
         return []
-    return list(FAST_COMPILE)
+    checked = jaxlib_version.startswith(OLD_FUSION_EMITTERS_JAXLIB_PREFIXES)
+    return [flag for flag in preset if flag != OLD_FUSION_EMITTERS or checked]
 
 
-def use_fast_compile() -> None:
-    """Add FAST_COMPILE to this process's XLA_FLAGS (its child processes inherit them) where
-    the installed jaxlib was checked to know them; to be called before JAX starts its CPU backend."""
+def use_compile_flags(preset: tuple[str, ...]) -> None:
+    """Add `preset`'s flags (compile_flags) to this process's XLA_FLAGS, which its child
+    processes inherit; to be called before JAX starts its CPU backend."""
     try:
         version = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
         return
     current = os.environ.get("XLA_FLAGS", "")
-    if extra := fast_compile_flags(current, version):
+    if extra := compile_flags(preset, current, version):
         os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()

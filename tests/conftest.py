@@ -14,12 +14,11 @@ import pytest
 
 from jaxcifar import xla_cpu  # imports no JAX
 
-# The suite compiles many small programs and runs most for a few steps: it compiles at LLVM's
-# optimisation level 1 (xla_cpu.QUICK_COMPILE says what that saves), set before JAX starts its
-# CPU backend, so that every test process and every process they start (which inherit it)
-# compiles so. A level the user set wins. The runs a test compares are compiled alike.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_cpu.QUICK_COMPILE}".strip()
+# The suite compiles many small programs and runs most for a few steps: it compiles so
+# (xla_cpu.QUICK_COMPILE says how and what that saves), set before JAX starts its CPU backend,
+# so that every test process and every process they start (which inherit it) compiles so. A
+# level the user set wins. The runs a test compares are compiled alike.
+xla_cpu.use_compile_flags(xla_cpu.QUICK_COMPILE)
 
 from jaxcifar import testing  # noqa: E402  (after XLA_FLAGS: it imports JAX)
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from jaxcifar import xla_cpu
 
 CONV_USES_YNN = """
@@ -33,8 +35,9 @@ def test_user_flags_win_and_unchecked_jaxlib_versions_get_nothing():
     assert xla_cpu.default_flags("", "0.13.0") == []
 
 
-def test_fast_compilation_is_added_once_and_only_where_checked():
-    assert xla_cpu.fast_compile_flags("", "0.10.2") == list(xla_cpu.FAST_COMPILE)
-    assert xla_cpu.fast_compile_flags(" ".join(xla_cpu.FAST_COMPILE), "0.10.2") == []
-    assert xla_cpu.fast_compile_flags("--xla_backend_optimization_level=2", "0.10.2") == []  # the user's own wins
-    assert xla_cpu.fast_compile_flags("", "0.12.1") == []
+@pytest.mark.parametrize("preset", [xla_cpu.QUICK_COMPILE, xla_cpu.FAST_COMPILE], ids=["quick", "fast"])
+def test_compile_flags_are_added_once_and_the_emitters_flag_only_where_checked(preset):
+    assert xla_cpu.compile_flags(preset, "", "0.10.2") == list(preset)
+    assert xla_cpu.compile_flags(preset, " ".join(preset), "0.10.2") == []
+    assert xla_cpu.compile_flags(preset, "--xla_backend_optimization_level=2", "0.10.2") == []  # the user's own wins
+    assert xla_cpu.compile_flags(preset, "", "0.12.1") == [preset[0]]  # an optimisation level exists everywhere

@@ -517,7 +517,34 @@ def litert_int8() -> str:
 
     r = load("litert_int8")
     return "\n\n".join([*(f"`{name}`:\n\n{tradeoff_table(m)}" for name, m in r["models"].items()),
+                         *(litert_rounds(name, r["models"][name], rounds, r["instruction_sets"])
+                           for name, rounds in r.get("rounds", {}).items()),
                          source("litert_int8")])
+
+
+def litert_rounds(name: str, report: dict, rounds: dict, instruction_sets: dict[str, bool]) -> str:
+    """Each model's speed in every round of the rotated timing and the median, with the
+    speed-ups as ratios of medians, the load averages and the CPU's instruction sets."""
+    from jaxcifar.quantize_report import timed_name
+
+    taken, medians = rounds["rounds"], rounds["median_images_per_second"]
+    base = medians["float32"]
+    rows = []
+    for timed, median in medians.items():
+        one = [1000 / t["latency"][timed]["batch_1"]["images_per_second"] for t in taken]
+        many = [t["latency"][timed]["batch_256"]["images_per_second"] for t in taken if "batch_256" in t["latency"][timed]]
+        rows.append([timed_name(timed, report["artefacts"]), " / ".join(f"{ms:.2f}" for ms in one),
+                     f"{1000 / median['batch_1']:.2f} ms",
+                     " / ".join(f"{x:,.0f}" for x in many) or "-",
+                     f"{median['batch_256']:,.0f} img/s" if "batch_256" in median else "-",
+                     " / ".join(f"{median[b] / base[b]:.2f}x" if b in median else "-" for b in ("batch_1", "batch_256"))])
+    loads = ", ".join(f"{t['load_average_before'][0]} → {t['load_average_after'][0]}" for t in taken)
+    cpu = ", ".join(f"{s.upper()} {'yes' if has else 'no'}" for s, has in instruction_sets.items())
+    return "\n\n".join([
+        f"`{name}`, timed again in {len(taken)} rounds, the order rotated each round (load average before → after "
+        f"each round: {loads}; CPU: {cpu}):",
+        table(["model", "batch 1, each round (ms)", "batch 1, median", "batch 256, each round (img/s)",
+               "batch 256, median", "speed vs float32, medians (1 / 256)"], rows)])
 
 
 def calibration_size() -> str:

@@ -367,18 +367,25 @@ def _quantize_into(out: pathlib.Path, workdir, checkpoint, data_dir, calibration
             logits[name][label] = values
     for name, split in eval_splits.items():
         report[name] = {**agreement(logits[name], split.labels), "examples": len(split)}
-    calls = {label: export.load_exported(paths[label]) for label in ("float32", "int8") if label in paths}
-    calls.update({timed_label(label, threads): export.load_exported(paths[label], threads)
-                  for label in LITERT_ARTEFACTS if label in paths for threads in THREADS})
-    progress("timing %d models at batch 1 and 256, %d calls each, in turns", len(calls), timing_repeats)
+    batches = timing_calls(paths, full)
+    progress("timing %d models at batch 1 and 256, %d calls each, in turns", len(batches[1]), timing_repeats)
     images = artefact_input(run, next(iter(eval_splits.values())).images[:256])
-    batches = {1: calls, 256: {label: call for label, call in calls.items() if label != "int8" or int8_in_full(full)}}
     report["latency"] = time_artefacts(batches, images, timing_repeats)
     report["fastest"] = fastest(report["latency"])
     report["machine"] = machine()
     (out / REPORT).write_text(json.dumps(report, indent=2))
     progress("done")
     return report
+
+
+def timing_calls(paths: dict[str, pathlib.Path], full: bool) -> dict[int, dict[str, Callable]]:
+    """{batch size: {timed label: images -> logits}} of the artefacts at `paths` (label ->
+    file or folder): every one at batch 1, and at 256 all but the Qwix int8 model unless
+    `full` (int8_in_full); each LiteRT artefact at each of THREADS interpreter threads."""
+    calls = {label: export.load_exported(paths[label]) for label in ("float32", "int8") if label in paths}
+    calls.update({timed_label(label, threads): export.load_exported(paths[label], threads)
+                  for label in LITERT_ARTEFACTS if label in paths for threads in THREADS})
+    return {1: calls, 256: {label: call for label, call in calls.items() if label != "int8" or int8_in_full(full)}}
 
 
 def evaluator(call: Callable[[np.ndarray], np.ndarray], run: Run) -> Model:

@@ -340,3 +340,20 @@ def test_the_calibration_experiment_calibrates_on_each_size_and_renders_its_tabl
     assert [line.split(" | ")[0] for line in rendered if re.match(r"\| \d", line)] == ["| 4", "| 16"]
     assert any(f"LiteRT int8: **{result['knee']['litert_int8']} image" in line and "on held out" in line
                for line in rendered)
+
+
+def test_timing_rounds_rotate_the_order_and_take_the_median_of_each_model(experiments):
+    import litert_int8
+
+    order = []
+    calls = {name: (lambda name: lambda images: order.append(name) or np.zeros((len(images), 10)))(name)
+             for name in ("float32", "litert_float32_threads1", "litert_int8_threads1")}
+    timed = litert_int8.timing_rounds({1: calls, 256: dict(calls)}, np.zeros((256, 8, 8, 3), np.uint8),
+                                      rounds=3, repeats=1)
+    assert [r["order"] for r in timed["rounds"]] == [list(litert_int8.rotated(calls, by)) for by in range(3)]
+    assert [r["order"][0] for r in timed["rounds"]] == list(calls)  # each model leads one round
+    # Per round and batch size: one compiling call each, then one timed call each, in the round's order.
+    assert order[:6] == list(calls) * 2 and order[12:18] == timed["rounds"][1]["order"] * 2
+    for name, medians in timed["median_images_per_second"].items():
+        for batch, median in medians.items():
+            assert median == np.median([r["latency"][name][batch]["images_per_second"] for r in timed["rounds"]])

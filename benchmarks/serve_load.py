@@ -8,9 +8,10 @@ HTTP on 127.0.0.1 by concurrent clients, with dynamic batching on and off.
 (needs the serve extra: pip install -e ".[serve]"). The servers start side by side: for
 `--workdir`, `--max_batch 64` (batching on) and `--max_batch 1` (off); for each `--export
 NAME=DIR` (an export or one of `jaxcifar.quantize`'s LiteRT directories), one with batching
-on. Each concurrency level runs against one server after the other, `--reps` times, so that
-load from elsewhere on a shared machine hits all alike; the table shows the median of the
-repetitions. Each client (a thread with a
+on. Each concurrency level runs against one server after the other, `--reps` times, the order
+rotated each time, so that load from elsewhere on a shared machine hits all alike; the table
+shows the median of the repetitions and each one (the JSON: each one's load average before and
+after). Each client (a thread with a
 keep-alive connection) sends one-image Open Inference Protocol requests (random uint8 pixels,
 bodies encoded before the clock starts) back to back for `--seconds`, after a one-second
 warm-up.
@@ -150,10 +151,12 @@ def medians(reps: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| server | clients | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Medians over the repetitions, and each repetition's requests/s."""
+    lines = ["| server | clients | requests/s | each repetition | p50 ms | p95 ms | p99 ms | errors | mean batch |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['server']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} | "
+        each = " / ".join(f"{rep['throughput_rps']:.0f}" for rep in r["reps"])
+        lines.append(f"| {r['server']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {each} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['mean_batch_size']:.1f} |")
     return "\n".join(lines)
 
@@ -180,11 +183,18 @@ def main() -> None:
         bodies = request_bodies(256)
         reps = {(name, c): [] for c in args.concurrency for name in servers}
         for concurrency in args.concurrency:
-            for _ in range(args.reps):
-                for name, (_, url) in servers.items():
-                    reps[name, concurrency].append(measure(url, concurrency, args.seconds, bodies))
-                    print(f"{name}, {concurrency} clients: "
-                          f"{reps[name, concurrency][-1]['throughput_rps']:.0f} req/s", flush=True)
+            for rep in range(args.reps):
+                # The order rotated each repetition: a change in the machine's load falls on
+                # each server in each position, not always on the same one.
+                names = list(servers)[rep % len(servers):] + list(servers)[:rep % len(servers)]
+                for position, name in enumerate(names):
+                    before = [round(x, 2) for x in os.getloadavg()]
+                    record = measure(servers[name][1], concurrency, args.seconds, bodies)
+                    reps[name, concurrency].append({**record, "rep": rep + 1, "position": position,
+                                                    "load_average_before": before,
+                                                    "load_average_after": [round(x, 2) for x in os.getloadavg()]})
+                    print(f"{name}, {concurrency} clients, repetition {rep + 1}: {record['throughput_rps']:.0f} req/s "
+                          f"(load {before[0]})", flush=True)
         rows = [{"server": name, "concurrency": c, **medians(runs), "reps": runs} for (name, c), runs in reps.items()]
     finally:
         for process, _ in servers.values():
@@ -192,7 +202,8 @@ def main() -> None:
             process.wait(timeout=60)
     # The load average says how much else ran on the machine meanwhile.
     result = RESULTS / f"{args.result}.json"
-    result.write_text(json.dumps({"machine": machine,
+    result.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d"),
+                                  "machine": machine,
                                   "loadavg_at_end": os.getloadavg(), "servers": arguments, "seconds": args.seconds,
                                   "reps": args.reps, "max_wait_ms": args.max_wait_ms, "rows": rows}, indent=2) + "\n")
     print(f"wrote {result}\n\n{table(rows)}")

@@ -202,8 +202,7 @@ def main() -> None:
             process.wait(timeout=60)
     # The load average says how much else ran on the machine meanwhile.
     result = RESULTS / f"{args.result}.json"
-    result.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d"),
-                                  "machine": machine,
+    result.write_text(json.dumps({"machine": machine,
                                   "loadavg_at_end": os.getloadavg(), "servers": arguments, "seconds": args.seconds,
                                   "reps": args.reps, "max_wait_ms": args.max_wait_ms, "rows": rows}, indent=2) + "\n")
     print(f"wrote {result}\n\n{table(rows)}")

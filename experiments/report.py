@@ -547,6 +547,21 @@ def litert_rounds(name: str, report: dict, rounds: dict, instruction_sets: dict[
                "batch 256, median", "speed vs float32, medians (1 / 256)"], rows)])
 
 
+def serve_load_litert() -> str:
+    """The float32 StableHLO export and the LiteRT int8 model served side by side under load
+    (benchmarks/serve_load.py): medians and each repetition."""
+    r = json.loads((ROOT / "benchmarks" / "results" / "serve_load_litert.json").read_text())
+    m = r["machine"]
+    rows = [[row["server"], row["concurrency"], f"{row['throughput_rps']:,.0f}",
+             " / ".join(f"{rep['throughput_rps']:,.0f}" for rep in row["reps"]), f"{row['p50_ms']:.1f}",
+             f"{row['p99_ms']:.1f}", row["errors"], f"{row['mean_batch_size']:.1f}"] for row in r["rows"]]
+    return "\n\n".join([
+        table(["server", "clients", "requests/s", "each repetition", "p50 ms", "p99 ms", "errors", "mean batch"], rows),
+        f"- `benchmarks/results/serve_load_litert.json` ({m['date'][:10]}, {m['cores']}-core {m['cpu']}, load average "
+        f"{m['loadavg_at_start'][0]:.2f} at the start and {r['loadavg_at_end'][0]:.2f} at the end), written by "
+        f"`{m['command']}`"])
+
+
 def calibration_size() -> str:
     """int8 accuracy (agreement with float32) against the number of calibration images, on the
     split that names the knee and on `test` beside it, with each calibration's seconds."""
@@ -619,7 +634,7 @@ def rounding_drift() -> str:
 
 BLOCKS = {block.__name__: block for block in (
     make_train, recipes, simple_cnn, fast_cpu, fast_muon, fast_muon_sitting2, split_cifar_transfer,
-    ssl_label_efficiency, few_labels, efficient_finetune, compress_models, litert_int8, calibration_size, channel_pruning,
+    ssl_label_efficiency, few_labels, efficient_finetune, compress_models, litert_int8, serve_load_litert, calibration_size, channel_pruning,
     image_folder_run, rounding_drift)}
 
 

@@ -201,6 +201,7 @@ def command_errors(cwd: pathlib.Path, argv: list[str], created: set[pathlib.Path
     for flag, value in pairs:
         if flag and flag.startswith("--config.") or not value or "/" not in value or "://" in value:
             continue
+        value = value.partition("=")[2] if re.match(r"\w+=", value) else value  # a NAME=DIR value names DIR
         path = pathlib.Path(os.path.normpath(cwd / value))
         if flag in writes:
             created.add(path)
@@ -242,6 +243,7 @@ def test_the_command_check_catches_what_it_should(tmp_path):
         "--config.no_such_field=1": "python -m jaxcifar.train --config simple_cnn --workdir runs/a "
                                     "--config.no_such_field=1",
         "runs/never_trained: neither": "python -m jaxcifar.export --workdir runs/never_trained --out exported/x",
+        " exported/never: neither": "python benchmarks/serve_load.py --export int8=exported/never",  # NAME=DIR
         "no script experiments/no_such.py": "python experiments/no_such.py",
         "experiments/fast_cpu.py has no flag --bogus": "cd experiments && python fast_cpu.py --bogus 1",
         "not a shell command (No closing quotation)": "python -m jaxcifar.train --config simple_cnn "

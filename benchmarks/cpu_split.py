@@ -38,11 +38,13 @@ MEMORY_SCHEDULER = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED
 # Real-loop variants: name -> XLA_FLAGS (jaxcifar adds its Eigen-convolution default to each).
 LOOP_VARIANTS = {"1 device": "", "2 devices": SPLIT, "2 devices, memory scheduler": f"{SPLIT} {MEMORY_SCHEDULER}"}
 # Each recipe with the overrides that keep one run to about a minute here (simple_cnn's whole
-# train split; `fast` on 500 images per class, which is 4 steps per epoch at its batch 1,024, for
-# 3 epochs: its whitening bias trains for 3).
+# train split; `fast` on 500 images per class, which is 4 steps per epoch at its batch 1,024,
+# and `fast_muon` on 1,000, 5 steps at its batch 2,000, each for 3 epochs: their whitening
+# bias trains for 3).
 RECIPES = {
     "simple_cnn": ["--config.epochs=2"],
     "fast": ["--config.epochs=3", "--config.data.examples_per_class=500", "--config.tta=False"],
+    "fast_muon": ["--config.epochs=3", "--config.data.examples_per_class=1000", "--config.tta=False"],
 }
 # Abort variants (parity.py names): XLA's defaults, jaxcifar's Eigen convolutions, and those with
 # the memory-optimised scheduler, each on 2 devices at a global batch of 64.
@@ -122,8 +124,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/cpu_split.json"))
     args = parser.parse_args()
     data_dir = os.path.abspath(args.data_dir)
-    result = {"machine": machine_info(), "note": "shared 2-core machine: other sessions ran beside this one; "
-                                                 "the variants ran in turns and each run's load is recorded",
+    result = {"machine": machine_info(), "note": "the variants ran in turns, the order rotated each round; "
+                                                 "each run's load is recorded before it",
               "loop_variants": LOOP_VARIANTS, "recipes": {r: RECIPES[r] for r in args.recipes},
               "abort_variants": {name: variant_spec(name, "simple_cnn", True).xla_flags for name in ABORT_VARIANTS},
               "loop": {}, "aborts": {}}

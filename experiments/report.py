@@ -19,7 +19,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-DOCS = (ROOT / "experiments" / "README.md", ROOT / "README.md")
+BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
+DOCS = (ROOT / "experiments" / "README.md", ROOT / "README.md", ROOT / "benchmarks" / "NOTES.md")
 BLOCK = re.compile(r"(<!-- report:(?P<name>\w+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 
@@ -547,19 +548,43 @@ def litert_rounds(name: str, report: dict, rounds: dict, instruction_sets: dict[
                "batch 256, median", "speed vs float32, medians (1 / 256)"], rows)])
 
 
+def benchmark_source(name: str, r: dict, load_at_end: float) -> str:
+    """Where a benchmark block's numbers come from (benchmarks/harness.py's `machine` record)."""
+    m = r["machine"]
+    return (f"- `benchmarks/results/{name}.json` ({m['date'][:10]}, {m['cores']}-core {m['cpu']}, load average "
+            f"{m['loadavg_at_start'][0]:.2f} at the start and {load_at_end:.2f} at the end), written by "
+            f"`{m['command']}`")
+
+
 def serve_load_litert() -> str:
     """The float32 StableHLO export and the LiteRT int8 model served side by side under load
     (benchmarks/serve_load.py): medians and each repetition."""
-    r = json.loads((ROOT / "benchmarks" / "results" / "serve_load_litert.json").read_text())
-    m = r["machine"]
+    r = json.loads((BENCHMARK_RESULTS / "serve_load_litert.json").read_text())
     rows = [[row["server"], row["concurrency"], f"{row['throughput_rps']:,.0f}",
              " / ".join(f"{rep['throughput_rps']:,.0f}" for rep in row["reps"]), f"{row['p50_ms']:.1f}",
              f"{row['p99_ms']:.1f}", row["errors"], f"{row['mean_batch_size']:.1f}"] for row in r["rows"]]
     return "\n\n".join([
         table(["server", "clients", "requests/s", "each repetition", "p50 ms", "p99 ms", "errors", "mean batch"], rows),
-        f"- `benchmarks/results/serve_load_litert.json` ({m['date'][:10]}, {m['cores']}-core {m['cpu']}, load average "
-        f"{m['loadavg_at_start'][0]:.2f} at the start and {r['loadavg_at_end'][0]:.2f} at the end), written by "
-        f"`{m['command']}`"])
+        benchmark_source("serve_load_litert", r, r["loadavg_at_end"][0])])
+
+
+def cpu_split_quiet() -> str:
+    """The device split in the real loop (benchmarks/cpu_split.py), alone on the machine: per
+    recipe and variant, each round's last-epoch images/s with the load before it, the median,
+    and the ratio of medians to one device."""
+    r = json.loads((BENCHMARK_RESULTS / "cpu_split_quiet.json").read_text())
+    blocks = []
+    for recipe, variants in r["loop"].items():
+        medians = {name: statistics.median([run["last_epoch_images_per_second"] for run in runs if not run["returncode"]])
+                   for name, runs in variants.items()}
+        rows = [[name, " / ".join(f"{run['last_epoch_images_per_second']:,.0f} ({run['load_before'][0]})"
+                                  if not run["returncode"] else f"failed (exit {run['returncode']})" for run in runs),
+                 f"{medians[name]:,.0f}", f"{medians[name] / medians['1 device']:.2f}×",
+                 " / ".join(pct(run["test_accuracy"]) for run in runs if not run["returncode"])]
+                for name, runs in variants.items()]
+        blocks.append(f"`{recipe}` ({' '.join(f'`{o}`' for o in r['recipes'][recipe])}):\n\n" + table(
+            ["variant", "last epoch img/s, each round (load before)", "median", "vs 1 device", "test accuracy"], rows))
+    return "\n\n".join([*blocks, benchmark_source("cpu_split_quiet", r, r["load_at_save"][0])])
 
 
 def calibration_size() -> str:
@@ -634,7 +659,7 @@ def rounding_drift() -> str:
 
 BLOCKS = {block.__name__: block for block in (
     make_train, recipes, simple_cnn, fast_cpu, fast_muon, fast_muon_sitting2, split_cifar_transfer,
-    ssl_label_efficiency, few_labels, efficient_finetune, compress_models, litert_int8, serve_load_litert, calibration_size, channel_pruning,
+    ssl_label_efficiency, few_labels, efficient_finetune, compress_models, litert_int8, serve_load_litert, cpu_split_quiet, calibration_size, channel_pruning,
     image_folder_run, rounding_drift)}
 
 
